@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make demo   bootstrap, then `cnnlab train` on Fashion-MNIST (extra flags: make demo ARGS="--epochs 2")
+#   make test   bootstrap, then the test suite                  (extra flags: make test PYTEST_ARGS="-k idx")
+# Bootstrap = a .venv with the pinned packages and cnnlab (editable), and the Fashion-MNIST data where
+# apt can install it. Both targets are idempotent: a second run skips what is there.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cnnlab-installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test bootstrap data clean-venv
+
+demo: bootstrap
+	$(BIN)/cnnlab train $(ARGS)
+
+test: bootstrap
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bootstrap: $(STAMP) data
+
+# Re-installs only when the package list changes. pip takes torch/torchvision from the wheels on
+# this machine's disk where they are (see requirements-dev.txt).
+$(STAMP): pyproject.toml requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt -e .
+	@touch $@
+
+data:
+	@bash scripts/get-fashion-mnist.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,244 @@
+"""Typed configs for every component, read from a recipe (YAML) and written beside the results.
+
+A recipe is data: nested mappings whose keys are the fields below. `--set train.epochs=3` and the
+CLI flags override single keys. The fully resolved `RunConfig` is saved as `config.yaml` in the run
+folder, so rerunning that file gives the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from cnnlab.errors import ConfigError
+
+DEFAULT_RECIPE = "fashion-mnist-fast"
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"  # a registered dataset (`cnnlab data list`)
+    root: str | None = None  # a folder holding the files; None searches the usual places
+    val_size: float = 5000  # carved from train with the run's seed: >= 1 is a count, < 1 a fraction
+    train_limit: int | None = None  # keep only the first N training images (quick runs, tests)
+    test_limit: int | None = None  # keep only the first N test images
+    augment: str = "flip-translate"  # named batch augmentation preset (data/augment.py)
+    translate: int = 2  # max random shift in pixels for the translate augmentations
+    download: bool = True  # try torchvision's download when no copy is found on disk
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fastnet"  # a registered model (`cnnlab models list`)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's builder
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.2  # peak learning rate
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4  # L2, applied to conv/linear weights only (not BN or biases)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "warmup-linear"  # warmup-linear | constant
+    warmup_epochs: float = 0.5  # linear warm-up from 0 to the peak lr, in epochs
+    final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16
+    channels_last: bool = True
+    label_smoothing: float = 0.1
+    time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
+
+
+@dataclass
+class RunConfig:
+    name: str = DEFAULT_RECIPE  # names the run folder: runs/<name>-<n>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> "RunConfig":
+        """Check values that types alone do not catch; raise ConfigError naming the key."""
+        t, d, o = self.train, self.data, self.optim
+        checks = [
+            (t.epochs >= 1, "train.epochs", t.epochs, "at least 1"),
+            (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
+            (t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "at least 1"),
+            (o.lr > 0, "optim.lr", o.lr, "positive"),
+            (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "zero or positive"),
+            (0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)"),
+            (t.time_limit is None or t.time_limit > 0, "train.time_limit", t.time_limit, "positive"),
+            (d.val_size >= 0, "data.val_size", d.val_size, "a count >= 1 or a fraction in [0, 1)"),
+            (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
+            (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
+            (d.test_limit is None or d.test_limit >= 1, "data.test_limit", d.test_limit, "at least 1"),
+            (t.precision in ("auto", "fp32", "bf16"), "train.precision", t.precision, "auto, fp32 or bf16"),
+        ]
+        for ok, key, value, want in checks:
+            if not ok:
+                raise ConfigError(f"{key} is {value!r}; it must be {want}")
+        return self
+
+
+# --- reading and overriding ------------------------------------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the field's type hint, converting int -> float where a float is wanted."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, key)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin is list or hint is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return list(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string; people write learning rates that way.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{key} must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, values: Any, prefix: str = "") -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'the recipe'} must be a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"in {prefix}" if prefix else "at the top of the recipe"
+        raise ConfigError(f"unknown key {unknown[0]!r} {where}; known keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested mappings; missing keys keep their defaults."""
+    return _from_dict(RunConfig, values)
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return a copy of `cfg` with dotted keys replaced, e.g. {"train.epochs": 3}."""
+    values = cfg.to_dict()
+    for dotted, value in overrides.items():
+        node = values
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown key {dotted!r}; keys look like train.epochs or optim.lr")
+            node = node[part]
+        if parts[-1] not in node and not _is_open_mapping(parts[:-1]):
+            raise ConfigError(f"unknown key {dotted!r}; keys look like train.epochs or optim.lr")
+        node[parts[-1]] = value
+    return config_from_dict(values)
+
+
+def _is_open_mapping(path: list[str]) -> bool:
+    """Mappings whose keys are free (a model builder's keyword arguments)."""
+    return path == ["model", "kwargs"]
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Parse `key=value` strings; values are read as YAML scalars (3 -> int, 1e-3 -> float, true -> bool)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.epochs=3)")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def recipe_dir() -> Path:
+    return Path(str(resources.files("cnnlab") / "recipes"))
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | None = None) -> RunConfig:
+    """Read a recipe by path or by name (a file in cnnlab's recipes folder). None reads the default."""
+    name_or_path = name_or_path or DEFAULT_RECIPE
+    path = Path(name_or_path)
+    if not path.is_file():
+        packaged = recipe_dir() / f"{name_or_path}.yaml"
+        if not packaged.is_file():
+            if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+                raise ConfigError(f"recipe file {name_or_path} does not exist; give a path to a .yaml file")
+            raise ConfigError(f"unknown recipe {name_or_path!r}; known: {', '.join(recipe_names())}")
+        path = packaged
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"recipe {path} is not valid YAML ({first})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of keys (data:, model:, train:, ...)")
+    values.setdefault("name", path.stem)
+    return config_from_dict(values)

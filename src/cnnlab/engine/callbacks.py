@@ -1,0 +1,148 @@
+"""Cross-cutting behaviour of a fit, as small callbacks with named hook points.
+
+Hooks, in the order fit() calls them: on_fit_start, then per epoch on_epoch_start,
+on_batch_end (after each optimizer step), on_epoch_end (after validation), and on_fit_end.
+A callback stops the fit by setting `state.stop_reason`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from cnnlab.engine.checkpoint import save_checkpoint
+from cnnlab.runs import write_text
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"]
+STEP_COLUMNS = ["step", "epoch", "loss", "lr"]
+
+
+@dataclass
+class FitState:
+    epochs: int  # epochs planned
+    steps_per_epoch: int
+    epoch: int = 0  # the epoch running or just finished, 1-based
+    step: int = 0  # optimizer steps so far
+    lr: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (HISTORY_COLUMNS)
+    steps: list[list[Any]] = field(default_factory=list)  # one row per step (STEP_COLUMNS)
+    best_epoch: int | None = None
+    best_score: float = float("-inf")
+    stop_reason: str | None = None
+    start_time: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start_time
+
+
+class Callback:
+    def on_fit_start(self, state: FitState) -> None: ...
+    def on_epoch_start(self, state: FitState) -> None: ...
+    def on_batch_end(self, state: FitState, loss: float) -> None: ...
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None: ...
+    def on_fit_end(self, state: FitState) -> None: ...
+
+
+class TimeLimit(Callback):
+    """Stop once `seconds` of fitting have passed; fit() then validates the partial epoch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_batch_end(self, state: FitState, loss: float) -> None:
+        if state.elapsed >= self.seconds:
+            state.stop_reason = f"time limit of {self.seconds:g} s reached"
+
+
+class Checkpointer(Callback):
+    """Write checkpoints/last.pt after every epoch and checkpoints/best.pt when the score improves.
+
+    The score is validation accuracy, or training accuracy where there is no validation split.
+    `extra()` supplies what else a checkpoint holds (config, classes, normalisation, ...).
+    """
+
+    def __init__(self, folder: Path, model: nn.Module, optimizer, scheduler, extra: Callable[[], dict[str, Any]]) -> None:
+        self.folder = Path(folder)
+        self.model, self.optimizer, self.scheduler, self.extra = model, optimizer, scheduler, extra
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        score = row["val_accuracy"] if row["val_accuracy"] != "" else row["train_accuracy"]
+        content = dict(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            epoch=state.epoch,
+            step=state.step,
+            history=list(state.history),
+            score=score,
+            **self.extra(),
+        )
+        save_checkpoint(self.folder / "last.pt", **content)
+        if score > state.best_score:
+            state.best_score, state.best_epoch = score, state.epoch
+            save_checkpoint(self.folder / "best.pt", **content)
+
+
+def _csv_text(columns: list[str], rows: list) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(c, "") for c in columns] if isinstance(row, dict) else row)
+    return buf.getvalue()
+
+
+class HistoryWriter(Callback):
+    """Rewrite history.csv (per epoch) and steps.csv (per optimizer step) atomically after each epoch."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        write_text(self.folder / "history.csv", _csv_text(HISTORY_COLUMNS, state.history))
+        write_text(self.folder / "steps.csv", _csv_text(STEP_COLUMNS, state.steps))
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (on a terminal), and one summary line per epoch (always)."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = enabled  # None: only on a terminal (tqdm's rule)
+        self.bar: tqdm | None = None
+
+    def on_epoch_start(self, state: FitState) -> None:
+        disable = None if self.enabled is None else not self.enabled
+        self.bar = tqdm(total=state.steps_per_epoch, desc=f"epoch {state.epoch}/{state.epochs}", unit="batch", leave=False, disable=disable, dynamic_ncols=True)
+
+    def on_batch_end(self, state: FitState, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if state.step % 10 == 0:
+                self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{state.lr:.3g}", refresh=False)
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}" if row["val_loss"] != "" else ""
+        best = "  *" if state.best_epoch == state.epoch else ""
+        tqdm.write(
+            f"epoch {state.epoch:>3}/{state.epochs}  train loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}"
+            f"{val}  {row['epoch_seconds']:.1f}s{best}"
+        )
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

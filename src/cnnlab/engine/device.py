@@ -1,0 +1,57 @@
+"""Device choice and the mixed-precision policy."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+
+from cnnlab.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks cuda, then mps, then cpu; an explicit device that is not there is an error."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    available = {"cpu": True, "cuda": cuda, "mps": mps}
+    kind = name.split(":")[0]
+    if kind not in available:
+        raise ConfigError(f"--device {name} is not a device; use auto, cpu, cuda or mps")
+    if not available[kind]:
+        raise ConfigError(f"--device {name}: no {kind} device is visible here; use --device auto or cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 convolutions natively (AVX512-BF16/AMX and similar).
+
+    Without it bf16 autocast is emulated and far slower: about 10x slower than fp32 for the
+    default model on an AVX2-only 2-core EPYC (benchmarks/ records the figures).
+    """
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for `precision` (auto | fp32 | bf16) on `device`; None means fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return None
+
+
+def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager]:
+    """A zero-argument function giving a fresh autocast context (or a no-op one for fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

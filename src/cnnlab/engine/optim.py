@@ -1,0 +1,70 @@
+"""Optimizers and learning-rate schedules, registered by name and built from their configs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from cnnlab.config import OptimConfig, ScheduleConfig
+from cnnlab.registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+SCHEDULES: Registry = Registry("schedule")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and linear weights only; BatchNorm parameters and biases get none."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(cfg.name)(param_groups(model, cfg.weight_decay), cfg)
+
+
+# A schedule builder returns a function of the step (0-based, counted in batches) giving the lr
+# multiplier; LambdaLR applies it, stepped once per batch.
+
+
+@SCHEDULES.register("constant")
+def _constant(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    return lambda step: 1.0
+
+
+@SCHEDULES.register("warmup-linear")
+def _warmup_linear(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, max(0, math.ceil(cfg.warmup_epochs * steps_per_epoch)))
+    end = cfg.final_lr_fraction
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        frac = (step - warmup) / max(1, total - warmup)
+        return max(end, 1.0 - (1.0 - end) * frac)
+
+    return factor
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES.get(cfg.name)(cfg, steps_per_epoch, epochs))

@@ -1,0 +1,39 @@
+"""One small registry, used for datasets, models, optimizers and schedulers."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from cnnlab.errors import ConfigError
+
+T = TypeVar("T", bound=Callable)
+
+
+class Registry(Generic[T]):
+    """Maps a name to a builder function. `@REG.register("name")` adds one; `REG.get(name)` finds it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(fn: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = fn
+            return fn
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items))
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items

@@ -1,0 +1,1 @@
+"""Plots and pages built from a run folder alone."""

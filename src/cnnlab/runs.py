@@ -1,0 +1,68 @@
+"""The run folder: its name, its layout, and atomic writes of everything in it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from cnnlab.errors import ConfigError
+
+RUNS_ROOT = Path("runs")
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write through `write(fileobj)` to a temporary file beside `path`, then rename it over `path`.
+
+    A reader never sees a half-written file: it sees the old one or the new one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def make_run_dir(out: str | None, name: str, root: Path = RUNS_ROOT) -> Path:
+    """Create the run folder: `out` if given (it must not hold files), else root/<name>-<n>, the next free n."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder path (it is created if missing)")
+        if path.is_dir() and any(path.iterdir()):
+            raise ConfigError(f"--out {out} already holds files; choose a new folder so no earlier run is overwritten")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create --out {out}: {e.strerror}; choose a writable folder") from None
+        return path
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {root}/: {e.strerror}; run from a writable folder or pass --out DIR") from None
+    n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in root.glob(f"{name}-*") if p.name.rsplit("-", 1)[1].isdigit()), default=0)
+    while True:
+        path = root / f"{name}-{n}"
+        try:
+            path.mkdir()  # fails if another process took this n first; then try the next
+            return path
+        except FileExistsError:
+            n += 1

@@ -1,0 +1,93 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data import DATASETS, load_dataset
+from cnnlab.data.idx import read_idx, write_idx
+from cnnlab.data.mnist_idx import FASHION_MNIST_CLASSES
+from cnnlab.errors import DataError
+from conftest import write_fashion_fixture
+
+
+@pytest.mark.parametrize("name", ["x.idx", "x.idx.gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
+def test_round_trip(tmp_path, name, dtype):
+    a = (np.arange(2 * 3 * 4) % 97).astype(dtype).reshape(2, 3, 4)
+    write_idx(tmp_path / name, a)
+    t = read_idx(tmp_path / name)
+    assert t.shape == (2, 3, 4)
+    assert np.array_equal(t.numpy(), a)
+
+
+def test_header_is_big_endian_as_the_format_says(tmp_path):
+    write_idx(tmp_path / "x", np.zeros((5, 28, 28), np.uint8))
+    raw = (tmp_path / "x").read_bytes()
+    assert raw[:4] == bytes([0, 0, 0x08, 3])
+    assert int.from_bytes(raw[4:8], "big") == 5 and int.from_bytes(raw[8:12], "big") == 28
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    write_idx(tmp_path / "x", np.zeros((5, 28, 28), np.uint8))
+    (tmp_path / "x").write_bytes((tmp_path / "x").read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(tmp_path / "x")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x01\x02\x03\x04garbage", gzip.compress(b"\x00\x00\x08")])
+def test_not_idx_is_a_clear_error(tmp_path, content):
+    (tmp_path / "x.gz").write_bytes(content)
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "x.gz")
+
+
+def test_corrupt_gzip_is_a_clear_error(tmp_path):
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"\x00" * 100)[:20])
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(tmp_path / "x.gz")
+
+
+@pytest.mark.parametrize("layout", ["plain", "torchvision", "raw"])
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_layouts(tmp_path, layout, gz):
+    folder = {"plain": tmp_path, "torchvision": tmp_path / "FashionMNIST" / "raw", "raw": tmp_path / "raw"}[layout]
+    write_fashion_fixture(folder, n_train=50, n_test=20, gz=gz)
+    ds = load_dataset(DataConfig(root=str(tmp_path), val_size=10, download=False), seed=0)
+    assert ds.train.images.shape == (40, 1, 28, 28) and ds.train.images.dtype == torch.uint8
+    assert len(ds.val) == 10 and len(ds.test) == 20
+    assert ds.classes == FASHION_MNIST_CLASSES
+
+
+def test_validation_split_is_seeded_and_disjoint(fashion_dir):
+    cfg = DataConfig(root=str(fashion_dir), val_size=0.25, download=False)
+    a, b, c = load_dataset(cfg, 0), load_dataset(cfg, 0), load_dataset(cfg, 1)
+    assert len(a.val) == 80 and len(a.train) == 240
+    assert torch.equal(a.val.images, b.val.images)
+    assert not torch.equal(a.val.images, c.val.images)
+    # every training image lands in exactly one of the two parts
+    full = torch.cat([a.train.images, a.val.images]).flatten(1)
+    assert torch.unique(full, dim=0).shape[0] == torch.unique(DATASETS.get("fashion-mnist")(cfg).train.images.flatten(1), dim=0).shape[0]
+
+
+def test_env_folder_is_searched(tmp_path, fashion_dir, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(fashion_dir))
+    monkeypatch.chdir(tmp_path)
+    ds = DATASETS.get("fashion-mnist")(DataConfig(download=False))
+    assert ds.source == str(fashion_dir)
+
+
+def test_missing_everywhere_names_the_apt_package_and_the_flag(tmp_path, monkeypatch):
+    from cnnlab.data import mnist_idx
+
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mnist_idx, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist.*--data PATH"):
+        DATASETS.get("fashion-mnist")(DataConfig(download=False))
+
+
+def test_class_names_match_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    assert FASHION_MNIST_CLASSES == list(torchvision.datasets.FashionMNIST.classes)
