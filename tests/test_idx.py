@@ -91,3 +91,46 @@ def test_missing_everywhere_names_the_apt_package_and_the_flag(tmp_path, monkeyp
 def test_class_names_match_torchvision():
     torchvision = pytest.importorskip("torchvision")
     assert FASHION_MNIST_CLASSES == list(torchvision.datasets.FashionMNIST.classes)
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    write_fashion_fixture(tmp_path, n_train=30, n_test=10)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.full(10, 12, np.uint8))
+    with pytest.raises(DataError, match="outside the 10 classes"):
+        load_dataset(DataConfig(root=str(tmp_path), val_size=5, download=False), seed=0)
+
+
+def test_images_and_labels_of_different_counts_are_refused(tmp_path):
+    write_fashion_fixture(tmp_path, n_train=30, n_test=10)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(9, np.uint8))
+    with pytest.raises(DataError, match="10 images but"):
+        load_dataset(DataConfig(root=str(tmp_path), val_size=5, download=False), seed=0)
+
+
+def test_a_missing_label_file_is_named(tmp_path):
+    write_fashion_fixture(tmp_path, n_train=30, n_test=10)
+    (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte"):
+        load_dataset(DataConfig(root=str(tmp_path), val_size=5, download=False), seed=0)
+
+
+@pytest.mark.parametrize("val_size", [30, 0.99, 45])
+def test_validation_that_leaves_no_training_is_refused(tmp_path, val_size):
+    write_fashion_fixture(tmp_path, n_train=30, n_test=10)
+    with pytest.raises(DataError, match="leaves no training images"):
+        load_dataset(DataConfig(root=str(tmp_path), val_size=val_size, download=False), seed=0)
+
+
+def test_no_validation_and_limits(fashion_dir):
+    ds = load_dataset(DataConfig(root=str(fashion_dir), val_size=0, train_limit=100, test_limit=7, download=False), seed=0)
+    assert ds.val is None and len(ds.train) == 100 and len(ds.test) == 7
+    assert ds.input_shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if n in ("mnist", "fashion-mnist")])
+def test_idx_datasets_read_the_torchvision_layout(tmp_path, name):
+    folder = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
+    write_fashion_fixture(tmp_path / folder / "raw", n_train=40, n_test=10)
+    ds = load_dataset(DataConfig(name=name, root=str(tmp_path), val_size=8, download=False), seed=0)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (32, 8, 10)
+    assert ds.classes == list(getattr(pytest.importorskip("torchvision").datasets, folder).classes)

@@ -124,7 +124,7 @@ def print_summary(m: dict[str, Any], run_dir: str) -> None:
         ("worst class", f"{worst}  (recall {100 * test['per_class'][worst]['recall']:.1f}%)"),
         ("best epoch", f"{m['best_epoch']} of {m['epochs_run']} run" + (f"  ({m['stop_reason']})" if m.get("stop_reason") else "")),
         ("time", f"{m['train_seconds']:.1f} s training, {m['total_seconds']:.1f} s in all"),
-        ("model", f"{m['model']}  ({m['num_parameters']:,} parameters, {m['device']}, {m['precision']})"),
+        ("model", f"{m['model']}  ({m['num_parameters']:,} parameters, {m['device']}, {m['precision']} training)"),
     ]
     width = max(len(k) for k, _ in rows)
     print()

@@ -112,13 +112,14 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     train_seconds = state.elapsed
 
     # Test with the best epoch's weights, read back from best.pt: what metrics.json reports is
-    # exactly what that file restores.
+    # exactly what that file restores. In fp32 (whatever the training precision), so re-evaluating
+    # the checkpoint anywhere gives the same figures.
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict(best["model"])
     metrics: dict[str, Any] = {}
     for split in ("test", "val"):
         if split in loaders:
-            r = evaluate(model, loaders[split], len(ds.classes), autocast=autocast)
+            r = evaluate(model, loaders[split], len(ds.classes))
             metrics[split] = classification_metrics(r.confusion, ds.classes, loss=r.loss)
     metrics.update(
         best_epoch=state.best_epoch,

@@ -28,8 +28,8 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """True where oneDNN runs bf16 convolutions natively (AVX512-BF16/AMX and similar).
 
-    Without it bf16 autocast is emulated and far slower: about 10x slower than fp32 for the
-    default model on an AVX2-only 2-core EPYC (benchmarks/ records the figures).
+    Without it bf16 autocast is emulated and far slower than fp32 (about 10x for the default model,
+    as measured once on an AVX2-only 2-core EPYC), so fp32 is the better choice there.
     """
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

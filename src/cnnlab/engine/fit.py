@@ -26,7 +26,11 @@ def fit(
     callbacks: Sequence[Callback] = (),
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> FitState:
-    """Train for `epochs`, validating after each; returns the final FitState (history, best epoch, ...)."""
+    """Train for `epochs`, validating after each; returns the final FitState (history, best epoch, ...).
+
+    `autocast` applies to the training steps only. Validation runs in fp32, so the figures that pick
+    the best epoch are the ones anyone re-evaluating the checkpoint gets, on any hardware.
+    """
     state = FitState(epochs=epochs, steps_per_epoch=len(train_loader))
     state.lr = optimizer.param_groups[0]["lr"]
 
@@ -49,7 +53,7 @@ def fit(
             hook("on_epoch_start")
             lr = state.lr
             result = train_one_epoch(model, train_loader, optimizer, loss_fn, scheduler=scheduler, autocast=autocast, on_batch_end=after_batch)
-            val = evaluate(model, val_loader, num_classes, autocast=autocast) if val_loader is not None else None
+            val = evaluate(model, val_loader, num_classes) if val_loader is not None else None
             row = {
                 "epoch": epoch,
                 "train_loss": round(result.loss, 6),
