@@ -20,7 +20,7 @@ def test_missing_data_path():
 
 
 def test_folder_without_the_files(tmp_path):
-    assert_one_line_error(run_cli("train", "--data", str(tmp_path)), "no FashionMNIST IDX files", str(tmp_path))
+    assert_one_line_error(run_cli("train", "--data", str(tmp_path)), "no dataset found in", str(tmp_path), "cnnlab data list")
 
 
 def test_corrupt_data_file(tmp_path, fashion_dir):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from cnnlab.data.augment import AUGMENTATIONS, random_translate
+from cnnlab.data.augment import AUGMENTATIONS, PRESETS, AugmentParams, build_augment, parse_augment, random_translate
+from cnnlab.errors import ConfigError
 from cnnlab.data.base import ArraySplit
 from cnnlab.data.loader import TensorLoader, channel_stats
 
@@ -11,12 +12,42 @@ def _split(n=50, c=1, size=12):
     return ArraySplit(torch.randint(0, 256, (n, c, size, size), generator=g, dtype=torch.uint8), torch.arange(n) % 10)
 
 
-@pytest.mark.parametrize("name", AUGMENTATIONS.names())
-def test_augmentations_keep_shape_and_are_seeded(name):
-    x = torch.rand(8, 3, 16, 16)
-    a = AUGMENTATIONS.get(name)(x, torch.Generator().manual_seed(1), 2)
-    b = AUGMENTATIONS.get(name)(x, torch.Generator().manual_seed(1), 2)
+@pytest.mark.parametrize("name", AUGMENTATIONS.names() + list(PRESETS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmentations_keep_shape_range_and_are_seeded(name, channels):
+    x = torch.randint(0, 256, (8, channels, 16, 12), dtype=torch.uint8)
+    fn = build_augment(name, AugmentParams())
+    a, b = fn(x, torch.Generator().manual_seed(1)), fn(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)
+    assert a.float().min() >= 0 and a.float().max() <= 255
+    if name != "none":  # a different draw per image: not every image changes the same way
+        c = fn(x, torch.Generator().manual_seed(2))
+        assert not torch.equal(a, c)
+
+
+def test_ops_join_with_plus_and_unknown_ones_are_named():
+    assert parse_augment("flip+rotate") == ["flip", "rotate"]
+    with pytest.raises(ConfigError, match="unknown augmentation 'spin'.*presets"):
+        parse_augment("flip+spin")
+
+
+def test_rotation_by_zero_changes_nothing():
+    x = torch.rand(4, 3, 10, 10) * 255
+    assert torch.allclose(AUGMENTATIONS.get("rotate")(x, torch.Generator().manual_seed(0), AugmentParams(rotate=0.0)), x, atol=1e-3)
+
+
+def test_resized_crop_stays_inside_the_image():
+    x = torch.full((32, 3, 12, 12), 100.0)  # a crop that reached past the border would pull in zeros
+    out = AUGMENTATIONS.get("resized-crop")(x, torch.Generator().manual_seed(0), AugmentParams(crop_scale=0.1))
+    assert torch.allclose(out, x, atol=1e-3)
+
+
+def test_flip_mirrors_some_images_and_keeps_the_rest():
+    x = torch.arange(16 * 5, dtype=torch.float32).view(16, 1, 1, 5)
+    out = AUGMENTATIONS.get("flip")(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(out[i], x[i].flip(2)) for i in range(16)]
+    kept = [torch.equal(out[i], x[i]) for i in range(16)]
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
 
 
 def test_translate_shifts_whole_images_and_fills_with_zeros():

@@ -26,11 +26,30 @@ DEFAULT_RECIPE = "fashion-mnist-fast"
 class DataConfig:
     name: str = "fashion-mnist"  # a registered dataset (`cnnlab data list`)
     root: str | None = None  # a folder holding the files; None searches the usual places
-    val_size: float = 5000  # carved from train with the run's seed: >= 1 is a count, < 1 a fraction
-    train_limit: int | None = None  # keep only the first N training images (quick runs, tests)
-    test_limit: int | None = None  # keep only the first N test images
-    augment: str = "flip-translate"  # named batch augmentation preset (data/augment.py)
-    translate: int = 2  # max random shift in pixels for the translate augmentations
+    # Splits. A count (>= 1) or a fraction (< 1) of the images the dataset gives for training (for
+    # a single folder: all of them). val is carved with the run's seed, test with split_seed.
+    val_size: float = 5000
+    test_size: float = 0.2  # only where the dataset has no test part of its own
+    split: str = "random"  # random | stratified (same class shares in every part) | first (val = the first N)
+    split_seed: int = 0  # the test part of a single folder stays the same whatever the run's seed
+    train_limit: int | None = None  # keep only the first N images of each part (subsets, quick runs)
+    val_limit: int | None = None
+    test_limit: int | None = None
+    # What the model sees
+    preprocess: list[dict[str, Any]] | None = None  # e.g. [{resize: 256}, {center_crop: 224}]; None: auto
+    channels: int | None = None  # 1 or 3: convert images (grayscale <-> RGB); None keeps the dataset's
+    attributes: str | int | list[Any] | None = None  # CelebA target: a name or index, or a list (multi-label)
+    normalize: str = "auto"  # auto (train-split mean/std) | none | half | cifar10 | imagenet | standard-scaler
+    # Training-time augmentation, applied to whole batches: a preset or ops joined by '+'
+    augment: str = "flip-translate"  # see data/augment.py: none, flip, translate, rotate, resized-crop, jitter, ...
+    translate: int = 2  # max random shift in pixels (translate; for 32x32 CIFAR, 4 is the crop-with-padding 4)
+    rotate: float = 15.0  # max rotation in degrees (rotate)
+    jitter: float = 0.2  # brightness/contrast/saturation jitter strength (jitter)
+    crop_scale: float = 0.35  # smallest area fraction kept by resized-crop
+    sampler: str = "shuffle"  # shuffle | balanced (classes drawn equally often)
+    in_memory: bool | None = None  # image folders: decode all into memory; None: when it fits in 2 GiB
+    workers: int | None = None  # DataLoader workers for data on disk; None: the number of CPUs
+    max_pixels: int = 40_000_000  # a larger image is refused as a decompression bomb
     download: bool = True  # try torchvision's download when no copy is found on disk
 
 
@@ -66,6 +85,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16
     channels_last: bool = True
     label_smoothing: float = 0.1
+    class_weights: str | None = None  # auto: weigh each class's loss by its inverse frequency in train
     time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
 
 
@@ -96,6 +116,14 @@ class RunConfig:
             (0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)"),
             (t.time_limit is None or t.time_limit > 0, "train.time_limit", t.time_limit, "positive"),
             (d.val_size >= 0, "data.val_size", d.val_size, "a count >= 1 or a fraction in [0, 1)"),
+            (d.test_size >= 0, "data.test_size", d.test_size, "a count >= 1 or a fraction in [0, 1)"),
+            (d.split in ("random", "stratified", "first"), "data.split", d.split, "random, stratified or first"),
+            (d.sampler in ("shuffle", "balanced"), "data.sampler", d.sampler, "shuffle or balanced"),
+            (d.channels in (None, 1, 3), "data.channels", d.channels, "1, 3 or null"),
+            (d.val_limit is None or d.val_limit >= 1, "data.val_limit", d.val_limit, "at least 1"),
+            (d.max_pixels >= 1, "data.max_pixels", d.max_pixels, "at least 1"),
+            (0 < d.crop_scale <= 1, "data.crop_scale", d.crop_scale, "in (0, 1]"),
+            (t.class_weights in (None, "auto"), "train.class_weights", t.class_weights, "auto or null"),
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
             (d.test_limit is None or d.test_limit >= 1, "data.test_limit", d.test_limit, "at least 1"),

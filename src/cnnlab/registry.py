@@ -35,5 +35,8 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def registration_order(self) -> list[str]:
+        return list(self._items)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items

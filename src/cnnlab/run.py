@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -12,19 +13,20 @@ import torch
 import torch.nn as nn
 
 from cnnlab.config import RunConfig
-from cnnlab.data import Dataset, load_dataset
-from cnnlab.data.loader import TensorLoader, channel_stats
+from cnnlab.data import load_dataset, resolve_data
+from cnnlab.data.pipeline import build_loaders, normalization_stats
+from cnnlab.data.splits import class_counts
 from cnnlab.engine.callbacks import Checkpointer, FitState, HistoryWriter, ProgressBar, TimeLimit
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device
 from cnnlab.engine.fit import fit
 from cnnlab.engine.loop import evaluate
 from cnnlab.engine.optim import create_optimizer, create_scheduler
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.metrics import classification_metrics
 from cnnlab.models import create_model, num_parameters
 from cnnlab.report.plots import plot_training_curves
-from cnnlab.runs import make_run_dir, write_json, write_text
+from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
 
 
 class RunInterrupted(CnnlabError):
@@ -46,27 +48,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_loaders(ds: Dataset, cfg: RunConfig, device: torch.device, mean: list[float], std: list[float]) -> dict[str, TensorLoader]:
-    t, d = cfg.train, cfg.data
-    common = dict(mean=mean, std=std, device=device, channels_last=t.channels_last)
-    loaders = {
-        "train": TensorLoader(ds.train, t.batch_size, shuffle=True, augment=d.augment, translate=d.translate, drop_last=len(ds.train) > t.batch_size, seed=t.seed, **common),
-        "test": TensorLoader(ds.test, t.eval_batch_size, **common),
-    }
-    if ds.val is not None:
-        loaders["val"] = TensorLoader(ds.val, t.eval_batch_size, **common)
-    return loaders
-
-
 def check_names(cfg: RunConfig) -> None:
     """Every named component exists: fail in a second, before any data is read."""
     from cnnlab.data import DATASETS
-    from cnnlab.data.augment import AUGMENTATIONS
+    from cnnlab.data.augment import parse_augment
+    from cnnlab.data.normalize import NORMALIZATIONS
     from cnnlab.engine.optim import OPTIMIZERS, SCHEDULES
     from cnnlab.models import MODELS
 
-    for registry, name in ((DATASETS, cfg.data.name), (MODELS, cfg.model.name), (OPTIMIZERS, cfg.optim.name), (SCHEDULES, cfg.schedule.name), (AUGMENTATIONS, cfg.data.augment)):
+    for registry, name in ((DATASETS, cfg.data.name), (MODELS, cfg.model.name), (OPTIMIZERS, cfg.optim.name), (SCHEDULES, cfg.schedule.name), (NORMALIZATIONS, cfg.data.normalize)):
         registry.get(name)
+    parse_augment(cfg.data.augment)
 
 
 def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None = None) -> RunResult:
@@ -80,18 +72,29 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     tc = cfg.train
     device = resolve_device(tc.device)
     seed_everything(tc.seed)
+    cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH: the layout it holds
     ds = load_dataset(cfg.data, tc.seed)  # before the run folder exists: missing data leaves no empty run
+    if ds.multilabel:
+        raise ConfigError(f"{len(ds.classes)} CelebA attributes make a multi-label task, which needs a BCE loss the engine does not have yet; name one attribute in data.attributes")
     run_dir = make_run_dir(out, cfg.name)
     write_text(run_dir / "config.yaml", cfg.to_yaml())
+    log = RunLog(run_dir / "log.txt")
+    log_data_issues(log, ds.skipped, ds.warnings)
 
-    mean, std = channel_stats(ds.train.images)  # statistics of the training split only
-    loaders = build_loaders(ds, cfg, device, mean, std)
+    mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
+    mean, std = mean_t.tolist(), std_t.tolist()
+    loaders = build_loaders(ds, cfg.data, tc, device, mean, std)
     in_channels = ds.input_shape[0]
-    model: nn.Module = create_model(cfg.model.name, num_classes=len(ds.classes), in_channels=in_channels, **cfg.model.kwargs)
+    num_classes = len(ds.classes)
+    model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=in_channels, **cfg.model.kwargs)
     model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
     optimizer = create_optimizer(model, cfg.optim)
     scheduler = create_scheduler(optimizer, cfg.schedule, len(loaders["train"]), tc.epochs)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    weight = None
+    if tc.class_weights == "auto":  # inverse frequency, scaled so a balanced set gets weight 1 everywhere
+        counts = class_counts(ds.train, num_classes).double()
+        weight = (counts.sum() / (num_classes * counts.clamp_min(1))).float().to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
     autocast = autocast_factory(device, autocast_dtype(device, tc.precision))
 
     def extra() -> dict[str, Any]:
@@ -99,10 +102,11 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
             config=cfg.to_dict(),
             classes=list(ds.classes),
             input_shape=list(ds.input_shape),
+            preprocess=list(ds.preprocess),
             normalization={"mean": mean, "std": std},
         )
 
-    callbacks = [Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, extra), HistoryWriter(run_dir), ProgressBar(progress)]
+    callbacks = [Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, extra), HistoryWriter(run_dir), ProgressBar(progress, log)]
     if tc.time_limit is not None:
         callbacks.insert(0, TimeLimit(tc.time_limit))
     try:
@@ -121,6 +125,9 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
         if split in loaders:
             r = evaluate(model, loaders[split], len(ds.classes))
             metrics[split] = classification_metrics(r.confusion, ds.classes, loss=r.loss)
+    late = {p: r for ld in loaders.values() for p, r in getattr(ld, "skipped", {}).items()}  # found by workers
+    log_data_issues(log, sorted(late.items()), [])
+    skipped = sorted(set(ds.skipped) | set(late.items()))
     metrics.update(
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
@@ -133,6 +140,7 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
         seed=tc.seed,
         device=str(device),
         precision=str(autocast_dtype(device, tc.precision) or torch.float32).replace("torch.", ""),
+        skipped_files=[{"path": p, "reason": r} for p, r in skipped],
     )
     plot_training_curves(run_dir)
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 3)

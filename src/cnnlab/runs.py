@@ -41,6 +41,30 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+class RunLog:
+    """Lines a person should read: printed, and appended to the run folder's log.txt."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def write(self, line: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
+        with open(self.path, "a") as f:  # appended line by line: a crash loses at most the last line
+            f.write(line + "\n")
+
+
+def log_data_issues(log: RunLog, skipped: list[tuple[str, str]], warnings: list[str]) -> None:
+    """One line per skipped file and per warning, with a count first."""
+    if skipped:
+        log.write(f"skipped {len(skipped)} file(s) that would not decode:")
+        for path, reason in skipped:
+            log.write(f"  {path}: {reason}")
+    for w in warnings:
+        log.write(f"warning: {w}")
+
+
 def make_run_dir(out: str | None, name: str, root: Path = RUNS_ROOT) -> Path:
     """Create the run folder: `out` if given (it must not hold files), else root/<name>-<n>, the next free n."""
     if out is not None:

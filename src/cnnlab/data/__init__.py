@@ -1,48 +1,82 @@
-"""Datasets: registered loaders (name -> Dataset), and the validation split carved for a run."""
+"""Datasets: registered sources (name -> Dataset), layout detection, and the parts carved for a run."""
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+from pathlib import Path
 
 from cnnlab.config import DataConfig
-from cnnlab.data.base import ArraySplit, Dataset
+from cnnlab.data.base import ArraySplit, DataSource, Dataset, FileSplit
 from cnnlab.errors import DataError
 from cnnlab.registry import Registry
 
-# A dataset builder takes the DataConfig and returns a Dataset with train and test (val None).
+# A source is called with the DataConfig and returns a Dataset (see data/base.py, DataSource).
 DATASETS: Registry = Registry("dataset")
 
-from cnnlab.data import mnist_idx  # noqa: E402,F401  (registers mnist and fashion-mnist)
+from cnnlab.data import mnist_idx  # noqa: E402,F401  (mnist, fashion-mnist)
+from cnnlab.data import cifar, celeba, numpy_pairs, mnist5k  # noqa: E402,F401
+from cnnlab.data import folder  # noqa: E402,F401
+
+from cnnlab.data.splits import carve, class_counts  # noqa: E402
 
 
-def val_count(val_size: float, n_train: int) -> int:
-    """A count (>= 1) as given, or a fraction (< 1) of the training images, rounded."""
-    return int(val_size) if val_size >= 1 else int(round(val_size * n_train))
+def detection_order() -> list[str]:
+    """Registered sources, the specific layouts first and the generic ones (any image folder) last."""
+    return sorted(DATASETS.registration_order(), key=lambda n: DATASETS.get(n).generic)
 
 
-def split_off_validation(train: ArraySplit, val_size: float, seed: int) -> tuple[ArraySplit, ArraySplit | None]:
-    """A seeded random validation part of `train`; the rest stays training. (train, None) for 0."""
-    n = len(train)
-    k = val_count(val_size, n)
-    if k == 0:
-        return train, None
-    if k >= n:
-        raise DataError(f"data.val_size {val_size:g} leaves no training images out of {n}; use a smaller count or a fraction below 1")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    # sorted, so each part keeps the file's order (and a fixed val_size keeps its images across runs)
-    return train.subset(perm[k:].sort().values), train.subset(perm[:k].sort().values)
+def detect(root: str | Path) -> str | None:
+    """The name of the first source whose layout `root` holds, or None."""
+    path = Path(root).expanduser()
+    return next((n for n in detection_order() if DATASETS.get(n).matches(path) is not None), None)
+
+
+def resolve_data(cfg: DataConfig) -> DataConfig:
+    """`cfg` with `name` set to the layout --data PATH holds, where the named source does not read it.
+
+    The resolved name goes into config.yaml, so rerunning it reads the same way.
+    """
+    if cfg.root is None:
+        return cfg
+    path = Path(cfg.root).expanduser()
+    if not path.is_dir() or DATASETS.get(cfg.name).matches(path) is not None:
+        return cfg  # the source itself says what is wrong with a missing path
+    found = detect(path)
+    if found is None:
+        raise DataError(f"no dataset found in {path}: it holds none of the layouts cnnlab reads ({', '.join(detection_order())}); 'cnnlab data list' shows what each expects")
+    return dataclasses.replace(cfg, name=found)
+
+
+def _limit(split, n: int | None):
+    return split.subset(slice(0, n)) if split is not None and n is not None else split
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    """Read the dataset `cfg.name`, apply the limits, and carve the seeded validation split."""
+    """Read the dataset, carve test (where it has none) and validation parts, and apply the limits.
+
+    The test part of a single folder is carved with cfg.split_seed, so it stays the same across the
+    runs of a sweep; the validation part with the run's `seed`.
+    """
+    cfg = resolve_data(cfg)
     ds = DATASETS.get(cfg.name)(cfg)
-    train, test = ds.train, ds.test
-    if cfg.train_limit is not None:
-        train = train.subset(slice(0, cfg.train_limit))
-    if cfg.test_limit is not None:
-        test = test.subset(slice(0, cfg.test_limit))
-    train, val = split_off_validation(train, cfg.val_size, seed)
-    return Dataset(train, test, ds.classes, ds.source, val=val)
+    train, val, test = ds.train, ds.val, ds.test
+    n_given = len(train)  # fractions are of the images the dataset gives for training
+    if test is None:
+        train, test = carve(train, cfg.test_size, n_given, cfg.split_seed, cfg.split)
+        if test is None:
+            raise DataError(f"{ds.source} has no test part and data.test_size is 0; give a test fraction or count")
+    if val is None:
+        train, val = carve(train, cfg.val_size, n_given, seed, cfg.split)
+    train, val, test = _limit(train, cfg.train_limit), _limit(val, cfg.val_limit), _limit(test, cfg.test_limit)
+    out = dataclasses.replace(ds, train=train, val=val, test=test, warnings=list(ds.warnings))
+    k = len(ds.classes)
+    for name, split in out.splits().items():
+        empty = [ds.classes[i] for i, c in enumerate(class_counts(split, k).tolist()) if c == 0]
+        if empty and name == "train" and len(empty) == k:
+            raise DataError(f"the training part of {ds.source} has no images")
+        if empty:
+            out.warnings.append(f"the {name} part has no images of {len(empty)} class(es): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
+    return out
 
 
-__all__ = ["DATASETS", "ArraySplit", "Dataset", "load_dataset", "split_off_validation"]
+__all__ = ["DATASETS", "ArraySplit", "DataSource", "Dataset", "FileSplit", "detect", "load_dataset", "resolve_data"]

@@ -1,28 +1,54 @@
-"""Batched augmentation of whole tensors: one call per batch, no per-sample Python.
+"""Batched augmentation of whole tensors: one call per batch, a different random draw per image.
 
-Each registered preset is `fn(x, generator, translate) -> x` for x of shape (B, C, H, W), any
-dtype (the loader passes uint8, before normalisation, so a zero fill is black). Random draws come
-from the CPU `generator`, so a batch's augmentation depends only on the loader's seed and epoch,
-whatever the device.
+An op is `fn(x, generator, params) -> x` for x of shape (B, C, H, W) with pixel values on
+[0, params.value_max] (uint8 from memory or from the decoding workers, before normalisation, so a
+zero fill is black). flip and translate keep the dtype; rotate, resized-crop and jitter return
+float32 on the same scale. Random draws come from the CPU `generator`, so a batch's augmentation
+depends only on the loader's seed and epoch, whatever the device.
 
 Written with plain tensor ops rather than torchvision.transforms.v2: v2 draws one set of random
-parameters per call, so a batch would get one flip and one shift for all its images; per-image
+parameters per call, so a batch would get one flip and one angle for all its images; per-image
 draws through v2 mean a Python loop over the batch, which is the cost this module avoids.
+
+A recipe names a preset (`cifar`) or joins ops with '+' (`flip+rotate`).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+from cnnlab.errors import ConfigError
 from cnnlab.registry import Registry
 
-AUGMENTATIONS: Registry = Registry("augmentation")
+AUGMENTATIONS: Registry = Registry("augmentation")  # single ops
+PRESETS: dict[str, list[str]] = {
+    "none": [],
+    "flip-translate": ["flip", "translate"],
+    # the comprehensive CIFAR-10 report: flip, RandomCrop(32, padding=4), rotation, ColorJitter
+    "cifar": ["flip", "translate", "rotate", "jitter"],
+    # the usual ImageNet-style training: RandomResizedCrop, flip, a little colour
+    "imagenet": ["resized-crop", "flip", "jitter"],
+}
 
 
-def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    """Mirror each image left-right with probability p."""
-    flip = (torch.rand(x.shape[0], generator=generator) < p).to(x.device)
+@dataclass(frozen=True)
+class AugmentParams:
+    translate: int = 2  # max shift in pixels
+    rotate: float = 15.0  # max rotation in degrees
+    jitter: float = 0.2  # brightness/contrast/saturation factors drawn from [1 - j, 1 + j]
+    crop_scale: float = 0.35  # smallest area fraction resized-crop keeps
+    value_max: float = 255.0  # the pixel scale of x
+
+
+@AUGMENTATIONS.register("flip")
+def random_hflip(x: torch.Tensor, generator: torch.Generator, params: AugmentParams | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
 
 
@@ -41,21 +67,81 @@ def random_translate(x: torch.Tensor, generator: torch.Generator, max_shift: int
     return padded[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
-@AUGMENTATIONS.register("none")
-def _none(x: torch.Tensor, generator: torch.Generator, translate: int) -> torch.Tensor:
-    return x
-
-
-@AUGMENTATIONS.register("flip")
-def _flip(x: torch.Tensor, generator: torch.Generator, translate: int) -> torch.Tensor:
-    return random_hflip(x, generator)
-
-
 @AUGMENTATIONS.register("translate")
-def _translate(x: torch.Tensor, generator: torch.Generator, translate: int) -> torch.Tensor:
-    return random_translate(x, generator, translate)
+def _translate(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    return random_translate(x, generator, params.translate)
 
 
-@AUGMENTATIONS.register("flip-translate")
-def _flip_translate(x: torch.Tensor, generator: torch.Generator, translate: int) -> torch.Tensor:
-    return random_translate(random_hflip(x, generator), generator, translate)
+def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Resample each image through its own affine map theta (B, 2, 3), output coords -> input coords."""
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+@AUGMENTATIONS.register("rotate")
+def random_rotate(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """Rotate each image about its centre by an angle uniform in [-rotate, rotate] degrees."""
+    b, _, h, w = x.shape
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(params.rotate)
+    cos, sin = angle.cos(), angle.sin()
+    # affine_grid works in [-1, 1] coordinates; the aspect terms keep a non-square image undistorted
+    theta = torch.stack([torch.stack([cos, -sin * h / w, torch.zeros(b)], 1), torch.stack([sin * w / h, cos, torch.zeros(b)], 1)], 1)
+    return _warp(x, theta)
+
+
+@AUGMENTATIONS.register("resized-crop")
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """Crop a random area (a fraction in [crop_scale, 1], aspect 3/4..4/3) and resize it to the full size."""
+    b = x.shape[0]
+    area = params.crop_scale + (1 - params.crop_scale) * torch.rand(b, generator=generator)
+    log_ratio = (torch.rand(b, generator=generator) * 2 - 1) * math.log(4 / 3)
+    ratio = log_ratio.exp()
+    cw = (area * ratio).sqrt().clamp(max=1.0)  # crop width as a fraction of the image width
+    ch = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - cw)  # crop centre in [-1, 1] coordinates
+    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - ch)
+    zeros = torch.zeros(b)
+    theta = torch.stack([torch.stack([cw, zeros, cx], 1), torch.stack([zeros, ch, cy], 1)], 1)
+    # border: the outermost sample points of a crop at the edge lie up to half a pixel outside
+    return _warp(x, theta, padding="border")
+
+
+@AUGMENTATIONS.register("jitter")
+def color_jitter(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """Brightness, contrast and (for RGB) saturation, each scaled by its own factor per image."""
+    b, c = x.shape[:2]
+    j = params.jitter
+
+    def factor() -> torch.Tensor:
+        return (1 + (torch.rand(b, generator=generator) * 2 - 1) * j).view(b, 1, 1, 1).to(x.device)
+
+    x = x.float() * factor()  # brightness
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * factor() + mean  # contrast
+    if c == 3:
+        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x - gray) * factor() + gray  # saturation
+    return x.clamp_(0, params.value_max)
+
+
+def parse_augment(spec: str) -> list[str]:
+    """The op names of a preset or of 'op+op+...'; a ConfigError names the valid ones."""
+    if spec in PRESETS:
+        return PRESETS[spec]
+    ops = [op.strip() for op in spec.split("+") if op.strip()]
+    for op in ops:
+        if op not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {op!r} in data.augment={spec!r}; presets: {', '.join(PRESETS)}; ops (join with +): {', '.join(AUGMENTATIONS.names())}")
+    return ops
+
+
+def build_augment(spec: str, params: AugmentParams) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """One function applying the ops of `spec` in order to a batch."""
+    fns = [AUGMENTATIONS.get(op) for op in parse_augment(spec)]
+
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for fn in fns:
+            x = fn(x, generator, params)
+        return x
+
+    return apply

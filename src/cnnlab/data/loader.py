@@ -1,37 +1,36 @@
-"""Batches from an in-memory uint8 split: index, augment, normalise, all on whole batches.
+"""Batches for training and evaluation: index, augment, normalise, all on whole batches.
 
-Replaces torch.utils.data.DataLoader for data that fits in memory: a DataLoader collates one
-sample at a time through Python (873 img/s with per-sample ToTensor on the 2-core CPU, slower
-than the model itself), where slicing one uint8 tensor costs microseconds per batch.
+`TensorLoader` slices an in-memory split: it replaces torch.utils.data.DataLoader there, which
+collates one sample at a time through Python (873 img/s with per-sample ToTensor on the 2-core
+CPU, slower than the model itself), where slicing one uint8 tensor costs microseconds per batch.
+`FileLoader` feeds a split on disk: DataLoader workers decode and resize, and the main process
+augments and normalises the collated uint8 batch exactly as TensorLoader does.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import os
+from typing import Any, Iterator, Sequence
 
 import torch
+from torch.utils.data import BatchSampler, DataLoader
 
-from cnnlab.data.augment import AUGMENTATIONS
-from cnnlab.data.base import ArraySplit
+from cnnlab.data.augment import AugmentParams, build_augment
+from cnnlab.data.base import ArraySplit, FileSplit, Split
+from cnnlab.data.images import BadImage, open_image, preprocess_transform, to_uint8_tensor
+from cnnlab.data.normalize import channel_stats_of, value_scale
+from cnnlab.data.splits import class_counts
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), on the [0, 1] scale."""
-    c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, len(images), chunk):  # chunks keep the float64 copy small
-        x = images[start : start + chunk].to(torch.float64).div_(255.0)
-        total += x.sum((0, 2, 3))
-        total_sq += x.square().sum((0, 2, 3))
-    n = max(1, images.shape[0] * images.shape[2] * images.shape[3])
-    mean = total / n
-    std = (total_sq / n - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    """Per-channel mean and std of in-memory images (N, C, H, W), on the [0, 1] scale for uint8."""
+    scale = value_scale(images)
+    mean, std = channel_stats_of(lambda: (images[i : i + chunk].to(torch.float64) / scale for i in range(0, len(images), chunk)), images.shape[1])
     return mean.tolist(), std.tolist()
 
 
-class TensorLoader:
-    """Iterate (x, y) batches: x float32 (B, C, H, W) normalised, y int64 (B,), both on `device`.
+class _BatchLoader:
+    """What both loaders share: the order of an epoch, augmentation and normalisation.
 
     The order and the augmentation of an epoch depend only on (seed, epoch): set_epoch(e) before
     iterating makes a run repeatable and a resumed run continue exactly.
@@ -39,34 +38,38 @@ class TensorLoader:
 
     def __init__(
         self,
-        split: ArraySplit,
+        split: Split,
         batch_size: int,
         *,
-        mean: Sequence[float],
-        std: Sequence[float],
+        mean: Sequence[Any],
+        std: Sequence[Any],
         shuffle: bool = False,
         augment: str = "none",
-        translate: int = 2,
+        augment_params: AugmentParams | None = None,
+        sampler: str = "shuffle",
         drop_last: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        value_max: float = 255.0,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.augment = AUGMENTATIONS.get(augment)
-        self.translate = translate
+        self.balanced = shuffle and sampler == "balanced"
+        self.augment = build_augment(augment, augment_params or AugmentParams(value_max=value_max))
         self.drop_last = drop_last
         self.seed = seed
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
-        c = split.images.shape[1]
-        # x_norm = (x_uint8 / 255 - mean) / std = x_uint8 * scale + shift, one fused multiply-add
-        std_t = torch.tensor(list(std), dtype=torch.float32)
-        self.scale = (1.0 / (255.0 * std_t)).view(1, c, 1, 1).to(self.device)
-        self.shift = (-torch.tensor(list(mean), dtype=torch.float32) / std_t).view(1, c, 1, 1).to(self.device)
+        # x_norm = (x / value_max - mean) / std = x * scale + shift, one fused multiply-add.
+        # mean/std are (C,) per channel or (C, H, W) per pixel; both broadcast over (B, C, H, W).
+        mean_t = torch.as_tensor(mean, dtype=torch.float32)
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        shape = (1, -1, 1, 1) if mean_t.ndim == 1 else (1, *mean_t.shape)
+        self.scale = (1.0 / (value_max * std_t)).reshape(shape).to(self.device)
+        self.shift = (-mean_t / std_t).reshape(shape).to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,17 +82,95 @@ class TensorLoader:
         # One stream per (seed, epoch); the large odd multiplier keeps nearby seeds' streams apart.
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
 
+    def _order(self, g: torch.Generator) -> torch.Tensor | None:
+        """Sample indices for one epoch; None means the split's own order."""
+        n = len(self.split)
+        if self.balanced:  # every class drawn equally often, with replacement
+            counts = class_counts(self.split, int(self.split.labels.max()) + 1 if self.split.labels.ndim == 1 else self.split.labels.shape[1]).float()
+            ids = self.split.labels if self.split.labels.ndim == 1 else self.split.labels.argmax(1)
+            weights = (1.0 / counts.clamp_min(1))[ids]
+            return torch.multinomial(weights, n, replacement=True, generator=g)
+        return torch.randperm(n, generator=g) if self.shuffle else None
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = self._generator()
-        n = len(self.split)
-        order = torch.randperm(n, generator=g) if self.shuffle else None
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
-            idx = order[sl] if order is not None else sl
-            x = self.split.images[idx].to(self.device, non_blocking=True)  # (B, C, H, W) uint8
-            y = self.split.labels[idx].to(self.device, non_blocking=True)
-            x = self.augment(x, g, self.translate)
+        for x, y in self._batches(self._order(g)):
+            x = self.augment(x.to(self.device, non_blocking=True), g)
             x = torch.addcmul(self.shift, x.float(), self.scale)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            yield x, y.to(self.device, non_blocking=True)
+
+
+class TensorLoader(_BatchLoader):
+    """(x, y) batches from an ArraySplit: x float32 (B, C, H, W) normalised, y the labels."""
+
+    def __init__(self, split: ArraySplit, batch_size: int, **kw: Any) -> None:
+        kw.setdefault("value_max", value_scale(split.images))
+        super().__init__(split, batch_size, **kw)
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.split)
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            idx = order[sl] if order is not None else sl
+            yield self.split.images[idx], self.split.labels[idx]
+
+
+class _DecodeFiles(torch.utils.data.Dataset):
+    """Workers' side of FileLoader: decode and preprocess one file; a bad file yields None and a reason."""
+
+    def __init__(self, split: FileSplit, channels: int, steps: list, shape: tuple[int, int, int], max_pixels: int) -> None:
+        self.split, self.channels, self.shape, self.max_pixels = split, channels, tuple(shape), max_pixels
+        self.transform = preprocess_transform(steps)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        path = self.split.paths[i]
+        try:
+            x = to_uint8_tensor(open_image(path, self.channels, self.max_pixels), self.transform)
+            if tuple(x.shape) != self.shape:
+                raise BadImage(f"comes out {tuple(x.shape)}, not {self.shape}; add a center_crop step to data.preprocess")
+        except BadImage as e:
+            return None, self.split.labels[i], (path, str(e))
+        return x, self.split.labels[i], None
+
+
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
+    good = [(x, y) for x, y, _ in items if x is not None]
+    bad = [b for _, _, b in items if b is not None]
+    if not good:
+        return None, torch.empty(0), bad
+    return torch.stack([x for x, _ in good]), torch.stack([y for _, y in good]), bad
+
+
+class FileLoader(_BatchLoader):
+    """(x, y) batches from a FileSplit, decoded by DataLoader workers. Files that fail to decode are
+    left out of their batch and collected in `skipped` (path -> reason)."""
+
+    def __init__(self, split: FileSplit, batch_size: int, *, channels: int, preprocess: list, input_shape: Sequence[int], max_pixels: int, workers: int | None = None, **kw: Any) -> None:
+        super().__init__(split, batch_size, **kw)
+        self.files = _DecodeFiles(split, channels, preprocess, tuple(input_shape), max_pixels)
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        self.skipped: dict[str, str] = {}
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = order.tolist() if order is not None else range(len(self.split))
+        batches = BatchSampler(indices, self.batch_size, self.drop_last)  # type: ignore[arg-type]
+        loader = DataLoader(self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        for x, y, bad in loader:
+            self.skipped.update(bad)
+            if x is not None:
+                yield x, y
+
+
+def make_loader(split: Split, batch_size: int, *, input_shape: Sequence[int], preprocess: list, max_pixels: int = 40_000_000, workers: int | None = None, **kw: Any) -> _BatchLoader:
+    """The loader that fits the split: TensorLoader in memory, FileLoader on disk."""
+    if isinstance(split, ArraySplit):
+        return TensorLoader(split, batch_size, **kw)
+    return FileLoader(split, batch_size, channels=input_shape[0], preprocess=preprocess, input_shape=input_shape, max_pixels=max_pixels, workers=workers, **kw)

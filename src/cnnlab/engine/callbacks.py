@@ -115,10 +115,11 @@ class HistoryWriter(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch (on a terminal), and one summary line per epoch (always)."""
+    """A tqdm bar per epoch (on a terminal), and one summary line per epoch (always; in log.txt too)."""
 
-    def __init__(self, enabled: bool | None = None) -> None:
+    def __init__(self, enabled: bool | None = None, log: Any = None) -> None:
         self.enabled = enabled  # None: only on a terminal (tqdm's rule)
+        self.log = log  # a RunLog that also keeps the epoch lines in log.txt, or None
         self.bar: tqdm | None = None
 
     def on_epoch_start(self, state: FitState) -> None:
@@ -137,10 +138,8 @@ class ProgressBar(Callback):
             self.bar = None
         val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}" if row["val_loss"] != "" else ""
         best = "  *" if state.best_epoch == state.epoch else ""
-        tqdm.write(
-            f"epoch {state.epoch:>3}/{state.epochs}  train loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}"
-            f"{val}  {row['epoch_seconds']:.1f}s{best}"
-        )
+        line = f"epoch {state.epoch:>3}/{state.epochs}  train loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}{val}  {row['epoch_seconds']:.1f}s{best}"
+        (self.log.write if self.log is not None else tqdm.write)(line)
 
     def on_fit_end(self, state: FitState) -> None:
         if self.bar is not None:

@@ -1,0 +1,113 @@
+"""CIFAR-10 in its Python layout: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}.
+
+Read with a restricted unpickler rather than torchvision.datasets.CIFAR10: torchvision calls plain
+pickle.load, which runs whatever code a crafted batch file holds, and it refuses any copy whose MD5
+differs from the official archive's (so no fixture or re-packed copy loads).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data import DATASETS
+from cnnlab.data.base import ArraySplit, DataSource, Dataset
+from cnnlab.errors import DataError
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+LOCAL_ROOT = Path("data")
+
+# What a CIFAR batch pickle may refer to: numpy arrays and their dtypes, nothing that runs code.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path) -> dict[str, Any]:
+    """One CIFAR pickle as a dict with str keys (the originals, from Python 2, have bytes keys)."""
+    try:
+        with open(path, "rb") as f:
+            obj = _ArraysOnly(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"refusing {path}: {e}; a CIFAR batch holds only arrays and lists") from None
+    except (OSError, EOFError, ValueError, TypeError, IndexError) as e:
+        raise DataError(f"cannot read CIFAR batch {path}: {str(e) or type(e).__name__}; replace it with an intact copy") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a CIFAR batch (a pickled dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _split(paths: list[Path]) -> ArraySplit:
+    images, labels = [], []
+    for path in paths:
+        batch = read_batch(path)
+        if "data" not in batch or "labels" not in batch:
+            raise DataError(f"{path} has no 'data' and 'labels'; is it a CIFAR-10 batch?")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
+        images.append(data.reshape(-1, 3, 32, 32))  # each row: 1024 red, 1024 green, 1024 blue, row-major
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return ArraySplit(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
+
+
+class Cifar10Source(DataSource):
+    name = "cifar10"
+    layout = f"{FOLDER}/ with data_batch_1..5, test_batch and batches.meta"
+
+    def matches(self, root: Path) -> Path | None:
+        for folder in (root, root / FOLDER):
+            if (folder / "data_batch_1").is_file() and (folder / "test_batch").is_file():
+                return folder
+        return None
+
+    def find(self, cfg: DataConfig) -> Path | None:
+        if cfg.root:
+            return super().find(cfg)
+        roots = [Path(p) for p in [os.environ.get("CNNLAB_DATA")] if p] + [LOCAL_ROOT]
+        return next((f for f in map(self.matches, roots) if f is not None), None)
+
+    def load(self, cfg: DataConfig) -> Dataset:
+        folder = self.root_folder(cfg) if cfg.root else self.find(cfg)
+        if folder is None and cfg.download:
+            try:
+                import torchvision.datasets as tvd
+
+                tvd.CIFAR10(str(LOCAL_ROOT), download=True)
+                folder = self.matches(LOCAL_ROOT)
+            except Exception:  # no network here: say what to do below
+                folder = None
+        if folder is None:
+            raise DataError(f"CIFAR-10 not found (looked in $CNNLAB_DATA and ./data for {FOLDER}/; no download here); pass --data PATH to the folder holding {FOLDER}/")
+        missing = [n for n in TRAIN_BATCHES + ["test_batch", "batches.meta"] if not (folder / n).is_file()]
+        if missing:
+            raise DataError(f"{folder} has no {missing[0]}; CIFAR-10 needs {self.layout}")
+        meta = read_batch(folder / "batches.meta")
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("label_names", [])]
+        if not classes:
+            raise DataError(f"{folder / 'batches.meta'} has no label_names")
+        train = _split([folder / n for n in TRAIN_BATCHES])
+        return Dataset(train, _split([folder / "test_batch"]), classes, source=str(folder))
+
+
+DATASETS.register("cifar10")(Cifar10Source())

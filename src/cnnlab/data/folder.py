@@ -1,0 +1,187 @@
+"""Image folders: PATH/<class>/* or PATH/{train,val,test}/<class>/*, any image format Pillow reads.
+
+Small folders are decoded once into memory (fast batched loaders); big ones are decoded lazily by
+DataLoader workers. Files that will not decode are skipped and listed, never a crash mid-epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from cnnlab.config import DataConfig
+from cnnlab.data import DATASETS
+from cnnlab.data.base import ArraySplit, DataSource, Dataset, FileSplit
+from cnnlab.data.images import IMAGE_SUFFIXES, BadImage, header_info, open_image, output_size, preprocess_transform, to_uint8_tensor
+from cnnlab.errors import DataError
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+IN_MEMORY_BYTES = 2 * 1024**3  # decode into memory when the uint8 tensor fits in this
+AUTO_SIZE = 64  # side of the images when the folder's sizes vary and the recipe gives no preprocess
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+
+
+@dataclass
+class FolderScan:
+    """What a folder holds, before any decoding."""
+
+    root: Path
+    classes: list[str]
+    files: dict[str, list[tuple[Path, Any]]]  # split -> (path, class index or multi-hot list); "all": a flat folder
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """{'train': root/train, ...} where root has split folders, else {}."""
+    found = {}
+    for p in _class_dirs(root):
+        key = SPLIT_NAMES.get(p.name.lower())
+        if key is not None:
+            found[key] = p
+    return found if "train" in found else {}
+
+
+def scan_folder(root: Path) -> FolderScan:
+    """List every file under the class folders; files without an image suffix are skipped and listed."""
+    splits = split_folders(root) or {"all": root}
+    classes = [p.name for p in _class_dirs(splits.get("train", root))]
+    if not classes:
+        raise DataError(f"{root} has no class folders; an image folder is PATH/<class>/* or PATH/train/<class>/*")
+    scan = FolderScan(root, classes, {})
+    index = {c: i for i, c in enumerate(classes)}
+    for split, folder in splits.items():
+        entries: list[tuple[Path, int]] = []
+        for cdir in _class_dirs(folder):
+            if cdir.name not in index:
+                raise DataError(f"{cdir} is a class that {splits.get('train', root)} does not have; every split needs the same class folders")
+            files = sorted(p for p in cdir.rglob("*") if p.is_file() and _visible(p))
+            if not files:
+                scan.warnings.append(f"class folder {cdir} is empty")
+            for p in files:
+                if p.suffix.lower() in IMAGE_SUFFIXES:
+                    entries.append((p, index[cdir.name]))
+                else:
+                    scan.skipped.append((str(p), f"not an image file (suffix {p.suffix or 'none'})"))
+        scan.files[split] = entries
+    return scan
+
+
+def _labels(entries: list[tuple[Path, Any]]) -> torch.Tensor:
+    """(N,) int64 class indices, or (N, K) float32 multi-hot rows."""
+    if entries and isinstance(entries[0][1], (list, tuple)):
+        return torch.tensor([label for _, label in entries], dtype=torch.float32)
+    return torch.tensor([label for _, label in entries], dtype=torch.long)
+
+
+def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict[str, Any]], max_pixels: int, skipped: list[tuple[str, str]], desc: str) -> ArraySplit:
+    transform = preprocess_transform(steps)
+
+    def decode(entry: tuple[Path, int]) -> torch.Tensor | None:
+        try:
+            return to_uint8_tensor(open_image(entry[0], channels, max_pixels), transform)
+        except BadImage as e:
+            skipped.append((str(entry[0]), str(e)))
+            return None
+
+    # Pillow releases the GIL while decoding, so threads use both cores without pickling anything.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        tensors = list(tqdm(pool.map(decode, entries), total=len(entries), desc=desc, unit="img", leave=False, disable=None if len(entries) > 2000 else True))
+    keep = [i for i, t in enumerate(tensors) if t is not None]
+    shapes = {tuple(tensors[i].shape) for i in keep}
+    if len(shapes) > 1:
+        raise DataError(f"images come out in {len(shapes)} sizes ({sorted(shapes)[:3]} ...); add a center_crop step to data.preprocess")
+    labels = _labels([entries[i] for i in keep])
+    images = torch.stack([tensors[i] for i in keep]) if keep else torch.zeros(0, channels, 1, 1, dtype=torch.uint8)
+    return ArraySplit(images, labels)
+
+
+class ImageFolderSource(DataSource):
+    name = "folder"
+    generic = True
+    layout = "one sub-folder of images per class (PATH/<class>/*), or PATH/{train,val,test}/<class>/*"
+
+    def matches(self, root: Path) -> Path | None:
+        if not root.is_dir():
+            return None
+        base = split_folders(root).get("train", root)
+        return root if any(any(_visible(f) for f in d.iterdir()) for d in _class_dirs(base)) else None
+
+    def load(self, cfg: DataConfig) -> Dataset:
+        if cfg.root is None:
+            raise DataError("the folder dataset needs --data PATH: a folder with one sub-folder of images per class")
+        root = self.root_folder(cfg)
+        scan = scan_folder(root)
+        return decode_scan(scan, cfg)
+
+
+HEADER_SAMPLE = 500  # files whose headers are read to infer size and mode (evenly spaced)
+
+
+def _infer_layout(scan: FolderScan, cfg: DataConfig, default_steps: list[dict[str, Any]] | None) -> tuple[int, list[dict[str, Any]], tuple[int, int]]:
+    """(channels, preprocess steps, output (h, w)) from a sample of the files' headers and the recipe."""
+    paths = [p for entries in scan.files.values() for p, _ in entries]
+    stride = max(1, len(paths) // HEADER_SAMPLE)
+    sizes, modes = set(), set()
+    for path in paths[::stride]:
+        try:
+            size, mode = header_info(path)
+        except BadImage:
+            continue  # listed when decoding
+        sizes.add(size)
+        modes.add(mode)
+    if not sizes:
+        raise DataError(f"no readable images under {scan.root}")
+    channels = cfg.channels or (1 if modes <= GRAY_MODES else 3)
+    steps = cfg.preprocess if cfg.preprocess is not None else default_steps
+    if steps is None:
+        same = len(sizes) == 1 and max(next(iter(sizes))) <= AUTO_SIZE
+        steps = [] if same else [{"resize": AUTO_SIZE}, {"center_crop": AUTO_SIZE}]
+    outs = {output_size(steps, (h, w)) for w, h in sizes}
+    if len(outs) > 1:
+        raise DataError(f"the images of {scan.root} come in {len(sizes)} sizes; add a center_crop step to data.preprocess, e.g. [{{resize: 64}}, {{center_crop: 64}}]")
+    return channels, steps, outs.pop()
+
+
+def decode_scan(scan: FolderScan, cfg: DataConfig, classes: list[str] | None = None, multilabel: bool = False, default_steps: list[dict[str, Any]] | None = None) -> Dataset:
+    """Turn scanned files into a Dataset: in memory where it fits (or cfg.in_memory), else on disk."""
+    channels, steps, (h, w) = _infer_layout(scan, cfg, default_steps)
+    total = sum(len(e) for e in scan.files.values())
+    in_memory = cfg.in_memory if cfg.in_memory is not None else total * channels * h * w <= IN_MEMORY_BYTES
+    skipped = list(scan.skipped)
+    splits: dict[str, Any] = {}
+    for split, entries in scan.files.items():
+        if in_memory:
+            splits[split] = _decode_all(entries, channels, steps, cfg.max_pixels, skipped, f"decoding {split}")
+        else:
+            splits[split] = FileSplit([str(p) for p, _ in entries], _labels(entries))
+    train = splits.get("train", splits.get("all"))
+    return Dataset(
+        train,
+        splits.get("test"),
+        classes or scan.classes,
+        source=str(scan.root),
+        multilabel=multilabel,
+        val=splits.get("val"),
+        input_shape=(channels, h, w),
+        preprocess=list(steps),
+        skipped=sorted(skipped),
+        warnings=list(scan.warnings),
+    )
+
+
+DATASETS.register("folder")(ImageFolderSource())

@@ -1,0 +1,99 @@
+"""NumPy pairs, as in the UW lab: <prefix>_features.npy with <prefix>_targets.npy.
+
+The prefix names the part: one containing "train", "val"/"valid" or "test" (mnist_train_features.npy,
+mnist_test_features.npy, ...). Features are (N, D) with D a square (D = H*W, one channel), (N, H, W),
+(N, C, H, W) or (N, H, W, C) with C 1 or 3. Whole numbers in 0..255 become uint8 images; other
+values are kept as float32, on their own scale. Class names come from classes.txt (one per line)
+when present, else "0", "1", ... Read with allow_pickle=False: a .npy file cannot run code.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data import DATASETS
+from cnnlab.data.base import ArraySplit, DataSource, Dataset
+from cnnlab.errors import DataError
+
+PART_WORDS = (("train", "train"), ("valid", "val"), ("val", "val"), ("test", "test"))
+
+
+def find_pairs(root: Path) -> dict[str, tuple[Path, Path]]:
+    """{part: (features, targets)} for the *_features.npy files that have a *_targets.npy partner."""
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for feat in sorted(root.glob("*_features.npy")):
+        targ = feat.with_name(feat.name[: -len("_features.npy")] + "_targets.npy")
+        if not targ.is_file():
+            continue
+        stem = feat.name.lower()
+        part = next((p for word, p in PART_WORDS if word in stem), "train")
+        if part in pairs:
+            raise DataError(f"{root} has two {part} pairs ({pairs[part][0].name}, {feat.name}); keep one per part")
+        pairs[part] = (feat, targ)
+    return pairs
+
+
+def _images(a: np.ndarray, path: Path) -> torch.Tensor:
+    if a.ndim == 2:
+        side = math.isqrt(a.shape[1])
+        if side * side != a.shape[1]:
+            raise DataError(f"{path}: {a.shape[1]} features per row is not a square image; save (N, H, W) or (N, C, H, W) arrays")
+        a = a.reshape(-1, 1, side, side)
+    elif a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4 and a.shape[1] not in (1, 3) and a.shape[3] in (1, 3):
+        a = a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    if a.ndim != 4 or a.shape[1] not in (1, 3):
+        raise DataError(f"{path}: features of shape {a.shape} are not images; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
+    if not np.issubdtype(a.dtype, np.number):
+        raise DataError(f"{path}: features of dtype {a.dtype} are not numbers")
+    if np.issubdtype(a.dtype, np.integer) or np.array_equal(a, np.round(a)):
+        if a.size and (a.min() < 0 or a.max() > 255):
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _load(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise DataError(f"refusing {path}: {e}") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+class NumpyPairsSource(DataSource):
+    name = "npy"
+    layout = "<prefix>_features.npy with <prefix>_targets.npy, one pair per part (train, val, test)"
+
+    def matches(self, root: Path) -> Path | None:
+        return root if root.is_dir() and find_pairs(root) else None
+
+    def load(self, cfg: DataConfig) -> Dataset:
+        if cfg.root is None:
+            raise DataError(f"the npy dataset needs --data PATH: a folder holding {self.layout}")
+        folder = self.root_folder(cfg)
+        pairs = find_pairs(folder)
+        if "train" not in pairs:
+            raise DataError(f"{folder} has no training pair (a *train*_features.npy with its *_targets.npy)")
+        splits = {}
+        for part, (feat, targ) in pairs.items():
+            labels = _load(targ)
+            if labels.ndim == 2 and labels.shape[1] == 1:
+                labels = labels[:, 0]
+            if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.number) or not np.array_equal(labels, np.round(labels)):
+                raise DataError(f"{targ}: targets must be one whole-number class index per row, got shape {labels.shape} {labels.dtype}")
+            splits[part] = ArraySplit(_images(_load(feat), feat), torch.from_numpy(labels.astype(np.int64)))
+        names_file = folder / "classes.txt"
+        k = 1 + max(int(s.labels.max()) for s in splits.values() if len(s))
+        classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()] if names_file.is_file() else [str(i) for i in range(k)]
+        return Dataset(splits["train"], splits.get("test"), classes, source=str(folder), val=splits.get("val"))
+
+
+DATASETS.register("npy")(NumpyPairsSource())

@@ -1,0 +1,47 @@
+"""From a loaded Dataset to the loaders a run iterates: normalisation statistics and batching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cnnlab.config import DataConfig, TrainConfig
+from cnnlab.data.augment import AugmentParams
+from cnnlab.data.base import ArraySplit, Dataset
+from cnnlab.data.loader import _BatchLoader, make_loader
+from cnnlab.data.normalize import compute_stats, value_scale
+
+
+def _value_max(ds: Dataset) -> float:
+    return value_scale(ds.train.images) if isinstance(ds.train, ArraySplit) else 255.0
+
+
+def normalization_stats(ds: Dataset, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of `cfg.normalize` for the training part of `ds`."""
+    channels = ds.input_shape[0]  # type: ignore[index]
+
+    def file_batches():
+        plain = make_loader(ds.train, 256, input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=cfg.max_pixels, workers=cfg.workers, mean=[0.0] * channels, std=[1.0] * channels)
+        return (x for x, _ in plain)
+
+    file_batches.key = (ds.preprocess, channels)  # type: ignore[attr-defined]
+    return compute_stats(cfg.normalize, ds.train, channels, file_batches)
+
+
+def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: torch.device, mean: Any, std: Any) -> dict[str, _BatchLoader]:
+    """train (shuffled, augmented), and val and test loaders for the splits that exist."""
+    value_max = _value_max(ds)
+    common: dict[str, Any] = dict(
+        input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=data.max_pixels, workers=data.workers,
+        mean=mean, std=std, device=device, channels_last=train.channels_last, value_max=value_max,
+    )
+    params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, value_max=value_max)
+    loaders = {
+        "train": make_loader(ds.train, train.batch_size, shuffle=True, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size, seed=train.seed, **common)
+    }
+    for name in ("val", "test"):
+        split = getattr(ds, name)
+        if split is not None:
+            loaders[name] = make_loader(split, train.eval_batch_size, **common)
+    return loaders
