@@ -51,3 +51,149 @@ QUICK = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_siz
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m cnnlab ARGS` in a subprocess, as a user would run it."""
     return subprocess.run([sys.executable, "-m", "cnnlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# --- fixture writers for the other on-disk formats (tests/test_formats.py) --------------------
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair "
+    "Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup High_Cheekbones Male "
+    "Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks "
+    "Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace "
+    "Wearing_Necktie Young"
+).split()
+
+
+def _py2_pickle(obj, path: Path) -> None:
+    """Pickle protocol 2 as Python 2's cPickle wrote it: every str and bytes as a BINSTRING, which
+    is how the real cifar-10-batches-py files store their keys, names and the arrays' raw bytes."""
+    import pickle
+    import struct
+
+    class Py2Pickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch table can be changed
+        dispatch = pickle._Pickler.dispatch.copy()
+
+        def save_py2_string(self, s):
+            data = s if isinstance(s, bytes) else s.encode("latin1")
+            if len(data) < 256:
+                self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+            else:
+                self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+            self.memoize(s)
+
+        dispatch[bytes] = save_py2_string
+        dispatch[str] = save_py2_string
+
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+def write_cifar_fixture(root: Path, n_per_batch: int = 4, n_test: int = 5, keys: str = "bytes", seed: int = 0) -> dict:
+    """cifar-10-batches-py/ under `root`: data_batch_1..5, test_batch and batches.meta.
+
+    keys: "bytes" (b'data', as the Python-2 files read with encoding='bytes'), "str" ('data'), or
+    "py2" (the keys and raw array bytes written as Python 2 strings). Returns the arrays written:
+    {"folder", "train_data" (N, 3072) uint8, "train_labels", "test_data", "test_labels"}.
+    """
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    k = (lambda s: s.encode()) if keys in ("bytes", "py2") else (lambda s: s)
+
+    def dump(obj, name):
+        if keys == "py2":
+            _py2_pickle(obj, folder / name)
+        else:
+            with open(folder / name, "wb") as f:
+                pickle.dump(obj, f, protocol=2)
+
+    out: dict = {"folder": folder}
+    parts = [(f"data_batch_{i}", n_per_batch, f"training batch {i} of 5") for i in range(1, 6)] + [("test_batch", n_test, "testing batch 1 of 1")]
+    train_data, train_labels = [], []
+    for name, n, label in parts:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        batch = {k("batch_label"): label.encode(), k("labels"): labels, k("data"): data, k("filenames"): [f"img_{name}_{i}.png".encode() for i in range(n)]}
+        dump(batch, name)
+        if name == "test_batch":
+            out["test_data"], out["test_labels"] = data, np.array(labels)
+        else:
+            train_data.append(data)
+            train_labels += labels
+    out["train_data"], out["train_labels"] = np.concatenate(train_data), np.array(train_labels)
+    dump({k("label_names"): [c.encode() for c in CIFAR10_CLASSES], k("num_cases_per_batch"): n_per_batch, k("num_vis"): 3072}, "batches.meta")
+    return out
+
+
+def write_celeba_fixture(root: Path, partition: list[int], size: tuple[int, int] = (178, 218), seed: int = 0) -> tuple[Path, np.ndarray]:
+    """A CelebA folder (img_align_celeba/000001.jpg ..., list_attr_celeba.txt, list_eval_partition.txt)
+    with one image per entry of `partition` (0 train, 1 valid, 2 test). Returns (folder, the (N, 40)
+    table of +1/-1 attribute values written)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = root / "img_align_celeba"
+    images.mkdir(parents=True, exist_ok=True)
+    attrs = rng.choice([-1, 1], size=(len(partition), len(CELEBA_ATTRIBUTES)))
+    names = [f"{i + 1:06d}.jpg" for i in range(len(partition))]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(images / name, quality=90)
+    # The real files: a count, the names (with a trailing space), then rows padded to 2 characters.
+    rows = [f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, attrs)]
+    (root / "list_attr_celeba.txt").write_text(f"{len(names)}\n" + " ".join(CELEBA_ATTRIBUTES) + " \n" + "\n".join(rows) + "\n")
+    (root / "list_eval_partition.txt").write_text("".join(f"{name} {p}\n" for name, p in zip(names, partition)))
+    return root, attrs
+
+
+def write_image(path: Path, size: tuple[int, int] = (12, 12), mode: str = "RGB", seed: int = 0, **save) -> Path:
+    """A small random image of (width, height) `size` in Pillow `mode`, saved by suffix."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    if mode == "L":
+        im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
+    elif mode == "RGBA":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+    elif mode == "P":  # 4 palette entries; entry 0 (black) is transparent
+        im = Image.fromarray(rng.integers(0, 4, (h, w), dtype=np.uint8), "P")
+        im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+        save.setdefault("transparency", 0)
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, **save)
+    return path
+
+
+def write_image_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (12, 12), mode: str = "RGB", suffix: str = ".png", seed: int = 0) -> Path:
+    """root/<class>/<i>.png: counts[class] images per class."""
+    for c, (cls, n) in enumerate(counts.items()):
+        for i in range(n):
+            write_image(root / cls / f"{i:03d}{suffix}", size, mode, seed=seed * 1000 + c * 100 + i)
+    return root
+
+
+def write_corrupt_files(folder: Path, size: tuple[int, int] = (24, 24)) -> list[str]:
+    """Three files that will not decode, in `folder`: a JPEG cut to half its bytes (from 24x24 up,
+    its header survives the cut: only the image data is truncated), a zero-byte .jpg and a text
+    file named .png. Returns their paths, sorted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    full = write_image(folder / "truncated.jpg", size, quality=95)
+    full.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("this is not a PNG\n")
+    return sorted(str(folder / n) for n in ("truncated.jpg", "empty.jpg", "notes.png"))
+
+
+def write_npy_pairs(root: Path, parts: dict[str, tuple[np.ndarray, np.ndarray]], prefix: str = "mnist") -> Path:
+    """root/<prefix>_<part>_features.npy and root/<prefix>_<part>_targets.npy for each part."""
+    root.mkdir(parents=True, exist_ok=True)
+    for part, (x, y) in parts.items():
+        np.save(root / f"{prefix}_{part}_features.npy", x)
+        np.save(root / f"{prefix}_{part}_targets.npy", y)
+    return root

@@ -20,6 +20,17 @@ dataset-fashion-mnist); else torchvision downloads it into ./data where a networ
 """
 
 
+EPILOG_DATA_LIST = """example:
+  cnnlab data list
+"""
+
+EPILOG_DATA_CHECK = """examples:
+  cnnlab data check fashion-mnist
+  cnnlab data check ~/photos/pets            # PATH/<class>/* or PATH/{train,val,test}/<class>/*
+  cnnlab data check ~/celeba --set data.attributes=Smiling --json > report.json
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: what is wrong, and where to look for how to fix it."""
 
@@ -79,8 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", metavar="auto|cpu|cuda|mps", help="default auto: cuda, then mps, then cpu")
     t.add_argument("--out", metavar="DIR", help="the run folder (must be new or empty); default runs/<recipe>-<n>")
     t.add_argument("--time-limit", type=_positive_float, metavar="SECONDS", help="stop training after this long, then evaluate and write everything")
+    t.add_argument("--class-weights", choices=["auto"], help="auto: weigh each class's loss by its inverse frequency in the training part")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. --set train.label_smoothing=0 (repeatable)")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="list the datasets, or check one (the dataset doctor)", description="Datasets: which layouts cnnlab reads and where they are found; the dataset doctor.")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    dsub.required = True
+    dl = dsub.add_parser("list", help="each dataset name, its on-disk layout and whether it is found here", epilog=EPILOG_DATA_LIST, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dl.set_defaults(func=cmd_data_list)
+    dc = dsub.add_parser(
+        "check",
+        help="class counts, sizes, corrupt files, duplicates and train/test leakage",
+        description="The dataset doctor: class counts and imbalance, image sizes and modes, files that will not decode, "
+        "exact duplicates (by content hash) within a split and across splits (leakage), and a one-line verdict. "
+        "Exits 0 when it finds no problem, 1 when it does.",
+        epilog=EPILOG_DATA_CHECK,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dc.add_argument("data", metavar="NAME|PATH", help="a dataset name (cnnlab data list) or a folder")
+    dc.add_argument("--json", action="store_true", help="print the full report as JSON")
+    dc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a data key, e.g. --set data.attributes=Smiling (repeatable)")
+    dc.set_defaults(func=cmd_data_check)
     return parser
 
 
@@ -96,10 +127,14 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "train.device": args.device,
         "train.time_limit": args.time_limit,
         "model.name": args.model,
+        "train.class_weights": args.class_weights,
     }
     if args.data is not None:
         flags["data.name" if args.data in DATASETS else "data.root"] = args.data
-    return {k: v for k, v in flags.items() if v is not None}
+    out = {k: v for k, v in flags.items() if v is not None}
+    if args.epochs is not None:
+        out["train.min_steps"] = None  # --epochs N trains exactly N epochs, whatever the dataset's size
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -111,6 +146,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_run(cfg, out=args.out)
     print_summary(result.metrics, str(result.run_dir))
     return 0
+
+
+def _data_config(data: str, sets: list[str]):
+    """The DataConfig for `data` (a name or a folder) with --set data.* overrides."""
+    from cnnlab.config import RunConfig, apply_overrides, parse_set
+    from cnnlab.data import DATASETS
+    from cnnlab.errors import ConfigError
+
+    overrides = parse_set(sets)
+    bad = [k for k in overrides if not k.startswith("data.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: only data.* keys apply to data check")
+    overrides["data.name" if data in DATASETS else "data.root"] = data
+    return apply_overrides(RunConfig(), overrides).data
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from cnnlab.data.doctor import list_datasets
+
+    rows = list_datasets()
+    wn = max(len(r["name"]) for r in rows)
+    wf = max(len(r["found"]) for r in rows)
+    print(f"{'name':<{wn}}  {'found here':<{wf}}  layout")
+    for r in rows:
+        print(f"{r['name']:<{wn}}  {r['found']:<{wf}}  {r['layout']}")
+    print("\nAny folder works with --data PATH: its layout is recognised (cnnlab data check PATH tells what it holds).")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    import json
+
+    from cnnlab.data.doctor import check, format_report
+
+    report = check(_data_config(args.data, args.set))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if not report["problems"] else 1
 
 
 def print_summary(m: dict[str, Any], run_dir: str) -> None:

@@ -41,7 +41,7 @@ class DataConfig:
     attributes: str | int | list[Any] | None = None  # CelebA target: a name or index, or a list (multi-label)
     normalize: str = "auto"  # auto (train-split mean/std) | none | half | cifar10 | imagenet | standard-scaler
     # Training-time augmentation, applied to whole batches: a preset or ops joined by '+'
-    augment: str = "flip-translate"  # see data/augment.py: none, flip, translate, rotate, resized-crop, jitter, ...
+    augment: str = "auto"  # auto (the dataset's own: no flips for digits) | a preset | ops joined by '+' (data/augment.py)
     translate: int = 2  # max random shift in pixels (translate; for 32x32 CIFAR, 4 is the crop-with-padding 4)
     rotate: float = 15.0  # max rotation in degrees (rotate)
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength (jitter)
@@ -78,6 +78,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 4
+    min_steps: int | None = None  # train at least this many optimizer steps: a small dataset gets more epochs
     batch_size: int = 256
     eval_batch_size: int = 1024
     seed: int = 0
@@ -109,6 +110,7 @@ class RunConfig:
         t, d, o = self.train, self.data, self.optim
         checks = [
             (t.epochs >= 1, "train.epochs", t.epochs, "at least 1"),
+            (t.min_steps is None or t.min_steps >= 1, "train.min_steps", t.min_steps, "at least 1 or null"),
             (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
             (t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "at least 1"),
             (o.lr > 0, "optim.lr", o.lr, "positive"),

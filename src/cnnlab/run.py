@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -48,6 +49,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_epochs(cfg: RunConfig, n_train: int) -> tuple[RunConfig, bool]:
+    """`cfg` with enough epochs for train.min_steps optimizer steps; True where that added epochs."""
+    tc = cfg.train
+    if tc.min_steps is None:
+        return cfg, False
+    steps_per_epoch = max(1, n_train // tc.batch_size)  # the train loader drops the last partial batch
+    epochs = max(tc.epochs, math.ceil(tc.min_steps / steps_per_epoch))
+    return dataclasses.replace(cfg, train=dataclasses.replace(tc, epochs=epochs)), epochs > tc.epochs
+
+
 def check_names(cfg: RunConfig) -> None:
     """Every named component exists: fail in a second, before any data is read."""
     from cnnlab.data import DATASETS
@@ -68,18 +79,22 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     """
     t_start = time.perf_counter()
     cfg.validate()
+    cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
     check_names(cfg)
     tc = cfg.train
     device = resolve_device(tc.device)
     seed_everything(tc.seed)
-    cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH: the layout it holds
     ds = load_dataset(cfg.data, tc.seed)  # before the run folder exists: missing data leaves no empty run
     if ds.multilabel:
         raise ConfigError(f"{len(ds.classes)} CelebA attributes make a multi-label task, which needs a BCE loss the engine does not have yet; name one attribute in data.attributes")
+    cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
+    tc = cfg.train
     run_dir = make_run_dir(out, cfg.name)
     write_text(run_dir / "config.yaml", cfg.to_yaml())
     log = RunLog(run_dir / "log.txt")
     log_data_issues(log, ds.skipped, ds.warnings)
+    if more_epochs:
+        log.write(f"{len(ds.train):,} training images: {tc.epochs} epochs, to reach train.min_steps={tc.min_steps} optimizer steps (--epochs N trains exactly N)")
 
     mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
     mean, std = mean_t.tolist(), std_t.tolist()

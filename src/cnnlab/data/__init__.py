@@ -32,19 +32,27 @@ def detect(root: str | Path) -> str | None:
 
 
 def resolve_data(cfg: DataConfig) -> DataConfig:
-    """`cfg` with `name` set to the layout --data PATH holds, where the named source does not read it.
+    """`cfg` with the name of the layout --data PATH holds (where the named source does not read it)
+    and augment=auto replaced by the dataset's own default.
 
-    The resolved name goes into config.yaml, so rerunning it reads the same way.
+    The resolved values go into config.yaml, so rerunning it reads the same way.
     """
+    cfg = dataclasses.replace(cfg, name=_resolve_name(cfg))
+    if cfg.augment == "auto":
+        cfg = dataclasses.replace(cfg, augment=DATASETS.get(cfg.name).default_augment)
+    return cfg
+
+
+def _resolve_name(cfg: DataConfig) -> str:
     if cfg.root is None:
-        return cfg
+        return cfg.name
     path = Path(cfg.root).expanduser()
     if not path.is_dir() or DATASETS.get(cfg.name).matches(path) is not None:
-        return cfg  # the source itself says what is wrong with a missing path
+        return cfg.name  # the source itself says what is wrong with a missing path
     found = detect(path)
     if found is None:
         raise DataError(f"no dataset found in {path}: it holds none of the layouts cnnlab reads ({', '.join(detection_order())}); 'cnnlab data list' shows what each expects")
-    return dataclasses.replace(cfg, name=found)
+    return found
 
 
 def _limit(split, n: int | None):

@@ -111,6 +111,8 @@ class DataSource:
     name = ""
     layout = ""  # one line: the files this source reads
     generic = False  # True for a layout most folders match (tried last when detecting --data PATH)
+    needs_root = False  # True where there is no usual place to look: only --data PATH finds it
+    default_augment = "flip-translate"  # what data.augment=auto means here
 
     def find(self, cfg: DataConfig) -> Path | None:
         """Where the data is on this machine (cheap: no decoding), or None."""

@@ -84,6 +84,7 @@ def target_columns(names: list[str], attributes: Any) -> list[int]:
 
 class CelebASource(DataSource):
     name = "celeba"
+    needs_root = True
     layout = f"{IMAGES}/, {ATTR_FILE} and {PARTITION_FILE} (torchvision's celeba/ folder)"
 
     def matches(self, root: Path) -> Path | None:
@@ -93,6 +94,13 @@ class CelebASource(DataSource):
         return None
 
     def load(self, cfg: DataConfig) -> Dataset:
+        scan, classes, multilabel = self._scan(cfg)
+        return decode_scan(scan, cfg, classes=classes, multilabel=multilabel, default_steps=TEXTBOOK_STEPS)
+
+    def scan(self, cfg: DataConfig) -> FolderScan:
+        return self._scan(cfg)[0]
+
+    def _scan(self, cfg: DataConfig) -> tuple[FolderScan, list[str], bool]:
         if cfg.root is None:
             raise DataError(f"CelebA cannot be downloaded here; pass --data PATH to a folder holding {self.layout}")
         folder = self.root_folder(cfg)
@@ -116,7 +124,7 @@ class CelebASource(DataSource):
         for split in ("train", "test"):
             if not scan.files[split]:
                 raise DataError(f"{folder / PARTITION_FILE} puts no image in the {split} part")
-        return decode_scan(scan, cfg, classes=classes, multilabel=multilabel, default_steps=TEXTBOOK_STEPS)
+        return scan, classes, multilabel
 
 
 DATASETS.register("celeba")(CelebASource())

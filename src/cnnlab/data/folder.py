@@ -113,6 +113,7 @@ def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict
 class ImageFolderSource(DataSource):
     name = "folder"
     generic = True
+    needs_root = True
     layout = "one sub-folder of images per class (PATH/<class>/*), or PATH/{train,val,test}/<class>/*"
 
     def matches(self, root: Path) -> Path | None:
@@ -122,11 +123,13 @@ class ImageFolderSource(DataSource):
         return root if any(any(_visible(f) for f in d.iterdir()) for d in _class_dirs(base)) else None
 
     def load(self, cfg: DataConfig) -> Dataset:
+        return decode_scan(self.scan(cfg), cfg)
+
+    def scan(self, cfg: DataConfig) -> FolderScan:
+        """The files, per split, without decoding any (the dataset doctor reads them itself)."""
         if cfg.root is None:
             raise DataError("the folder dataset needs --data PATH: a folder with one sub-folder of images per class")
-        root = self.root_folder(cfg)
-        scan = scan_folder(root)
-        return decode_scan(scan, cfg)
+        return scan_folder(self.root_folder(cfg))
 
 
 HEADER_SAMPLE = 500  # files whose headers are read to infer size and mode (evenly spaced)
@@ -142,6 +145,8 @@ def _infer_layout(scan: FolderScan, cfg: DataConfig, default_steps: list[dict[st
             size, mode = header_info(path)
         except BadImage:
             continue  # listed when decoding
+        if size[0] * size[1] > cfg.max_pixels:
+            continue  # refused as a bomb when decoding: it must not decide the size of the rest
         sizes.add(size)
         modes.add(mode)
     if not sizes:

@@ -39,7 +39,7 @@ def open_image(path: str | Path, channels: int, max_pixels: int) -> Image.Image:
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise BadImage(f"{w}x{h} = {w * h / 1e6:.0f} megapixels, over the {max_pixels / 1e6:.0f} MP limit (data.max_pixels): refused as a decompression bomb")
+                    raise BadImage(f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (data.max_pixels): refused as a decompression bomb")
                 im.load()  # decodes now: a truncated file fails here, not in a later epoch
                 im = ImageOps.exif_transpose(im) or im
                 return _convert(im, channels)
@@ -62,13 +62,19 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
     return im.convert("L" if channels == 1 else "RGB")
 
 
+EXIF_ORIENTATION = 274  # the EXIF tag; values 5 to 8 turn the image by 90 degrees
+
+
 def header_info(path: str | Path) -> tuple[tuple[int, int], str]:
-    """((width, height), mode) from the header alone, cheap; raises BadImage where there is none."""
+    """((width, height), mode) from the header alone, cheap, as open_image will return it (EXIF
+    orientation applied); raises BadImage where there is no header."""
     try:
         if Path(path).stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
         with Image.open(path) as im:
-            return im.size, im.mode
+            w, h = im.size
+            turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            return ((h, w) if turned else (w, h)), im.mode
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -82,7 +88,7 @@ def header_info(path: str | Path) -> tuple[tuple[int, int], str]:
 _STEPS = {"resize": v2.Resize, "center_crop": v2.CenterCrop}
 
 
-def preprocess_transform(steps: Sequence[dict[str, Any]]) -> v2.Compose:
+def preprocess_transform(steps: Sequence[dict[str, Any]]) -> v2.Transform:
     """torchvision transforms for the recipe's `preprocess` steps, e.g. [{resize: 256}, {center_crop: 224}].
 
     resize: an int resizes the shorter side (keeping the aspect), [h, w] resizes exactly.
@@ -95,7 +101,7 @@ def preprocess_transform(steps: Sequence[dict[str, Any]]) -> v2.Compose:
         if isinstance(size, list):
             size = [int(v) for v in size]
         ops.append(_STEPS[kind](size, antialias=True) if kind == "resize" else _STEPS[kind](size))
-    return v2.Compose(ops)
+    return v2.Compose(ops) if ops else v2.Identity()  # Compose refuses an empty list
 
 
 def output_size(steps: Sequence[dict[str, Any]], size: tuple[int, int]) -> tuple[int, int]:
@@ -112,6 +118,6 @@ def output_size(steps: Sequence[dict[str, Any]], size: tuple[int, int]) -> tuple
     return h, w
 
 
-def to_uint8_tensor(im: Image.Image, transform: v2.Compose) -> torch.Tensor:
+def to_uint8_tensor(im: Image.Image, transform: v2.Transform) -> torch.Tensor:
     """(C, H, W) uint8 after the preprocess transform."""
     return transform(v2.functional.pil_to_tensor(im))

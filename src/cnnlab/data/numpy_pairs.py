@@ -70,6 +70,7 @@ def _load(path: Path) -> np.ndarray:
 
 class NumpyPairsSource(DataSource):
     name = "npy"
+    needs_root = True
     layout = "<prefix>_features.npy with <prefix>_targets.npy, one pair per part (train, val, test)"
 
     def matches(self, root: Path) -> Path | None:
