@@ -93,3 +93,21 @@ def test_drop_last_and_channels_last():
     batches = list(loader)
     assert len(batches) == len(loader) == 3
     assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_balanced_sampler_draws_every_class_about_equally():
+    labels = torch.cat([torch.zeros(90, dtype=torch.long), torch.ones(10, dtype=torch.long)])
+    split = ArraySplit(torch.zeros(100, 1, 4, 4, dtype=torch.uint8), labels)
+    loader = TensorLoader(split, 50, mean=[0.0], std=[1.0], shuffle=True, sampler="balanced", seed=0)
+    drawn = torch.cat([y for epoch in range(5) for y in (loader.set_epoch(epoch) or [b for _, b in loader])])
+    share = drawn.float().mean().item()  # the minority class's share: 0.1 in the data, ~0.5 drawn
+    assert len(drawn) == 500 and 0.4 < share < 0.6
+
+
+def test_inverse_frequency_weights():
+    from cnnlab.data.splits import inverse_frequency_weights
+
+    split = ArraySplit(torch.zeros(40, 1, 2, 2, dtype=torch.uint8), torch.tensor([0] * 30 + [1] * 10))
+    assert inverse_frequency_weights(split, 2).tolist() == pytest.approx([40 / 60, 40 / 20])
+    balanced = ArraySplit(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]))
+    assert inverse_frequency_weights(balanced, 4).tolist() == [1.0] * 4

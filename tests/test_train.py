@@ -138,3 +138,20 @@ def test_cli_subprocess_end_to_end(fashion_dir, tmp_path):
     r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), *QUICK)
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout and "worst class" in r.stdout and str(tmp_path / "r") in r.stdout
+
+
+def test_class_weights_and_balanced_sampler_train(fashion_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--class-weights", "auto", "--set", "data.sampler=balanced"]
+    assert main(args) == 0
+    cfg = load_recipe(str(out / "config.yaml"))
+    assert cfg.train.class_weights == "auto" and cfg.data.sampler == "balanced"
+
+
+def test_min_steps_adds_epochs_unless_epochs_is_given(fashion_dir, tmp_path):
+    base = ["train", "--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.min_steps=40"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0  # 256 images / 64 = 4 steps an epoch -> 10 epochs
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["epochs_run"] == 10
+    assert "train.min_steps=40" in (tmp_path / "a" / "log.txt").read_text()
+    assert main([*base, "--out", str(tmp_path / "b"), "--epochs", "1"]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["epochs_run"] == 1

@@ -12,6 +12,8 @@ EPILOG_TRAIN = """examples:
   cnnlab train                                  # the default recipe on Fashion-MNIST
   cnnlab train --epochs 2 --out runs/quick      # fewer epochs, a chosen run folder
   cnnlab train --data ~/datasets/fashion-mnist  # a folder holding the four IDX files
+  cnnlab train --data mnist-5k                  # a dataset by name (cnnlab data list)
+  cnnlab train --data ~/photos/pets             # any folder of class sub-folders; its layout is recognised
   cnnlab train --set optim.lr=0.1 --set data.val_size=0.1
 
 Fashion-MNIST is looked for in: --data PATH; $CNNLAB_DATA; ./data (torchvision layout
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("recipe", nargs="?", metavar="RECIPE", help="a recipe name (see src/cnnlab/recipes/) or a path to a .yaml file")
-    t.add_argument("--data", metavar="NAME|PATH", help="a dataset name, or a folder holding the dataset's files")
+    t.add_argument("--data", metavar="NAME|PATH", help="a dataset name (cnnlab data list), or a folder: IDX files, cifar-10-batches-py, CelebA, *_features.npy pairs or class sub-folders")
     t.add_argument("--model", metavar="NAME", help="a registered model name")
     t.add_argument("--epochs", type=_positive_int, metavar="N")
     t.add_argument("--batch-size", type=_positive_int, metavar="N")

@@ -16,7 +16,7 @@ import torch.nn as nn
 from cnnlab.config import RunConfig
 from cnnlab.data import load_dataset, resolve_data
 from cnnlab.data.pipeline import build_loaders, normalization_stats
-from cnnlab.data.splits import class_counts
+from cnnlab.data.splits import inverse_frequency_weights
 from cnnlab.engine.callbacks import Checkpointer, FitState, HistoryWriter, ProgressBar, TimeLimit
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device
@@ -105,10 +105,7 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
     optimizer = create_optimizer(model, cfg.optim)
     scheduler = create_scheduler(optimizer, cfg.schedule, len(loaders["train"]), tc.epochs)
-    weight = None
-    if tc.class_weights == "auto":  # inverse frequency, scaled so a balanced set gets weight 1 everywhere
-        counts = class_counts(ds.train, num_classes).double()
-        weight = (counts.sum() / (num_classes * counts.clamp_min(1))).float().to(device)
+    weight = inverse_frequency_weights(ds.train, num_classes).to(device) if tc.class_weights == "auto" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
     autocast = autocast_factory(device, autocast_dtype(device, tc.precision))
 

@@ -58,3 +58,9 @@ def class_counts(split: Split, num_classes: int) -> torch.Tensor:
     if split.labels.ndim == 2:
         return (split.labels > 0.5).sum(0).long()
     return torch.bincount(split.labels, minlength=num_classes)
+
+
+def inverse_frequency_weights(split: Split, num_classes: int) -> torch.Tensor:
+    """(num_classes,) loss weights n / (k * count): 1 for every class of a balanced split."""
+    counts = class_counts(split, num_classes).double()
+    return (counts.sum() / (num_classes * counts.clamp_min(1))).float()
