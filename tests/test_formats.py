@@ -609,7 +609,7 @@ def test_cli_trains_on_a_folder_and_lists_the_skipped_files(tmp_path, preprocess
                 "--set", f"data.preprocess={preprocess}", "--device", "cpu", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     log = (out / "log.txt").read_text()
-    assert "skipped 3 file(s) that would not decode:" in log
+    assert "skipped 3 file(s) that are not images or would not decode:" in log
     assert sorted(re.findall(r"^  (\S+): ", log, flags=re.M)) == bad
     for good in data.rglob("*"):  # no other file of the folder is named
         if good.is_file() and str(good) not in bad:

@@ -4,7 +4,8 @@ import torch
 from cnnlab.data.augment import AUGMENTATIONS, PRESETS, AugmentParams, build_augment, parse_augment, random_translate
 from cnnlab.errors import ConfigError
 from cnnlab.data.base import ArraySplit
-from cnnlab.data.loader import TensorLoader, channel_stats
+from cnnlab.data.loader import TensorLoader
+from cnnlab.data.normalize import compute_stats
 
 
 def _split(n=50, c=1, size=12):
@@ -63,7 +64,7 @@ def test_translate_shifts_whole_images_and_fills_with_zeros():
 
 def test_batches_cover_the_split_once_and_are_normalised():
     split = _split()
-    mean, std = channel_stats(split.images)
+    mean, std = (t.tolist() for t in compute_stats("auto", split, 1))
     loader = TensorLoader(split, 16, mean=mean, std=std, shuffle=True, seed=3)
     batches = list(loader)
     assert len(loader) == len(batches) == 4

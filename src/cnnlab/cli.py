@@ -161,7 +161,8 @@ def _data_config(data: str, sets: list[str]):
     if bad:
         raise ConfigError(f"--set {bad[0]}: only data.* keys apply to data check")
     overrides["data.name" if data in DATASETS else "data.root"] = data
-    return apply_overrides(RunConfig(), overrides).data
+    overrides.setdefault("data.download", False)  # a check reads what is here
+    return apply_overrides(RunConfig(), overrides).validate().data
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:

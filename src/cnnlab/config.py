@@ -28,7 +28,7 @@ class DataConfig:
     root: str | None = None  # a folder holding the files; None searches the usual places
     # Splits. A count (>= 1) or a fraction (< 1) of the images the dataset gives for training (for
     # a single folder: all of them). val is carved with the run's seed, test with split_seed.
-    val_size: float = 5000
+    val_size: float = 0.1
     test_size: float = 0.2  # only where the dataset has no test part of its own
     split: str = "random"  # random | stratified (same class shares in every part) | first (val = the first N)
     split_seed: int = 0  # the test part of a single folder stays the same whatever the run's seed
@@ -48,7 +48,7 @@ class DataConfig:
     crop_scale: float = 0.35  # smallest area fraction kept by resized-crop
     sampler: str = "shuffle"  # shuffle | balanced (classes drawn equally often)
     in_memory: bool | None = None  # image folders: decode all into memory; None: when it fits in 2 GiB
-    workers: int | None = None  # DataLoader workers for data on disk; None: the number of CPUs
+    workers: int | None = None  # DataLoader workers for data on disk; None: the number of CPUs, at most 8
     max_pixels: int = 40_000_000  # a larger image is refused as a decompression bomb
     download: bool = True  # try torchvision's download when no copy is found on disk
 
@@ -125,6 +125,9 @@ class RunConfig:
             (d.val_limit is None or d.val_limit >= 1, "data.val_limit", d.val_limit, "at least 1"),
             (d.max_pixels >= 1, "data.max_pixels", d.max_pixels, "at least 1"),
             (0 < d.crop_scale <= 1, "data.crop_scale", d.crop_scale, "in (0, 1]"),
+            (d.rotate >= 0, "data.rotate", d.rotate, "zero or positive (degrees)"),
+            (0 <= d.jitter < 1, "data.jitter", d.jitter, "in [0, 1)"),
+            (d.workers is None or d.workers >= 0, "data.workers", d.workers, "zero or positive, or null"),
             (t.class_weights in (None, "auto"), "train.class_weights", t.class_weights, "auto or null"),
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
@@ -134,7 +137,29 @@ class RunConfig:
         for ok, key, value, want in checks:
             if not ok:
                 raise ConfigError(f"{key} is {value!r}; it must be {want}")
+        if d.preprocess is not None:
+            check_preprocess(d.preprocess)
+        if isinstance(d.attributes, list) and len(d.attributes) > 1:
+            raise ConfigError(f"data.attributes lists {len(d.attributes)} attributes: a multi-label task, which needs a BCE loss the engine does not have yet; name one attribute")
         return self
+
+
+PREPROCESS_STEPS = ("resize", "center_crop")
+
+
+def check_preprocess(steps: Any) -> list[dict[str, Any]]:
+    """The recipe's preprocess steps, checked: a list of {resize: SIZE} / {center_crop: SIZE}, SIZE a
+    positive int (resize: the shorter side) or [h, w]. A ConfigError names the bad step."""
+    if not isinstance(steps, list):
+        raise ConfigError(f"data.preprocess must be a list of steps like [{{resize: 256}}, {{center_crop: 224}}], got {steps!r}")
+    for step in steps:
+        ok = isinstance(step, dict) and len(step) == 1 and next(iter(step)) in PREPROCESS_STEPS
+        size = next(iter(step.values())) if ok else None
+        sizes = size if isinstance(size, list) else [size]
+        if not ok or not 1 <= len(sizes) <= 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            raise ConfigError(f"data.preprocess step {step!r} is not {{resize: N}} or {{center_crop: N}} with N a positive whole number or [height, width]")
+    return steps
+
 
 
 # --- reading and overriding ------------------------------------------------------------------

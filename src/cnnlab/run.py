@@ -23,7 +23,7 @@ from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_devic
 from cnnlab.engine.fit import fit
 from cnnlab.engine.loop import evaluate
 from cnnlab.engine.optim import create_optimizer, create_scheduler
-from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.errors import CnnlabError
 from cnnlab.metrics import classification_metrics
 from cnnlab.models import create_model, num_parameters
 from cnnlab.report.plots import plot_training_curves
@@ -49,13 +49,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MAX_AUTO_EPOCHS = 100  # min_steps adds epochs up to this: a 20-image folder gets 100 epochs, not 1,200
+
+
 def resolve_epochs(cfg: RunConfig, n_train: int) -> tuple[RunConfig, bool]:
     """`cfg` with enough epochs for train.min_steps optimizer steps; True where that added epochs."""
     tc = cfg.train
     if tc.min_steps is None:
         return cfg, False
     steps_per_epoch = max(1, n_train // tc.batch_size)  # the train loader drops the last partial batch
-    epochs = max(tc.epochs, math.ceil(tc.min_steps / steps_per_epoch))
+    epochs = max(tc.epochs, min(MAX_AUTO_EPOCHS, math.ceil(tc.min_steps / steps_per_epoch)))
     return dataclasses.replace(cfg, train=dataclasses.replace(tc, epochs=epochs)), epochs > tc.epochs
 
 
@@ -84,9 +87,12 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     tc = cfg.train
     device = resolve_device(tc.device)
     seed_everything(tc.seed)
-    ds = load_dataset(cfg.data, tc.seed)  # before the run folder exists: missing data leaves no empty run
-    if ds.multilabel:
-        raise ConfigError(f"{len(ds.classes)} CelebA attributes make a multi-label task, which needs a BCE loss the engine does not have yet; name one attribute in data.attributes")
+    # Everything that can fail on the data runs before the run folder exists: no empty runs.
+    ds = load_dataset(cfg.data, tc.seed)
+    mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
+    mean, std = mean_t.tolist(), std_t.tolist()
+    # config.yaml records what was inferred (image size, channels), so a rerun reads the same way
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None, channels=ds.input_shape[0]))
     cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
     tc = cfg.train
     run_dir = make_run_dir(out, cfg.name)
@@ -94,10 +100,11 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     log = RunLog(run_dir / "log.txt")
     log_data_issues(log, ds.skipped, ds.warnings)
     if more_epochs:
-        log.write(f"{len(ds.train):,} training images: {tc.epochs} epochs, to reach train.min_steps={tc.min_steps} optimizer steps (--epochs N trains exactly N)")
+        log.write(f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)")
+    if cfg.data.root and cfg.data.name in ("mnist", "fashion-mnist"):
+        other = "mnist" if cfg.data.name == "fashion-mnist" else "fashion-mnist"
+        log.write(f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}")
 
-    mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
-    mean, std = mean_t.tolist(), std_t.tolist()
     loaders = build_loaders(ds, cfg.data, tc, device, mean, std)
     in_channels = ds.input_shape[0]
     num_classes = len(ds.classes)
@@ -137,7 +144,7 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
         if split in loaders:
             r = evaluate(model, loaders[split], len(ds.classes))
             metrics[split] = classification_metrics(r.confusion, ds.classes, loss=r.loss)
-    late = {p: r for ld in loaders.values() for p, r in getattr(ld, "skipped", {}).items()}  # found by workers
+    late = {p: r for ld in loaders.values() for p, r in ld.skipped.items()}  # found by decoding workers
     log_data_issues(log, sorted(late.items()), [])
     skipped = sorted(set(ds.skipped) | set(late.items()))
     metrics.update(

@@ -47,20 +47,26 @@ class RunLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, echo: bool = True) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(line)
+        if echo:
+            tqdm.write(line)
         with open(self.path, "a") as f:  # appended line by line: a crash loses at most the last line
             f.write(line + "\n")
 
 
+SHOWN_SKIPPED = 10  # skipped files printed; log.txt and metrics.json list them all
+
+
 def log_data_issues(log: RunLog, skipped: list[tuple[str, str]], warnings: list[str]) -> None:
-    """One line per skipped file and per warning, with a count first."""
+    """A count, then one line per skipped file (the first few on screen, all in log.txt), then warnings."""
     if skipped:
-        log.write(f"skipped {len(skipped)} file(s) that would not decode:")
-        for path, reason in skipped:
-            log.write(f"  {path}: {reason}")
+        log.write(f"skipped {len(skipped)} file(s) that are not images or would not decode:")
+        for i, (path, reason) in enumerate(skipped):
+            log.write(f"  {path}: {reason}", echo=i < SHOWN_SKIPPED)
+        if len(skipped) > SHOWN_SKIPPED:
+            print(f"  ... and {len(skipped) - SHOWN_SKIPPED} more in {log.path}")
     for w in warnings:
         log.write(f"warning: {w}")
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
+
 from cnnlab.config import DataConfig
 from cnnlab.data.base import ArraySplit, DataSource, Dataset, FileSplit
-from cnnlab.errors import DataError
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.registry import Registry
 
 # A source is called with the DataConfig and returns a Dataset (see data/base.py, DataSource).
@@ -55,8 +57,32 @@ def _resolve_name(cfg: DataConfig) -> str:
     return found
 
 
-def _limit(split, n: int | None):
-    return split.subset(slice(0, n)) if split is not None and n is not None else split
+def _limit(split, n: int | None, seed: int, method: str):
+    """A subset of n images: the first n for split=first (the textbook's Subset(range(n))), else a
+    seeded random (or stratified) draw, so a folder sorted by class keeps all its classes."""
+    if split is None or n is None or n >= len(split):
+        return split
+    return carve(split, n, len(split), seed, method)[1]
+
+
+def to_channels(split, channels: int | None):
+    """An in-memory split with `channels` channels: gray repeated to RGB, RGB to luminance (ITU-R 601)."""
+    if channels is None or not isinstance(split, ArraySplit) or split.images.shape[1] == channels:
+        return split
+    x = split.images
+    if channels == 3:
+        return ArraySplit(x.expand(-1, 3, -1, -1).contiguous(), split.labels)
+    gray = (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return ArraySplit(gray.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else gray, split.labels)
+
+
+def check_keys(cfg: DataConfig) -> None:
+    """Refuse data keys the chosen source would silently ignore."""
+    source = DATASETS.get(cfg.name)
+    if cfg.preprocess and not source.reads_files:
+        raise ConfigError(f"data.preprocess resizes image files as they are read; {cfg.name} is held as arrays of one size, so leave it unset")
+    if cfg.attributes is not None and cfg.name != "celeba":
+        raise ConfigError(f"data.attributes picks CelebA's target attribute; {cfg.name} has class labels, so leave it unset")
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
@@ -66,23 +92,30 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     runs of a sweep; the validation part with the run's `seed`.
     """
     cfg = resolve_data(cfg)
+    check_keys(cfg)
     ds = DATASETS.get(cfg.name)(cfg)
     train, val, test = ds.train, ds.val, ds.test
     n_given = len(train)  # fractions are of the images the dataset gives for training
+    if n_given == 0:
+        raise DataError(f"{ds.source} has no training images that decode (cnnlab data check {ds.source} lists what is wrong)")
     if test is None:
         train, test = carve(train, cfg.test_size, n_given, cfg.split_seed, cfg.split)
         if test is None:
-            raise DataError(f"{ds.source} has no test part and data.test_size is 0; give a test fraction or count")
+            raise DataError(f"data.test_size {cfg.test_size:g} of {n_given} images leaves an empty test part ({ds.source} has none of its own); give a larger fraction or a count")
     if val is None:
         train, val = carve(train, cfg.val_size, n_given, seed, cfg.split)
-    train, val, test = _limit(train, cfg.train_limit), _limit(val, cfg.val_limit), _limit(test, cfg.test_limit)
-    out = dataclasses.replace(ds, train=train, val=val, test=test, warnings=list(ds.warnings))
+    train = _limit(train, cfg.train_limit, cfg.split_seed, cfg.split)
+    val = _limit(val, cfg.val_limit, cfg.split_seed, cfg.split)
+    test = _limit(test, cfg.test_limit, cfg.split_seed, cfg.split)
+    train, val, test = (to_channels(s, cfg.channels) for s in (train, val, test))
+    shape = ds.input_shape if cfg.channels is None else (cfg.channels, *ds.input_shape[1:])  # type: ignore[index]
+    out = dataclasses.replace(ds, train=train, val=val, test=test, input_shape=shape, warnings=list(ds.warnings))
     k = len(ds.classes)
     for name, split in out.splits().items():
         empty = [ds.classes[i] for i, c in enumerate(class_counts(split, k).tolist()) if c == 0]
-        if empty and name == "train" and len(empty) == k:
-            raise DataError(f"the training part of {ds.source} has no images")
-        if empty:
+        if empty and name == "train" and not ds.multilabel:
+            out.warnings.append(f"no training images of class {', '.join(repr(c) for c in empty[:5])}{' ...' if len(empty) > 5 else ''}: the model keeps an output it never learns; add images or remove the class")
+        elif empty:
             out.warnings.append(f"the {name} part has no images of {len(empty)} class(es): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
     return out
 

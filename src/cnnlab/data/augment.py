@@ -2,7 +2,7 @@
 
 An op is `fn(x, generator, params) -> x` for x of shape (B, C, H, W) with pixel values on
 [0, params.value_max] (uint8 from memory or from the decoding workers, before normalisation, so a
-zero fill is black). flip and translate keep the dtype; rotate, resized-crop and jitter return
+zero fill is black), or float data on its own scale (value_max None: jitter does not clamp). flip and translate keep the dtype; rotate, resized-crop and jitter return
 float32 on the same scale. Random draws come from the CPU `generator`, so a batch's augmentation
 depends only on the loader's seed and epoch, whatever the device.
 
@@ -42,7 +42,7 @@ class AugmentParams:
     rotate: float = 15.0  # max rotation in degrees
     jitter: float = 0.2  # brightness/contrast/saturation factors drawn from [1 - j, 1 + j]
     crop_scale: float = 0.35  # smallest area fraction resized-crop keeps
-    value_max: float = 255.0  # the pixel scale of x
+    value_max: float | None = 255.0  # the pixel range [0, value_max] of x; None: float data on its own scale
 
 
 @AUGMENTATIONS.register("flip")
@@ -121,7 +121,7 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, params: AugmentPar
     if c == 3:
         gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = (x - gray) * factor() + gray  # saturation
-    return x.clamp_(0, params.value_max)
+    return x.clamp_(0, params.value_max) if params.value_max is not None else x
 
 
 def parse_augment(spec: str) -> list[str]:

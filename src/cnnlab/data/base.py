@@ -113,6 +113,7 @@ class DataSource:
     generic = False  # True for a layout most folders match (tried last when detecting --data PATH)
     needs_root = False  # True where there is no usual place to look: only --data PATH finds it
     default_augment = "flip-translate"  # what data.augment=auto means here
+    reads_files = False  # True where images are files decoded on load (data.preprocess applies)
 
     def find(self, cfg: DataConfig) -> Path | None:
         """Where the data is on this machine (cheap: no decoding), or None."""
@@ -124,6 +125,10 @@ class DataSource:
 
     def load(self, cfg: DataConfig) -> Dataset:
         raise NotImplementedError
+
+    def scan(self, cfg: DataConfig) -> Any:
+        """The files per split without decoding (a FolderScan), for sources that read files; else None."""
+        return None
 
     def __call__(self, cfg: DataConfig) -> Dataset:
         return self.load(cfg)

@@ -84,6 +84,7 @@ def target_columns(names: list[str], attributes: Any) -> list[int]:
 
 class CelebASource(DataSource):
     name = "celeba"
+    reads_files = True
     needs_root = True
     layout = f"{IMAGES}/, {ATTR_FILE} and {PARTITION_FILE} (torchvision's celeba/ folder)"
 

@@ -75,8 +75,8 @@ def check(cfg: DataConfig) -> dict[str, Any]:
     """Everything `cnnlab data check` reports, as a JSON-ready dict (see format_report)."""
     cfg = resolve_data(cfg)
     source = DATASETS.get(cfg.name)
-    if hasattr(source, "scan"):  # data on disk: read every file
-        scan = source.scan(cfg)
+    scan = source.scan(cfg)
+    if scan is not None:  # data on disk: read every file
         classes, root = scan.classes, str(scan.root)
         items = _file_items(scan, cfg)
         carved = "all" in scan.files

@@ -113,6 +113,7 @@ def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict
 class ImageFolderSource(DataSource):
     name = "folder"
     generic = True
+    reads_files = True
     needs_root = True
     layout = "one sub-folder of images per class (PATH/<class>/*), or PATH/{train,val,test}/<class>/*"
 

@@ -13,9 +13,7 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms import v2
 
-from cnnlab.errors import ConfigError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 
@@ -54,6 +52,13 @@ def open_image(path: str | Path, channels: int, max_pixels: int) -> Image.Image:
 
 
 def _convert(im: Image.Image, channels: int) -> Image.Image:
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        # 16-bit, 32-bit and float grayscale: Pillow's convert("L") clips at 255, so scale to 8 bits
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA"):
@@ -85,39 +90,30 @@ def header_info(path: str | Path) -> tuple[tuple[int, int], str]:
         raise BadImage(f"corrupt ({str(e).strip() or type(e).__name__})") from None
 
 
-_STEPS = {"resize": v2.Resize, "center_crop": v2.CenterCrop}
+def preprocess_transform(steps: Sequence[dict[str, Any]]):
+    """torchvision transforms for checked preprocess steps (v2.Resize keeps the aspect for an int)."""
+    from torchvision.transforms import v2  # here, not at import: torchvision takes a second to load
 
-
-def preprocess_transform(steps: Sequence[dict[str, Any]]) -> v2.Transform:
-    """torchvision transforms for the recipe's `preprocess` steps, e.g. [{resize: 256}, {center_crop: 224}].
-
-    resize: an int resizes the shorter side (keeping the aspect), [h, w] resizes exactly.
-    """
     ops = []
     for step in steps:
-        if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in _STEPS:
-            raise ConfigError(f"data.preprocess step {step!r} is not one of: {', '.join(f'{{{k}: SIZE}}' for k in _STEPS)}")
         (kind, size), = step.items()
-        if isinstance(size, list):
-            size = [int(v) for v in size]
-        ops.append(_STEPS[kind](size, antialias=True) if kind == "resize" else _STEPS[kind](size))
+        size = list(size) if isinstance(size, list) else size
+        ops.append(v2.Resize(size, antialias=True) if kind == "resize" else v2.CenterCrop(size))
     return v2.Compose(ops) if ops else v2.Identity()  # Compose refuses an empty list
 
 
 def output_size(steps: Sequence[dict[str, Any]], size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) after the preprocess steps for an image of (h, w) `size`."""
-    h, w = size
-    for step in steps:
-        (kind, s), = step.items()
-        if kind == "center_crop" or isinstance(s, list):
-            h, w = (s, s) if isinstance(s, int) else (s[0], s[-1])
-        else:  # resize the shorter side to s, keeping the aspect ratio (torchvision's rule)
-            short, long = (h, w) if h <= w else (w, h)
-            new_long = int(s * long / short)
-            h, w = (s, new_long) if h <= w else (new_long, s)
-    return h, w
+    """(h, w) after the preprocess steps for an image of (h, w) `size`: torchvision's own answer,
+    from running the steps on an empty 1-channel image of that size."""
+    if steps and "center_crop" in steps[-1]:  # a crop's output is its size, whatever goes in
+        crop = steps[-1]["center_crop"]
+        return (crop, crop) if isinstance(crop, int) else (crop[0], crop[-1])
+    out = preprocess_transform(steps)(torch.zeros(1, *size, dtype=torch.uint8))
+    return tuple(out.shape[-2:])  # type: ignore[return-value]
 
 
-def to_uint8_tensor(im: Image.Image, transform: v2.Transform) -> torch.Tensor:
+def to_uint8_tensor(im: Image.Image, transform) -> torch.Tensor:
     """(C, H, W) uint8 after the preprocess transform."""
-    return transform(v2.functional.pil_to_tensor(im))
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return transform(pil_to_tensor(im))

@@ -18,15 +18,9 @@ from torch.utils.data import BatchSampler, DataLoader
 from cnnlab.data.augment import AugmentParams, build_augment
 from cnnlab.data.base import ArraySplit, FileSplit, Split
 from cnnlab.data.images import BadImage, open_image, preprocess_transform, to_uint8_tensor
-from cnnlab.data.normalize import channel_stats_of, value_scale
+from cnnlab.data.normalize import value_scale
 from cnnlab.data.splits import class_counts
-
-
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of in-memory images (N, C, H, W), on the [0, 1] scale for uint8."""
-    scale = value_scale(images)
-    mean, std = channel_stats_of(lambda: (images[i : i + chunk].to(torch.float64) / scale for i in range(0, len(images), chunk)), images.shape[1])
-    return mean.tolist(), std.tolist()
+from cnnlab.errors import DataError
 
 
 class _BatchLoader:
@@ -63,6 +57,7 @@ class _BatchLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
+        self.skipped: dict[str, str] = {}  # files that would not decode (data on disk): path -> reason
         # x_norm = (x / value_max - mean) / std = x * scale + shift, one fused multiply-add.
         # mean/std are (C,) per channel or (C, H, W) per pixel; both broadcast over (B, C, H, W).
         mean_t = torch.as_tensor(mean, dtype=torch.float32)
@@ -97,12 +92,16 @@ class _BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = self._generator()
+        batches = 0
         for x, y in self._batches(self._order(g)):
+            batches += 1
             x = self.augment(x.to(self.device, non_blocking=True), g)
             x = torch.addcmul(self.shift, x.float(), self.scale)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True)
+        if batches == 0 and len(self.split) > 0:
+            raise DataError(f"none of the {len(self.split)} images of this part decoded (first reasons: {'; '.join(list(self.skipped.values())[:2])}); cnnlab data check lists them")
 
 
 class TensorLoader(_BatchLoader):
@@ -157,7 +156,6 @@ class FileLoader(_BatchLoader):
         super().__init__(split, batch_size, **kw)
         self.files = _DecodeFiles(split, channels, preprocess, tuple(input_shape), max_pixels)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        self.skipped: dict[str, str] = {}
 
     def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = order.tolist() if order is not None else range(len(self.split))

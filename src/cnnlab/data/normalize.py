@@ -58,14 +58,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CNNLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab")
 
 
-def _file_split_stats(split: Split, channels: int, file_batches: Callable[[], object]) -> Stats:
+def _file_split_stats(split: Split, channels: int, file_batches: Callable[[], object], cache_key: str) -> Stats:
     """Per-channel statistics of a split on disk: decoding it all takes a while, so they are cached,
     keyed by the file list (paths, sizes, times) and the preprocessing."""
     h = hashlib.sha256()
     for p in split.paths:  # type: ignore[union-attr]
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    h.update(repr(getattr(file_batches, "key", "")).encode())
+    h.update(cache_key.encode())
     path = cache_dir() / "stats" / f"{h.hexdigest()[:32]}.json"
     if path.is_file():
         try:
@@ -85,16 +85,16 @@ def _file_split_stats(split: Split, channels: int, file_batches: Callable[[], ob
 
 
 @NORMALIZATIONS.register("auto")
-def _auto(split: Split, channels: int, file_batches: Callable[[], object] | None = None) -> Stats:
+def _auto(split: Split, channels: int, file_batches: Callable[[], object] | None = None, cache_key: str = "") -> Stats:
     """Per-channel mean and std of the training part."""
     if isinstance(split, ArraySplit):
         return channel_stats_of(_array_batches(split), channels)
     assert file_batches is not None
-    return _file_split_stats(split, channels, file_batches)
+    return _file_split_stats(split, channels, file_batches, cache_key)
 
 
 def _fixed(mean: tuple[float, ...], std: tuple[float, ...], name: str):
-    def stats(split: Split, channels: int, file_batches=None) -> Stats:
+    def stats(split: Split, channels: int, file_batches=None, cache_key: str = "") -> Stats:
         if len(mean) != channels:
             raise ConfigError(f"data.normalize={name} has statistics for {len(mean)} channels but the images have {channels}; set data.channels={len(mean)} or use data.normalize=auto")
         return torch.tensor(mean), torch.tensor(std)
@@ -107,30 +107,38 @@ NORMALIZATIONS.register("imagenet")(_fixed(*IMAGENET_STATS, "imagenet"))
 
 
 @NORMALIZATIONS.register("none")
-def _none(split: Split, channels: int, file_batches=None) -> Stats:
+def _none(split: Split, channels: int, file_batches=None, cache_key: str = "") -> Stats:
     """Pixels on [0, 1], as ToTensor() alone gives (the textbook)."""
     return torch.zeros(channels), torch.ones(channels)
 
 
 @NORMALIZATIONS.register("half")
-def _half(split: Split, channels: int, file_batches=None) -> Stats:
+def _half(split: Split, channels: int, file_batches=None, cache_key: str = "") -> Stats:
     """Pixels on [-0.5, 0.5] (the KTH report: mean 0.5, std 1)."""
     return torch.full((channels,), 0.5), torch.ones(channels)
 
 
 @NORMALIZATIONS.register("standard-scaler")
-def _standard_scaler(split: Split, channels: int, file_batches=None) -> Stats:
+def _standard_scaler(split: Split, channels: int, file_batches=None, cache_key: str = "") -> Stats:
     """Per-pixel mean and std of the training part, as scikit-learn's StandardScaler on flattened
     pixels (the UW lab). A pixel that never varies gets std 1, as StandardScaler does."""
     if not isinstance(split, ArraySplit):
         raise ConfigError("data.normalize=standard-scaler needs the images in memory; set data.in_memory=true")
-    x = split.images.to(torch.float64) / value_scale(split.images)  # (N, C, H, W)
-    mean = x.mean(0)
-    std = x.std(0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    scale = value_scale(split.images)
+    total = torch.zeros(split.images.shape[1:], dtype=torch.float64)  # (C, H, W)
+    total_sq = torch.zeros_like(total)
+    for i in range(0, len(split), 8192):  # chunks: no float64 copy of the whole split
+        x = split.images[i : i + 8192].to(torch.float64) / scale
+        total += x.sum(0)
+        total_sq += x.square().sum(0)
+    n = max(1, len(split))
+    mean = total / n
+    std = (total_sq / n - mean.square()).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant pixel: the sums leave ~1e-9 of rounding
     return mean.float(), std.float()
 
 
-def compute_stats(name: str, split: Split, channels: int, file_batches: Callable[[], object] | None = None) -> Stats:
-    """The statistics `name` gives for the training part `split`."""
-    return NORMALIZATIONS.get(name)(split, channels, file_batches)
+def compute_stats(name: str, split: Split, channels: int, file_batches: Callable[[], object] | None = None, cache_key: str = "") -> Stats:
+    """The statistics `name` gives for the training part `split`. `file_batches` yields its images
+    as [0, 1] float batches where they are on disk; `cache_key` names their preprocessing."""
+    return NORMALIZATIONS.get(name)(split, channels, file_batches, cache_key)

@@ -20,6 +20,7 @@ from cnnlab.data import DATASETS
 from cnnlab.data.base import ArraySplit, DataSource, Dataset
 from cnnlab.errors import DataError
 
+MAX_UNNAMED_CLASSES = 10_000  # more classes than this without classes.txt: the labels are not class indices
 PART_WORDS = (("train", "train"), ("valid", "val"), ("val", "val"), ("test", "test"))
 
 
@@ -52,6 +53,8 @@ def _images(a: np.ndarray, path: Path) -> torch.Tensor:
         raise DataError(f"{path}: features of shape {a.shape} are not images; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
     if not np.issubdtype(a.dtype, np.number):
         raise DataError(f"{path}: features of dtype {a.dtype} are not numbers")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise DataError(f"{path}: features hold NaN or infinite values; clean them before training")
     if np.issubdtype(a.dtype, np.integer) or np.array_equal(a, np.round(a)):
         if a.size and (a.min() < 0 or a.max() > 255):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
@@ -91,8 +94,12 @@ class NumpyPairsSource(DataSource):
             if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.number) or not np.array_equal(labels, np.round(labels)):
                 raise DataError(f"{targ}: targets must be one whole-number class index per row, got shape {labels.shape} {labels.dtype}")
             splits[part] = ArraySplit(_images(_load(feat), feat), torch.from_numpy(labels.astype(np.int64)))
+        if len(splits["train"]) == 0:
+            raise DataError(f"{pairs['train'][0]} holds no rows")
         names_file = folder / "classes.txt"
         k = 1 + max(int(s.labels.max()) for s in splits.values() if len(s))
+        if k > MAX_UNNAMED_CLASSES and not names_file.is_file():
+            raise DataError(f"{folder}: labels run up to {k - 1}; number the classes 0..K-1, or name them in classes.txt (one per line)")
         classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()] if names_file.is_file() else [str(i) for i in range(k)]
         return Dataset(splits["train"], splits.get("test"), classes, source=str(folder), val=splits.get("val"))
 

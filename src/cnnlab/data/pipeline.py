@@ -14,6 +14,7 @@ from cnnlab.data.normalize import compute_stats, value_scale
 
 
 def _value_max(ds: Dataset) -> float:
+    """What one pixel unit is worth: 255 for uint8 images (memory or files), 1 for float arrays."""
     return value_scale(ds.train.images) if isinstance(ds.train, ArraySplit) else 255.0
 
 
@@ -25,8 +26,7 @@ def normalization_stats(ds: Dataset, cfg: DataConfig) -> tuple[torch.Tensor, tor
         plain = make_loader(ds.train, 256, input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=cfg.max_pixels, workers=cfg.workers, mean=[0.0] * channels, std=[1.0] * channels)
         return (x for x, _ in plain)
 
-    file_batches.key = (ds.preprocess, channels)  # type: ignore[attr-defined]
-    return compute_stats(cfg.normalize, ds.train, channels, file_batches)
+    return compute_stats(cfg.normalize, ds.train, channels, file_batches, cache_key=repr((ds.preprocess, channels)))
 
 
 def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: torch.device, mean: Any, std: Any) -> dict[str, _BatchLoader]:
@@ -36,7 +36,9 @@ def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: tor
         input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=data.max_pixels, workers=data.workers,
         mean=mean, std=std, device=device, channels_last=train.channels_last, value_max=value_max,
     )
-    params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, value_max=value_max)
+    # float arrays keep their own scale: no range to clamp the colour jitter to
+    clamp = value_max if value_max == 255.0 else None
+    params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, value_max=clamp)
     loaders = {
         "train": make_loader(ds.train, train.batch_size, shuffle=True, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size, seed=train.seed, **common)
     }

@@ -38,12 +38,14 @@ def carve(split: Split, size: float, of: int, seed: int, method: str = "random")
     g = torch.Generator().manual_seed(seed)
     if method == "stratified":
         ids = class_ids(split.labels)
-        chosen = []
-        for c in torch.unique(ids).tolist():
-            members = (ids == c).nonzero().flatten()
-            take = int(round(k * len(members) / n))
-            chosen.append(members[torch.randperm(len(members), generator=g)[:take]])
-        part_idx = torch.cat(chosen)
+        classes = torch.unique(ids)
+        members = [(ids == c).nonzero().flatten() for c in classes.tolist()]
+        # largest remainders: each class's share k * n_c / n, rounded so the shares add up to k exactly
+        exact = torch.tensor([k * len(m) / n for m in members], dtype=torch.float64)
+        take = exact.floor().long()
+        for i in torch.argsort(exact - take, descending=True, stable=True)[: k - int(take.sum())].tolist():
+            take[i] += 1
+        part_idx = torch.cat([m[torch.randperm(len(m), generator=g)[:t]] for m, t in zip(members, take.tolist())])
     elif method == "random":
         part_idx = torch.randperm(n, generator=g)[:k]
     else:
