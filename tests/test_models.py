@@ -1,20 +1,39 @@
-"""Every registered model builds, gives the right output shape, and backpropagates."""
+"""Every registered model builds, gives the right output shape, backpropagates; the reports' exact counts."""
 
 import pytest
 import torch
 
-from cnnlab.models import MODELS, create_model, num_parameters
 from cnnlab.errors import ConfigError
+from cnnlab.models import DEFAULT_INPUTS, MODELS, create_model, num_parameters
+from cnnlab.models.summary import summarize
+from conftest import run_cli
+
+# The figures the reports give (hanoi-scratch: 20 classes at 3x224x224), or that the layers add up to
+# (cifar10-comprehensive: the report says "about 1.28 M"; lenet5: LeCun's, on 28x28 with padding 2).
+REPORTED = {
+    "textbook-mnist": 3_274_634,
+    "textbook-celeba-smile": 388_673,
+    "uw-lab": 28_938,
+    "cifar10-comprehensive": 1_278_218,
+    "kth-default": 256_058,
+    "hanoi-scratch": 6_983_444,
+    "lenet5": 61_706,
+}
+
+
+def _outputs(name: str, classes: int) -> int:
+    return 1 if name == "textbook-celeba-smile" else classes  # its sigmoid unit
 
 
 @pytest.mark.parametrize("name", MODELS.names())
-@pytest.mark.parametrize("shape, classes", [((1, 28, 28), 10), ((3, 32, 32), 7)])
-def test_builds_forwards_and_backpropagates(name, shape, classes):
+@pytest.mark.parametrize("channels", [1, 3])
+def test_builds_forwards_and_backpropagates(name, channels):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=classes, in_channels=shape[0])
-    x = torch.randn(4, *shape)
+    (_, h, w), classes = DEFAULT_INPUTS[name]
+    model = create_model(name, num_classes=7, in_channels=channels, input_size=(h, w))
+    x = torch.randn(2, channels, h, w)
     out = model(x)
-    assert out.shape == (4, classes)
+    assert out.shape == (2, _outputs(name, 7)) and torch.isfinite(out).all()
     out.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
     assert num_parameters(model) > 0
@@ -22,22 +41,108 @@ def test_builds_forwards_and_backpropagates(name, shape, classes):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_features_then_head_is_forward(name):
-    model = create_model(name, num_classes=10, in_channels=1).eval()
-    x = torch.randn(2, 1, 28, 28)
+    (c, h, w), classes = DEFAULT_INPUTS[name]
+    model = create_model(name, num_classes=classes, in_channels=c, input_size=(h, w)).eval()
+    x = torch.randn(2, c, h, w)
     assert torch.allclose(model.forward_head(model.forward_features(x)), model(x))
 
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_channels_last_gives_the_same_output(name):
-    model = create_model(name, num_classes=10, in_channels=1).eval()
-    x = torch.randn(2, 1, 28, 28)
+    (c, h, w), classes = DEFAULT_INPUTS[name]
+    model = create_model(name, num_classes=classes, in_channels=c, input_size=(h, w)).eval()
+    x = torch.randn(2, c, h, w)
     ref = model(x)
     model.to(memory_format=torch.channels_last)
-    assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-5)
+    assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(REPORTED))
+def test_reported_parameter_counts(name):
+    (c, h, w), classes = DEFAULT_INPUTS[name]
+    model = create_model(name, num_classes=classes, in_channels=c, input_size=(h, w))
+    print(name, num_parameters(model))
+    assert num_parameters(model) == REPORTED[name]
+
+
+def test_kth_layer_table_matches_the_report():
+    s = summarize(create_model("kth-default", num_classes=10, in_channels=3, input_size=(32, 32)), (3, 32, 32))
+    shapes = [r.shape for r in s.rows if not r.layer.startswith("ReLU")]
+    assert shapes == [[24, 28, 28], [24, 14, 14], [48, 12, 12], [48, 6, 6], [96, 4, 4], [96, 2, 2], [384], [512], [10]]
+    assert (s.total_params, f"{s.params_mb:.2f}", f"{s.total_mb:.2f}") == (256_058, "0.98", "1.46")
+
+
+def test_hanoi_table_has_no_relu_rows_and_the_reports_sizes():
+    s = summarize(create_model("hanoi-scratch", num_classes=20, in_channels=3, input_size=(224, 224)), (3, 224, 224))
+    assert not any(r.layer.startswith("ReLU") for r in s.rows)
+    assert [f"{v:.2f}" for v in (s.input_mb, s.forward_backward_mb, s.params_mb, s.total_mb)] == ["0.57", "17.90", "26.64", "45.12"]
+
+
+def test_summary_cli_prints_the_reports_figures():
+    r = run_cli("summary", "kth-default", "--input", "3x32x32")
+    assert r.returncode == 0, r.stderr
+    for text in ("Total params: 256,058", "[-1, 24, 28, 28]", "[-1, 96, 2, 2]", "Params size (MB): 0.98", "Estimated Total Size (MB): 1.46", "MACs per image"):
+        assert text in r.stdout, text
+    r = run_cli("summary", "hanoi-scratch", "--input", "3x224x224", "--num-classes", "20")
+    for text in ("Total params: 6,983,444", "Input size (MB): 0.57", "Forward/backward pass size (MB): 17.90", "Params size (MB): 26.64", "Estimated Total Size (MB): 45.12"):
+        assert text in r.stdout, text
+
+
+def test_macs_of_a_conv_and_a_linear():
+    s = summarize(create_model("uw-lab", num_classes=10, in_channels=1, input_size=(28, 28)), (1, 28, 28))
+    # conv1: 16x28x28 outputs x 25 taps; conv2: 32x14x14 x (16 x 25); linear: 1568 x 10
+    assert s.macs == 16 * 28 * 28 * 25 + 32 * 14 * 14 * 16 * 25 + 1568 * 10
+
+
+def test_models_list_names_every_model_with_its_count():
+    r = run_cli("models", "list")
+    assert r.returncode == 0
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert sorted(lines) == MODELS.names()
+    assert "6,983,444" in lines["hanoi-scratch"] and "256,058" in lines["kth-default"]
+
+
+def test_spec_keys_override_a_preset():
+    base = create_model("kth-default", num_classes=10, in_channels=3, input_size=(32, 32))
+    wide = create_model("kth-default", num_classes=10, in_channels=3, input_size=(32, 32), channels=[64, 128, 256])
+    assert num_parameters(wide) > num_parameters(base)
+    leaky = create_model("kth-default", num_classes=10, in_channels=3, input_size=(32, 32), act="leaky_relu")
+    assert any(isinstance(m, torch.nn.LeakyReLU) for m in leaky.modules())
+
+
+def test_too_small_input_names_the_block():
+    with pytest.raises(ConfigError, match="too small.*block 5"):
+        create_model("hanoi-scratch", num_classes=20, in_channels=3, input_size=(28, 28))
 
 
 def test_unknown_model_and_bad_kwargs():
-    with pytest.raises(ConfigError, match="unknown model 'nope'; known: fastnet"):
-        create_model("nope", num_classes=10, in_channels=1)
+    with pytest.raises(ConfigError, match="unknown model 'kth-defualt'; did you mean kth-default"):
+        create_model("kth-defualt", num_classes=10, in_channels=1)
     with pytest.raises(ConfigError, match="rejects its arguments"):
         create_model("fastnet", num_classes=10, in_channels=1, no_such_arg=3)
+    with pytest.raises(ConfigError, match="unknown model key 'no_such_key'"):
+        create_model("uw-lab", num_classes=10, in_channels=1, no_such_key=3)
+    with pytest.raises(ConfigError, match="act"):
+        create_model("uw-lab", num_classes=10, in_channels=1, act="swish")
+
+
+@pytest.mark.parametrize("args, needle", [(["summary", "nope"], "unknown model"), (["summary", "uw-lab", "--input", "1x28"], "CxHxW"), (["summary", "hanoi-scratch", "--input", "3x28x28"], "too small")])
+def test_summary_errors_are_one_line(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["uw-lab", "textbook-mnist", "lenet5", "kth-default"])
+def test_presets_train_through_the_cli(name, fashion_dir, tmp_path):
+    from conftest import QUICK
+
+    r = run_cli("train", "--data", str(fashion_dir), "--model", name, "--out", str(tmp_path / "run"), *QUICK)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_a_sigmoid_preset_is_refused_before_training(fashion_dir, tmp_path):
+    from conftest import QUICK
+
+    r = run_cli("train", "--data", str(fashion_dir), "--model", "textbook-celeba-smile", "--out", str(tmp_path / "run"), *QUICK)
+    assert r.returncode == 2 and "sigmoid" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "run").exists()

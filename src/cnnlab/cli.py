@@ -57,6 +57,13 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
+def _input_shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not CxHxW, e.g. 3x32x32")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -114,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--json", action="store_true", help="print the full report as JSON")
     dc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a data key, e.g. --set data.attributes=Smiling (repeatable)")
     dc.set_defaults(func=cmd_data_check)
+
+    m = sub.add_parser("models", help="list the models", description="The registered models.")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    msub.required = True
+    ml = msub.add_parser("list", help="each model with its parameter count at its default input", epilog="example:\n  cnnlab models list\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ml.set_defaults(func=cmd_models_list)
+
+    s = sub.add_parser(
+        "summary",
+        help="a model's layer table, memory estimates and MACs",
+        description="The layer table of MODEL (output shape and parameters of each layer), with the memory estimates "
+        "the reports printed (input, forward/backward pass, params, total; MB) and the MACs per image.",
+        epilog="examples:\n  cnnlab summary kth-default --input 3x32x32\n  cnnlab summary hanoi-scratch --input 3x224x224 --num-classes 20\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("model", metavar="MODEL", help="a model name (cnnlab models list)")
+    s.add_argument("--input", type=_input_shape, metavar="CxHxW", help="input shape; default: the model's own")
+    s.add_argument("--num-classes", type=_positive_int, metavar="N", help="default: the model's own")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a model spec key, e.g. --set act=leaky_relu (repeatable)")
+    s.set_defaults(func=cmd_summary)
     return parser
 
 
@@ -186,6 +213,34 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     report = check(_data_config(args.data, args.set))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if not report["problems"] else 1
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from cnnlab.models import DEFAULT_INPUTS, MODELS, create_model, num_parameters
+
+    rows = []
+    for name in MODELS.names():
+        (c, h, w), k = DEFAULT_INPUTS.get(name, ((3, 32, 32), 10))
+        model = create_model(name, num_classes=k, in_channels=c, input_size=(h, w))
+        rows.append((name, f"{num_parameters(model):,}", f"{c}x{h}x{w}, {k} classes", (MODELS.get(name).__doc__ or "").strip().splitlines()[0]))
+    widths = [max(len(r[i]) for r in rows + [("model", "parameters", "at input", "")]) for i in range(3)]
+    print(f"{'model':<{widths[0]}}  {'parameters':>{widths[1]}}  {'at input':<{widths[2]}}  about")
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cnnlab.config import parse_set
+    from cnnlab.models import DEFAULT_INPUTS, create_model
+    from cnnlab.models.summary import format_summary, summarize
+
+    (c, h, w), k = DEFAULT_INPUTS.get(args.model, ((3, 32, 32), 10))
+    c, h, w = args.input or (c, h, w)
+    model = create_model(args.model, num_classes=args.num_classes or k, in_channels=c, input_size=(h, w), **parse_set(args.set))
+    print(f"{args.model} at input {c}x{h}x{w}, {args.num_classes or k} classes")
+    print(format_summary(summarize(model, (c, h, w))))
+    return 0
 
 
 def print_summary(m: dict[str, Any], run_dir: str) -> None:

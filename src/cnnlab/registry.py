@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Generic, TypeVar
 
 from cnnlab.errors import ConfigError
@@ -29,8 +30,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items))
-            raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            close = difflib.get_close_matches(str(name), self._items, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigError(f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self._items))}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -23,7 +23,7 @@ from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_devic
 from cnnlab.engine.fit import fit
 from cnnlab.engine.loop import evaluate
 from cnnlab.engine.optim import create_optimizer, create_scheduler
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.metrics import classification_metrics
 from cnnlab.models import create_model, num_parameters
 from cnnlab.report.plots import plot_training_curves
@@ -62,6 +62,17 @@ def resolve_epochs(cfg: RunConfig, n_train: int) -> tuple[RunConfig, bool]:
     return dataclasses.replace(cfg, train=dataclasses.replace(tc, epochs=epochs)), epochs > tc.epochs
 
 
+@torch.no_grad()
+def check_outputs(model: nn.Module, name: str, input_shape, num_classes: int) -> None:
+    """The model gives one logit per class (a sigmoid-unit preset needs the BCE loss, not here yet)."""
+    was_training = model.training
+    model.eval()
+    outputs = model(torch.zeros(1, *input_shape)).shape[-1]
+    model.train(was_training)
+    if outputs != num_classes:
+        raise ConfigError(f"model {name} gives {outputs} output(s) for {num_classes} classes; a sigmoid-unit model needs a BCE loss, which the engine does not have yet: use --set model.kwargs.output=linear")
+
+
 def check_names(cfg: RunConfig) -> None:
     """Every named component exists: fail in a second, before any data is read."""
     from cnnlab.data import DATASETS
@@ -91,6 +102,10 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     ds = load_dataset(cfg.data, tc.seed)
     mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
     mean, std = mean_t.tolist(), std_t.tolist()
+    num_classes = len(ds.classes)
+    in_channels = ds.input_shape[0]
+    model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=in_channels, input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
+    check_outputs(model, cfg.model.name, ds.input_shape, num_classes)
     # config.yaml records what was inferred (image size, channels), so a rerun reads the same way
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None, channels=ds.input_shape[0]))
     cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
@@ -106,9 +121,6 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
         log.write(f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}")
 
     loaders = build_loaders(ds, cfg.data, tc, device, mean, std)
-    in_channels = ds.input_shape[0]
-    num_classes = len(ds.classes)
-    model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=in_channels, **cfg.model.kwargs)
     model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
     optimizer = create_optimizer(model, cfg.optim)
     scheduler = create_scheduler(optimizer, cfg.schedule, len(loaders["train"]), tc.epochs)

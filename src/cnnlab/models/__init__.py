@@ -10,14 +10,19 @@ from cnnlab.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-from cnnlab.models import fastnet  # noqa: E402,F401  (registers its presets)
+from cnnlab.models import fastnet, presets  # noqa: E402,F401  (register their models)
+
+# name -> (default input (C, H, W), default number of classes), for `models list` and `summary`
+DEFAULT_INPUTS: dict[str, tuple[tuple[int, int, int], int]] = {"fastnet": ((1, 28, 28), 10)}
+DEFAULT_INPUTS.update({n: (inp, k) for n, (_, inp, k) in presets.PRESETS.items()})
 
 
-def create_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
-    """Build the registered model `name` for `num_classes` outputs and `in_channels` input channels."""
+def create_model(name: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs: Any) -> nn.Module:
+    """Build the registered model `name` for `num_classes` outputs, `in_channels` input channels and
+    (H, W) `input_size` (None: the model's default); `kwargs` are the recipe's model.kwargs."""
     builder = MODELS.get(name)
     try:
-        return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        return builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
     except TypeError as e:
         from cnnlab.errors import ConfigError
 
@@ -28,4 +33,4 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "create_model", "num_parameters"]
+__all__ = ["DEFAULT_INPUTS", "MODELS", "create_model", "num_parameters"]

@@ -63,6 +63,8 @@ class FastNet(nn.Module):
 
 
 @MODELS.register("fastnet")
-def fastnet(num_classes: int, in_channels: int, **kwargs) -> FastNet:
-    """The default: small VGG-like CNN for 28x28 / 32x32 images, tuned for a CPU."""
+def fastnet(num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs) -> FastNet:
+    """the fast default: a small VGG-like CNN with BN and GELU, tuned for CPU time-to-accuracy
+
+    Any input size works: it ends in a global pool."""
     return FastNet(num_classes, in_channels, **kwargs)
