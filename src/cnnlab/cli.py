@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", metavar="auto|cpu|cuda|mps", help="default auto: cuda, then mps, then cpu")
     t.add_argument("--out", metavar="DIR", help="the run folder (must be new or empty); default runs/<recipe>-<n>")
     t.add_argument("--time-limit", type=_positive_float, metavar="SECONDS", help="stop training after this long, then evaluate and write everything")
+    t.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT", help="start from one of our runs' weights; a new head where the class count differs (transfer learning offline)")
     t.add_argument("--class-weights", choices=["auto"], help="auto: weigh each class's loss by its inverse frequency in the training part")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. --set train.label_smoothing=0 (repeatable)")
     t.set_defaults(func=cmd_train)
@@ -157,6 +158,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "train.time_limit": args.time_limit,
         "model.name": args.model,
         "train.class_weights": args.class_weights,
+        "model.init_from": args.init_from,
     }
     if args.data is not None:
         flags["data.name" if args.data in DATASETS else "data.root"] = args.data

@@ -46,6 +46,7 @@ class DataConfig:
     rotate: float = 15.0  # max rotation in degrees (rotate)
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength (jitter)
     crop_scale: float = 0.35  # smallest area fraction kept by resized-crop
+    shuffle: bool = True  # a new order every epoch (the KTH default trains in file order: false)
     sampler: str = "shuffle"  # shuffle | balanced (classes drawn equally often)
     in_memory: bool | None = None  # image folders: decode all into memory; None: when it fits in 2 GiB
     workers: int | None = None  # DataLoader workers for data on disk; None: the number of CPUs, at most 8
@@ -57,6 +58,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "fastnet"  # a registered model (`cnnlab models list`)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's builder
+    init_from: str | None = None  # a run folder or checkpoint of ours: start from its weights (a new head if the classes differ)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     weight_decay: float = 5e-4  # L2, applied to conv/linear weights only (not BN or biases)
+    body_lr_scale: float = 1.0  # the body's lr as a fraction of the head's (fine-tuning: e.g. 0.1)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class TrainConfig:
     channels_last: bool = True
     label_smoothing: float = 0.1
     class_weights: str | None = None  # auto: weigh each class's loss by its inverse frequency in train
+    freeze_epochs: int = 0  # train only the (new) head for this many epochs, then everything
     time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
 
 
@@ -115,6 +119,8 @@ class RunConfig:
             (t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "at least 1"),
             (o.lr > 0, "optim.lr", o.lr, "positive"),
             (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "zero or positive"),
+            (o.body_lr_scale >= 0, "optim.body_lr_scale", o.body_lr_scale, "zero or positive"),
+            (t.freeze_epochs >= 0, "train.freeze_epochs", t.freeze_epochs, "zero or positive"),
             (0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)"),
             (t.time_limit is None or t.time_limit > 0, "train.time_limit", t.time_limit, "positive"),
             (d.val_size >= 0, "data.val_size", d.val_size, "a count >= 1 or a fraction in [0, 1)"),

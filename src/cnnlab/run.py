@@ -17,8 +17,8 @@ from cnnlab.config import RunConfig
 from cnnlab.data import load_dataset, resolve_data
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.data.splits import inverse_frequency_weights
-from cnnlab.engine.callbacks import Checkpointer, FitState, HistoryWriter, ProgressBar, TimeLimit
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.callbacks import Checkpointer, FitState, FreezeBody, HistoryWriter, ProgressBar, TimeLimit
+from cnnlab.engine.checkpoint import init_from, load_checkpoint
 from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device
 from cnnlab.engine.fit import fit
 from cnnlab.engine.loop import evaluate
@@ -106,6 +106,7 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     in_channels = ds.input_shape[0]
     model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=in_channels, input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
     check_outputs(model, cfg.model.name, ds.input_shape, num_classes)
+    loaded = init_from(model, cfg.model.init_from) if cfg.model.init_from else None
     # config.yaml records what was inferred (image size, channels), so a rerun reads the same way
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None, channels=ds.input_shape[0]))
     cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
@@ -114,6 +115,8 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     write_text(run_dir / "config.yaml", cfg.to_yaml())
     log = RunLog(run_dir / "log.txt")
     log_data_issues(log, ds.skipped, ds.warnings)
+    if loaded:
+        log.write(loaded)
     if more_epochs:
         log.write(f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)")
     if cfg.data.root and cfg.data.name in ("mnist", "fashion-mnist"):
@@ -140,6 +143,8 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     callbacks = [Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, extra), HistoryWriter(run_dir), ProgressBar(progress, log)]
     if tc.time_limit is not None:
         callbacks.insert(0, TimeLimit(tc.time_limit))
+    if tc.freeze_epochs:
+        callbacks.insert(0, FreezeBody(model, tc.freeze_epochs))
     try:
         state = fit(model, loaders["train"], loaders.get("val"), optimizer, scheduler, loss_fn, epochs=tc.epochs, num_classes=len(ds.classes), callbacks=callbacks, autocast=autocast)
     except KeyboardInterrupt:

@@ -40,7 +40,7 @@ def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: tor
     clamp = value_max if value_max == 255.0 else None
     params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, value_max=clamp)
     loaders = {
-        "train": make_loader(ds.train, train.batch_size, shuffle=True, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size, seed=train.seed, **common)
+        "train": make_loader(ds.train, train.batch_size, shuffle=data.shuffle, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size, seed=train.seed, **common)
     }
     for name in ("val", "test"):
         split = getattr(ds, name)

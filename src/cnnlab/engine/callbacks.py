@@ -62,6 +62,25 @@ class TimeLimit(Callback):
             state.stop_reason = f"time limit of {self.seconds:g} s reached"
 
 
+class FreezeBody(Callback):
+    """Train only the head (see engine/optim.head_parameters) for the first `epochs` epochs.
+
+    Frozen parameters have requires_grad off, so they get no gradient and the optimizer skips them.
+    """
+
+    def __init__(self, model: nn.Module, epochs: int) -> None:
+        from cnnlab.engine.optim import head_parameters
+
+        self.epochs = epochs
+        head = head_parameters(model)
+        self.body = [p for p in model.parameters() if id(p) not in head and p.requires_grad]
+
+    def on_epoch_start(self, state: FitState) -> None:
+        frozen = state.epoch <= self.epochs
+        for p in self.body:
+            p.requires_grad_(not frozen)
+
+
 class Checkpointer(Callback):
     """Write checkpoints/last.pt after every epoch and checkpoints/best.pt when the score improves.
 

@@ -14,13 +14,25 @@ OPTIMIZERS: Registry = Registry("optimizer")
 SCHEDULES: Registry = Registry("schedule")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv and linear weights only; BatchNorm parameters and biases get none."""
-    decay, no_decay = [], []
+def head_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters trained from scratch in transfer: a backbone's new head layer, or else
+    the model's `head`; the rest is the body."""
+    head = getattr(model, "new_head", None) or getattr(model, "head", None)
+    return {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float, body_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on conv and linear weights only (BatchNorm parameters and biases get none); the
+    body's learning rate is `body_lr_scale` times the head's."""
+    head = head_parameters(model)
+    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (True, False) for d in (True, False)}
     for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups[(id(p) in head or body_lr_scale == 1.0, p.ndim > 1)].append(p)
+    return [
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr if in_head else lr * body_lr_scale}
+        for (in_head, decay), ps in groups.items()
+        if ps
+    ]
 
 
 @OPTIMIZERS.register("sgd")
@@ -39,7 +51,7 @@ def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(cfg.name)(param_groups(model, cfg.weight_decay), cfg)
+    return OPTIMIZERS.get(cfg.name)(param_groups(model, cfg.weight_decay, cfg.lr, cfg.body_lr_scale), cfg)
 
 
 # A schedule builder returns a function of the step (0-based, counted in batches) giving the lr

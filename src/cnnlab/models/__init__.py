@@ -10,11 +10,12 @@ from cnnlab.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-from cnnlab.models import fastnet, presets  # noqa: E402,F401  (register their models)
+from cnnlab.models import backbones, fastnet, presets  # noqa: E402,F401  (register their models)
 
 # name -> (default input (C, H, W), default number of classes), for `models list` and `summary`
 DEFAULT_INPUTS: dict[str, tuple[tuple[int, int, int], int]] = {"fastnet": ((1, 28, 28), 10)}
 DEFAULT_INPUTS.update({n: (inp, k) for n, (_, inp, k) in presets.PRESETS.items()})
+DEFAULT_INPUTS.update({n: ((3, 224, 224), 20) for n in [*backbones.BACKBONES, "squeezenet-finetuned"]})  # the Hanoi set-up
 
 
 def create_model(name: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs: Any) -> nn.Module:
