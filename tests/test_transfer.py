@@ -105,3 +105,14 @@ def test_init_from_another_model_is_one_line(fashion_dir, tmp_path):
     r = run_cli("train", "--data", str(fashion_dir), "--model", "uw-lab", "--out", str(tmp_path / "b"), *QUICK, "--init-from", str(first))
     assert r.returncode == 2 and "--init-from" in r.stderr and "differ" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_a_backbone_too_deep_for_the_images_is_one_line(fashion_dir, tmp_path):
+    r = run_cli("train", "--data", str(fashion_dir), "--model", "alexnet", "--out", str(tmp_path / "run"), *QUICK)
+    assert r.returncode == 2 and "cannot take a 1x28x28 input" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_backbone_trains_on_small_gray_images(fashion_dir, tmp_path):
+    r = run_cli("train", "--data", str(fashion_dir), "--model", "resnet18", "--out", str(tmp_path / "run"), *QUICK, "--set", "train.freeze_epochs=1")
+    assert r.returncode == 0, r.stderr

@@ -67,8 +67,12 @@ def check_outputs(model: nn.Module, name: str, input_shape, num_classes: int) ->
     """The model gives one logit per class (a sigmoid-unit preset needs the BCE loss, not here yet)."""
     was_training = model.training
     model.eval()
-    outputs = model(torch.zeros(1, *input_shape)).shape[-1]
-    model.train(was_training)
+    try:
+        outputs = model(torch.zeros(1, *input_shape)).shape[-1]
+    except RuntimeError as e:  # a feature map shrank to nothing, or the shapes do not chain
+        raise ConfigError(f"model {name} cannot take a {'x'.join(map(str, input_shape))} input ({str(e).splitlines()[0][:120]}); give larger images (data.preprocess resizes image files) or choose another model") from None
+    finally:
+        model.train(was_training)
     if outputs != num_classes:
         raise ConfigError(f"model {name} gives {outputs} output(s) for {num_classes} classes; a sigmoid-unit model needs a BCE loss, which the engine does not have yet: use --set model.kwargs.output=linear")
 
