@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.config import RunConfig
-from cnnlab.data import load_dataset, resolve_data
+from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.data.splits import inverse_frequency_weights
 from cnnlab.engine.callbacks import Checkpointer, FitState, FreezeBody, HistoryWriter, ProgressBar, TimeLimit
@@ -90,42 +90,60 @@ def check_names(cfg: RunConfig) -> None:
     parse_augment(cfg.data.augment)
 
 
+@dataclass
+class Prepared:
+    """What a run needs before its folder exists: everything that can fail on data or model has run."""
+
+    cfg: RunConfig  # fully resolved: what config.yaml records
+    device: torch.device
+    ds: Dataset
+    model: nn.Module
+    mean: list
+    std: list
+    notes: list[str]  # lines for the run's log
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Validate and resolve `cfg`, read the data and its statistics, and build the model."""
+    cfg.validate()
+    cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
+    check_names(cfg)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    ds = load_dataset(cfg.data, cfg.train.seed)
+    mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
+    num_classes = len(ds.classes)
+    model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=ds.input_shape[0], input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
+    check_outputs(model, cfg.model.name, ds.input_shape, num_classes)
+    notes = [init_from(model, cfg.model.init_from)] if cfg.model.init_from else []
+    # config.yaml records what was inferred (image size, channels), so a rerun reads the same way
+    inferred = list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=inferred, channels=ds.input_shape[0]))
+    cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
+    tc = cfg.train
+    if more_epochs:
+        notes.append(f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)")
+    if cfg.data.root and cfg.data.name in ("mnist", "fashion-mnist"):
+        other = "mnist" if cfg.data.name == "fashion-mnist" else "fashion-mnist"
+        notes.append(f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}")
+    return Prepared(cfg, device, ds, model, mean_t.tolist(), std_t.tolist(), notes)
+
+
 def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None = None) -> RunResult:
     """Train `cfg` and write its run folder (config.yaml, history.csv, metrics.json, checkpoints, plots).
 
     `out` is the run folder (default runs/<cfg.name>-<n>); `progress` shows tqdm bars (None: on a TTY).
     """
     t_start = time.perf_counter()
-    cfg.validate()
-    cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
-    check_names(cfg)
-    tc = cfg.train
-    device = resolve_device(tc.device)
-    seed_everything(tc.seed)
-    # Everything that can fail on the data runs before the run folder exists: no empty runs.
-    ds = load_dataset(cfg.data, tc.seed)
-    mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
-    mean, std = mean_t.tolist(), std_t.tolist()
+    p = prepare(cfg)
+    cfg, device, ds, model, mean, std, tc = p.cfg, p.device, p.ds, p.model, p.mean, p.std, p.cfg.train
     num_classes = len(ds.classes)
-    in_channels = ds.input_shape[0]
-    model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=in_channels, input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
-    check_outputs(model, cfg.model.name, ds.input_shape, num_classes)
-    loaded = init_from(model, cfg.model.init_from) if cfg.model.init_from else None
-    # config.yaml records what was inferred (image size, channels), so a rerun reads the same way
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None, channels=ds.input_shape[0]))
-    cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
-    tc = cfg.train
     run_dir = make_run_dir(out, cfg.name)
     write_text(run_dir / "config.yaml", cfg.to_yaml())
     log = RunLog(run_dir / "log.txt")
     log_data_issues(log, ds.skipped, ds.warnings)
-    if loaded:
-        log.write(loaded)
-    if more_epochs:
-        log.write(f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)")
-    if cfg.data.root and cfg.data.name in ("mnist", "fashion-mnist"):
-        other = "mnist" if cfg.data.name == "fashion-mnist" else "fashion-mnist"
-        log.write(f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}")
+    for note in p.notes:
+        log.write(note)
 
     loaders = build_loaders(ds, cfg.data, tc, device, mean, std)
     model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
