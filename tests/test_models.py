@@ -177,3 +177,14 @@ def test_kth_variants_are_cumulative_yaml_overrides_with_their_counts():
         print(f"{variant['name']:<36} {num_parameters(model):>9,}  (reported recall {variant['reported']})")
         assert num_parameters(model) == want, variant["name"]
     assert cfg.train.batch_size == 256 and cfg.optim.lr == 0.1 and cfg.data.shuffle is True
+
+
+@pytest.mark.parametrize("key, value", [("channels", [-1]), ("dropout", 1.5), ("order", None), ("head_order", "linear,linear"), ("hidden", [0]), ("orders", []), ("padding", -1), ("kernel", 0), ("stride", 0), ("order", "act,conv")])
+def test_bad_spec_values_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=key.split("_")[0] if key != "orders" else "orders"):
+        create_model("uw-lab", num_classes=10, in_channels=1, **{key: value})
+
+
+def test_summary_of_an_input_too_small_is_one_line():
+    r = run_cli("summary", "alexnet", "--input", "3x32x32")
+    assert r.returncode == 2 and "cannot take a 3x32x32 input" in r.stderr and r.stdout == "" and "Traceback" not in r.stderr

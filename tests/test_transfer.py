@@ -31,7 +31,7 @@ def test_local_state_dict_loads_and_the_head_is_replaced(resnet18_file):
     model = create_model("resnet18", num_classes=5, in_channels=3, pretrained=str(path))
     assert torch.equal(model.body[0].weight, state["conv1.weight"])
     assert torch.equal(model.body[7][1].conv2.weight, state["layer4.1.conv2.weight"])
-    assert model.new_head.out_features == 5 and model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    assert model.get_classifier().out_features == 5 and model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
 
 
 def test_one_channel_input_sums_the_rgb_filters(resnet18_file):
@@ -81,7 +81,7 @@ def test_frozen_body_gets_no_gradient_then_does():
 
 def test_finetuned_squeezenet_has_a_three_by_three_classifier():
     model = create_model("squeezenet-finetuned", num_classes=20, in_channels=3)
-    assert model.new_head.kernel_size == (3, 3) and model.new_head.out_channels == 20
+    assert model.get_classifier().kernel_size == (3, 3) and model.get_classifier().out_channels == 20
     assert model(torch.randn(1, 3, 96, 96)).shape == (1, 20)
 
 
@@ -93,7 +93,7 @@ def test_init_from_one_of_our_runs_with_another_class_count(fashion_dir, tmp_pat
     assert main(["train", "--data", str(folder), "--out", str(second), *QUICK, "--set", "data.val_size=6", "--set", "train.batch_size=8",
                  "--init-from", str(first), "--set", "train.freeze_epochs=1"]) == 0
     log = (second / "log.txt").read_text()
-    assert "initialised from" in log and "the head is new (head.weight" in log
+    assert "initialised from" in log and "the head is new (that run had 10 other classes)" in log
     old = torch.load(first / "checkpoints/best.pt", weights_only=True)["model"]
     assert json.loads((second / "metrics.json").read_text())["test"]["num_samples"] == 7
     assert old["head.weight"].shape[0] == 10
@@ -116,3 +116,57 @@ def test_a_backbone_too_deep_for_the_images_is_one_line(fashion_dir, tmp_path):
 def test_a_backbone_trains_on_small_gray_images(fashion_dir, tmp_path):
     r = run_cli("train", "--data", str(fashion_dir), "--model", "resnet18", "--out", str(tmp_path / "run"), *QUICK, "--set", "train.freeze_epochs=1")
     assert r.returncode == 0, r.stderr
+
+
+def _save_run(model, classes, folder):
+    from cnnlab.engine.checkpoint import save_checkpoint
+
+    (folder / "checkpoints").mkdir(parents=True)
+    save_checkpoint(folder / "checkpoints" / "best.pt", model=model.state_dict(), classes=classes)
+    return folder
+
+
+def test_init_from_a_backbone_run_with_another_class_count(tmp_path):
+    from cnnlab.engine.checkpoint import init_from
+
+    torch.manual_seed(0)
+    src = create_model("resnet18", num_classes=10, in_channels=1)
+    run = _save_run(src, [str(i) for i in range(10)], tmp_path / "src")
+    dst = create_model("resnet18", num_classes=5, in_channels=1)
+    line = init_from(dst, run, list("abcde"))
+    assert "the head is new" in line
+    assert torch.equal(dst.body[0].weight, src.body[0].weight) and dst.get_classifier().out_features == 5
+
+
+def test_init_from_same_shape_but_other_classes_keeps_a_fresh_head(tmp_path):
+    from cnnlab.engine.checkpoint import init_from
+
+    torch.manual_seed(0)
+    src = create_model("uw-lab", num_classes=10, in_channels=1)
+    run = _save_run(src, [f"digit {i}" for i in range(10)], tmp_path / "src")
+    dst = create_model("uw-lab", num_classes=10, in_channels=1)
+    fresh = dst.head.layers[-1].weight.clone()
+    assert "the head is new" in init_from(dst, run, [f"garment {i}" for i in range(10)])
+    assert torch.equal(dst.head.layers[-1].weight, fresh) and torch.equal(dst.features[0].layers[0].weight, src.features[0].layers[0].weight)
+    same = create_model("uw-lab", num_classes=10, in_channels=1)
+    assert "the head included" in init_from(same, run, [f"digit {i}" for i in range(10)])
+    assert torch.equal(same.head.layers[-1].weight, src.head.layers[-1].weight)
+
+
+def test_init_from_a_run_with_more_blocks_is_refused(tmp_path):
+    from cnnlab.engine.checkpoint import init_from
+    from cnnlab.errors import CnnlabError
+
+    src = create_model("uw-lab", num_classes=10, in_channels=1, channels=[16, 32, 64])
+    run = _save_run(src, list("0123456789"), tmp_path / "src")
+    with pytest.raises(CnnlabError, match="only in that run"):
+        init_from(create_model("uw-lab", num_classes=10, in_channels=1), run, list("0123456789"))
+
+
+def test_pretrained_file_of_non_tensors_and_our_checkpoints_are_refused(tmp_path):
+    torch.save({"conv1.weight": [1, 2]}, tmp_path / "odd.pth")
+    with pytest.raises(ConfigError, match="does not fit resnet18"):
+        create_model("resnet18", num_classes=5, in_channels=3, pretrained=str(tmp_path / "odd.pth"))
+    torch.save({"format": "cnnlab-checkpoint", "model": {}}, tmp_path / "ours.pth")
+    with pytest.raises(ConfigError, match="--init-from"):
+        create_model("resnet18", num_classes=5, in_channels=3, pretrained=str(tmp_path / "ours.pth"))

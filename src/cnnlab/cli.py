@@ -218,12 +218,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    import torch
+
     from cnnlab.models import DEFAULT_INPUTS, MODELS, create_model, num_parameters
 
     rows = []
     for name in MODELS.names():
         (c, h, w), k = DEFAULT_INPUTS.get(name, ((3, 32, 32), 10))
-        model = create_model(name, num_classes=k, in_channels=c, input_size=(h, w))
+        with torch.device("meta"):  # shapes only: no memory for vgg16's 134 M weights
+            model = create_model(name, num_classes=k, in_channels=c, input_size=(h, w))
         rows.append((name, f"{num_parameters(model):,}", f"{c}x{h}x{w}, {k} classes", (MODELS.get(name).__doc__ or "").strip().splitlines()[0]))
     widths = [max(len(r[i]) for r in rows + [("model", "parameters", "at input", "")]) for i in range(3)]
     print(f"{'model':<{widths[0]}}  {'parameters':>{widths[1]}}  {'at input':<{widths[2]}}  about")
@@ -240,8 +243,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     (c, h, w), k = DEFAULT_INPUTS.get(args.model, ((3, 32, 32), 10))
     c, h, w = args.input or (c, h, w)
     model = create_model(args.model, num_classes=args.num_classes or k, in_channels=c, input_size=(h, w), **parse_set(args.set))
+    table = format_summary(summarize(model, (c, h, w)))
     print(f"{args.model} at input {c}x{h}x{w}, {args.num_classes or k} classes")
-    print(format_summary(summarize(model, (c, h, w))))
+    print(table)
     return 0
 
 

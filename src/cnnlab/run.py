@@ -115,7 +115,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     num_classes = len(ds.classes)
     model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=ds.input_shape[0], input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
     check_outputs(model, cfg.model.name, ds.input_shape, num_classes)
-    notes = [init_from(model, cfg.model.init_from)] if cfg.model.init_from else []
+    notes = [init_from(model, cfg.model.init_from, ds.classes)] if cfg.model.init_from else []
     # config.yaml records what was inferred (image size, channels), so a rerun reads the same way
     inferred = list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=inferred, channels=ds.input_shape[0]))

@@ -71,8 +71,14 @@ class FreezeBody(Callback):
     def __init__(self, model: nn.Module, epochs: int) -> None:
         from cnnlab.engine.optim import head_parameters
 
+        from cnnlab.errors import ConfigError
+
         self.epochs = epochs
         head = head_parameters(model)
+        if not head:
+            raise ConfigError("train.freeze_epochs needs a model with a head to train; this one has none")
+        # BatchNorm layers of the body keep updating their running statistics while frozen (as
+        # fastai's default does); only the parameters stop.
         self.body = [p for p in model.parameters() if id(p) not in head and p.requires_grad]
 
     def on_epoch_start(self, state: FitState) -> None:

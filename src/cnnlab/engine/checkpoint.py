@@ -50,28 +50,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def init_from(model: torch.nn.Module, source: str | Path) -> str:
+def init_from(model: torch.nn.Module, source: str | Path, classes: list[str]) -> str:
     """Load the weights of one of our runs (a run folder or a checkpoint) into `model`.
 
-    Tensors whose name and shape match are copied; the head's may differ (another class count) and
-    keep their fresh initialisation. Anything else that differs is an error naming it. Returns a
-    line saying what was loaded.
+    The body must match tensor for tensor (same model, same input channels); anything else is an
+    error naming what differs. The head (engine/optim.head_module) is loaded only where that run had
+    the same classes in the same order; otherwise it keeps its fresh initialisation. Returns a line
+    saying what was loaded.
     """
+    from cnnlab.engine.optim import head_module
+
     path = Path(source)
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
-    state = load_checkpoint(path)["model"]
-    mine = model.state_dict()
-    from cnnlab.engine.optim import head_parameters
+    ckpt = load_checkpoint(path)
+    state, mine = ckpt["model"], model.state_dict()
+    head = head_module(model)
+    prefix = next((f"{n}." for n, m in model.named_modules() if m is head), "\0")
 
-    head_names = {n for n, p in model.named_parameters() if id(p) in head_parameters(model)}
-    head_prefixes = {n.rsplit(".", 1)[0] for n in head_names}
-    differ = [k for k in mine if k not in state or state[k].shape != mine[k].shape]
-    body_differ = [k for k in differ if k.rsplit(".", 1)[0] not in head_prefixes]
-    if body_differ:
-        k = body_differ[0]
-        got = tuple(state[k].shape) if k in state else "missing"
-        raise CnnlabError(f"--init-from {source}: {len(body_differ)} tensor(s) of the body differ, e.g. {k}: {got} vs {tuple(mine[k].shape)}; use the same model and input channels as that run")
-    model.load_state_dict({**mine, **{k: v for k, v in state.items() if k in mine and k not in differ}})
-    fresh = f"; the head is new ({', '.join(differ)}: another class count)" if differ else ""
-    return f"initialised from {path}: {len(mine) - len(differ)} of {len(mine)} tensors{fresh}"
+    def in_head(key: str) -> bool:
+        return key.startswith(prefix)
+
+    problems = [f"{k}: not in that run" for k in mine if k not in state and not in_head(k)]
+    problems += [f"{k}: only in that run" for k in state if k not in mine and not in_head(k)]
+    problems += [f"{k}: {tuple(state[k].shape)} there, {tuple(mine[k].shape)} here" for k in mine if k in state and not in_head(k) and state[k].shape != mine[k].shape]
+    if problems:
+        raise CnnlabError(f"--init-from {source}: {len(problems)} tensor(s) of the body differ, e.g. {problems[0]}; use the same model, spec and input channels as that run")
+    same_classes = list(ckpt.get("classes", [])) == list(classes)
+    head_fits = all(k in state and state[k].shape == mine[k].shape for k in mine if in_head(k))
+    keep = {k: v for k, v in state.items() if k in mine and (not in_head(k) or (same_classes and head_fits))}
+    model.load_state_dict({**mine, **keep})
+    if same_classes and head_fits:
+        return f"initialised from {path}: all {len(keep)} tensors, the head included (the same {len(classes)} classes)"
+    return f"initialised from {path}: the body's {len(keep)} tensors; the head is new (that run had {len(ckpt.get('classes', []))} other classes)"

@@ -14,11 +14,18 @@ OPTIMIZERS: Registry = Registry("optimizer")
 SCHEDULES: Registry = Registry("schedule")
 
 
+def head_module(model: nn.Module) -> nn.Module | None:
+    """The part trained from scratch in transfer: a backbone's new classifier layer, else the model's head."""
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    head = getattr(model, "head", None)
+    return head if isinstance(head, nn.Module) else None
+
+
 def head_parameters(model: nn.Module) -> set[int]:
-    """ids of the parameters trained from scratch in transfer: a backbone's new head layer, or else
-    the model's `head`; the rest is the body."""
-    head = getattr(model, "new_head", None) or getattr(model, "head", None)
-    return {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    """ids of the head's parameters (head_module); the rest is the body."""
+    head = head_module(model)
+    return {id(p) for p in head.parameters()} if head is not None else set()
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, body_lr_scale: float = 1.0) -> list[dict]:

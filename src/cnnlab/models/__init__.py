@@ -24,7 +24,7 @@ def create_model(name: str, num_classes: int, in_channels: int, input_size: tupl
     builder = MODELS.get(name)
     try:
         return builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # a keyword the builder lacks, or a value torch refuses
         from cnnlab.errors import ConfigError
 
         raise ConfigError(f"model {name!r} rejects its arguments ({e}); check model.kwargs in the recipe") from None

@@ -57,9 +57,31 @@ class CNNSpec:
         return values
 
 
+def _positive_ints(value: Any) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
 def _check(spec: CNNSpec) -> None:
-    if not spec.channels:
-        raise ConfigError("model channels is empty: give at least one block")
+    """Every spec value in range, with a ConfigError naming the key (before torch would fail)."""
+    if not spec.channels or not _positive_ints(spec.channels):
+        raise ConfigError(f"model channels must be a list of positive whole numbers, one per block, got {spec.channels!r}")
+    for key in ("kernel", "stride", "pool_size"):
+        if not _positive_ints(getattr(spec, key)):
+            raise ConfigError(f"model {key} must be a positive whole number or one per block, got {getattr(spec, key)!r}")
+    if spec.hidden and not _positive_ints(spec.hidden):
+        raise ConfigError(f"model hidden must be a list of positive whole numbers, got {spec.hidden!r}")
+    for p in spec.per_block(spec.padding, "padding"):
+        if not (p in ("same", "valid") or (isinstance(p, int) and not isinstance(p, bool) and p >= 0)):
+            raise ConfigError(f"model padding {p!r} must be a whole number >= 0, same or valid")
+    if "same" in spec.per_block(spec.padding, "padding") and any(s > 1 for s in spec.per_block(spec.stride, "stride")):
+        raise ConfigError("model padding 'same' needs stride 1 (torch refuses it with a larger stride); give a number")
+    for key in ("dropout", "dropout2d", "head_dropout", "pre_dropout", "final_dropout"):
+        v = getattr(spec, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+            raise ConfigError(f"model {key} must be a probability in [0, 1], got {v!r}")
+    if not isinstance(spec.order, str) or not isinstance(spec.head_order, str) or not (spec.orders is None or (isinstance(spec.orders, list) and spec.orders)):
+        raise ConfigError("model order and head_order are strings like 'conv,act,pool'; orders is null or a non-empty list of them")
     if spec.act not in ACTIVATIONS:
         raise ConfigError(f"model act {spec.act!r} is not one of {', '.join(ACTIVATIONS)}")
     if spec.pool not in ("max", "avg") or spec.head_pool not in ("flatten", "avg", "max"):
@@ -67,11 +89,12 @@ def _check(spec: CNNSpec) -> None:
     if spec.output not in ("linear", "sigmoid"):
         raise ConfigError(f"model output {spec.output!r} is not linear or sigmoid")
     for order in spec.per_block(spec.orders or spec.order, "orders"):
-        bad = set(order.split(",")) - BLOCK_OPS
-        if bad or "conv" not in order.split(","):
-            raise ConfigError(f"block order {order!r}: ops are {', '.join(sorted(BLOCK_OPS))}, with one conv")
-    if set(spec.head_order.split(",")) - HEAD_OPS or "linear" not in spec.head_order.split(","):
-        raise ConfigError(f"head_order {spec.head_order!r}: ops are {', '.join(sorted(HEAD_OPS))}, with one linear")
+        ops = order.split(",") if isinstance(order, str) else []
+        if set(ops) - BLOCK_OPS or ops.count("conv") != 1 or ops.index("conv") != 0:
+            raise ConfigError(f"block order {order!r}: ops are {', '.join(sorted(BLOCK_OPS))}, starting with the one conv")
+    head_ops = spec.head_order.split(",")
+    if set(head_ops) - HEAD_OPS or head_ops.count("linear") != 1 or head_ops.index("linear") != 0:
+        raise ConfigError(f"head_order {spec.head_order!r}: ops are {', '.join(sorted(HEAD_OPS))}, starting with the one linear")
 
 
 class Seq(nn.Module):
@@ -106,9 +129,7 @@ class SpecCNN(nn.Module):
         blocks = []
         c = in_channels
         orders = spec.per_block(spec.orders or spec.order, "orders")
-        for i, (out, k, s, p, order) in enumerate(zip(spec.channels, spec.per_block(spec.kernel, "kernel"), spec.per_block(spec.stride, "stride"), spec.per_block(spec.padding, "padding"), orders)):
-            if isinstance(p, str) and p not in ("same", "valid"):
-                raise ConfigError(f"model padding {p!r} must be a whole number, same or valid")
+        for out, k, s, p, order in zip(spec.channels, spec.per_block(spec.kernel, "kernel"), spec.per_block(spec.stride, "stride"), spec.per_block(spec.padding, "padding"), orders):
             ops: list[nn.Module | str] = []
             for op in order.split(","):
                 if op == "conv":

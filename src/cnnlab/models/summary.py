@@ -92,6 +92,10 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
     model.eval()
     try:
         model(torch.zeros(1, *input_shape))
+    except RuntimeError as e:  # a feature map shrank to nothing, or the shapes do not chain
+        from cnnlab.errors import ConfigError
+
+        raise ConfigError(f"the model cannot take a {'x'.join(map(str, input_shape))} input ({str(e).splitlines()[0][:120]}); give a larger --input") from None
     finally:
         model.train(was_training)
         for h in hooks:
