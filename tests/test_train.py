@@ -121,7 +121,7 @@ def test_ctrl_c_leaves_readable_files(fashion_dir, tmp_path):
     args = [sys.executable, "-m", "cnnlab", "train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "500"]
     proc = subprocess.Popen(args + ["--set", "data.val_size=64", "--set", "train.batch_size=16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 90
-    while not (out / "checkpoints/last.pt").is_file() and time.time() < deadline and proc.poll() is None:
+    while not (out / "history.csv").is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(0.3)
     proc.send_signal(subprocess.signal.SIGINT)

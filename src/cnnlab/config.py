@@ -63,7 +63,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adamw
+    name: str = "sgd"  # sgd | adam | adamw | rmsprop
     lr: float = 0.2  # peak learning rate
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
@@ -73,9 +73,18 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "warmup-linear"  # warmup-linear | constant
-    warmup_epochs: float = 0.5  # linear warm-up from 0 to the peak lr, in epochs
-    final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
+    name: str = "warmup-linear"  # warmup-linear | constant | step | cosine-restarts | one-cycle | plateau
+    warmup_epochs: float = 0.5  # linear warm-up from 0 to the peak lr, in epochs (warmup-linear)
+    final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak (warmup-linear, one-cycle)
+    step_epochs: int = 10  # step: multiply the lr by gamma every step_epochs epochs
+    gamma: float = 0.1
+    restart_epochs: float = 10.0  # cosine-restarts: the first cycle's length in epochs (T_0)
+    restart_mult: float = 1.0  # each cycle this many times longer than the last (T_mult)
+    pct_start: float = 0.3  # one-cycle: the share of steps spent rising to the peak
+    factor: float = 0.5  # plateau: multiply the lr by this when the monitored figure stalls
+    patience: int = 3  # plateau: epochs without improvement before that
+    min_lr: float = 1e-6  # plateau: never below this
+    monitor: str = "val_loss"  # plateau: val_loss | val_accuracy
 
 
 @dataclass
@@ -91,6 +100,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weights: str | None = None  # auto: weigh each class's loss by its inverse frequency in train
     freeze_epochs: int = 0  # train only the (new) head for this many epochs, then everything
+    clip_grad_norm: float | None = None  # clip the gradients' global L2 norm to this (the comprehensive report: 1.0)
+    early_stopping: int | None = None  # stop after this many epochs without a better val accuracy (the best is kept)
     time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
 
 
@@ -121,6 +132,14 @@ class RunConfig:
             (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "zero or positive"),
             (o.body_lr_scale >= 0, "optim.body_lr_scale", o.body_lr_scale, "zero or positive"),
             (t.freeze_epochs >= 0, "train.freeze_epochs", t.freeze_epochs, "zero or positive"),
+            (t.clip_grad_norm is None or t.clip_grad_norm > 0, "train.clip_grad_norm", t.clip_grad_norm, "positive or null"),
+            (t.early_stopping is None or t.early_stopping >= 1, "train.early_stopping", t.early_stopping, "at least 1 or null"),
+            (self.schedule.monitor in ("val_loss", "val_accuracy"), "schedule.monitor", self.schedule.monitor, "val_loss or val_accuracy"),
+            (0 < self.schedule.factor < 1, "schedule.factor", self.schedule.factor, "in (0, 1)"),
+            (0 < self.schedule.gamma <= 1, "schedule.gamma", self.schedule.gamma, "in (0, 1]"),
+            (self.schedule.step_epochs >= 1, "schedule.step_epochs", self.schedule.step_epochs, "at least 1"),
+            (self.schedule.restart_epochs > 0 and self.schedule.restart_mult >= 1, "schedule.restart_epochs/restart_mult", (self.schedule.restart_epochs, self.schedule.restart_mult), "positive and >= 1"),
+            (0 < self.schedule.pct_start < 1, "schedule.pct_start", self.schedule.pct_start, "in (0, 1)"),
             (0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)"),
             (t.time_limit is None or t.time_limit > 0, "train.time_limit", t.time_limit, "positive"),
             (d.val_size >= 0, "data.val_size", d.val_size, "a count >= 1 or a fraction in [0, 1)"),

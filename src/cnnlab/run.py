@@ -17,7 +17,7 @@ from cnnlab.config import RunConfig
 from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.data.splits import inverse_frequency_weights
-from cnnlab.engine.callbacks import Checkpointer, FitState, FreezeBody, HistoryWriter, ProgressBar, TimeLimit
+from cnnlab.engine.callbacks import Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TimeLimit
 from cnnlab.engine.checkpoint import init_from, load_checkpoint
 from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device
 from cnnlab.engine.fit import fit
@@ -28,6 +28,12 @@ from cnnlab.metrics import classification_metrics
 from cnnlab.models import create_model, num_parameters
 from cnnlab.report.plots import plot_training_curves
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
+
+
+class RunDiverged(CnnlabError):
+    """The loss went NaN or infinite; the files of the last good epoch stay."""
+
+    exit_code = 3
 
 
 class RunInterrupted(CnnlabError):
@@ -108,6 +114,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     cfg.validate()
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
     check_names(cfg)
+    if cfg.schedule.name == "plateau" and cfg.data.val_size == 0:
+        raise ConfigError("schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another schedule")
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     ds = load_dataset(cfg.data, cfg.train.seed)
@@ -167,11 +175,20 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
         callbacks.insert(0, TimeLimit(tc.time_limit))
     if tc.freeze_epochs:
         callbacks.insert(0, FreezeBody(model, tc.freeze_epochs))
+    callbacks.insert(0, NaNGuard())
+    if tc.early_stopping:
+        callbacks.append(EarlyStopping(tc.early_stopping))  # after the Checkpointer: it reads the best epoch
     try:
-        state = fit(model, loaders["train"], loaders.get("val"), optimizer, scheduler, loss_fn, epochs=tc.epochs, num_classes=len(ds.classes), callbacks=callbacks, autocast=autocast)
+        state = fit(model, loaders["train"], loaders.get("val"), optimizer, scheduler, loss_fn, epochs=tc.epochs, num_classes=len(ds.classes), callbacks=callbacks, autocast=autocast, clip_grad_norm=tc.clip_grad_norm)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last finished epoch)") from None
     train_seconds = state.elapsed
+    if state.diverged:
+        last = run_dir / "checkpoints" / "last.pt"
+        done = state.epoch - 1
+        kept = f"the last good weights ({f'epoch {done}' if done else 'the weights before training'}) are in {last}" if last.is_file() else "no checkpoint was written"
+        log.write(f"stopped: {state.stop_reason}")
+        raise RunDiverged(f"{state.stop_reason}; {kept}. Lower the learning rate (--lr) or set train.clip_grad_norm")
 
     # Test with the best epoch's weights, read back from best.pt: what metrics.json reports is
     # exactly what that file restores. In fp32 (whatever the training precision), so re-evaluating

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class FitState:
     best_epoch: int | None = None
     best_score: float = float("-inf")
     stop_reason: str | None = None
+    diverged: bool = False  # the loss went NaN or infinite: the epoch's weights are not kept
     start_time: float = field(default_factory=time.perf_counter)
 
     @property
@@ -60,6 +62,26 @@ class TimeLimit(Callback):
     def on_batch_end(self, state: FitState, loss: float) -> None:
         if state.elapsed >= self.seconds:
             state.stop_reason = f"time limit of {self.seconds:g} s reached"
+
+
+class NaNGuard(Callback):
+    """Stop at the first step whose loss is not finite, naming the epoch and step."""
+
+    def on_batch_end(self, state: FitState, loss: float) -> None:
+        if not math.isfinite(loss):
+            state.diverged = True
+            state.stop_reason = f"the training loss became {loss} at epoch {state.epoch}, step {state.step}"
+
+
+class EarlyStopping(Callback):
+    """Stop after `patience` epochs without a better score (val accuracy; the Checkpointer keeps the best)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        if state.best_epoch is not None and state.epoch - state.best_epoch >= self.patience:
+            state.stop_reason = f"early stopping: no better validation accuracy for {self.patience} epochs"
 
 
 class FreezeBody(Callback):
@@ -88,7 +110,7 @@ class FreezeBody(Callback):
 
 
 class Checkpointer(Callback):
-    """Write checkpoints/last.pt after every epoch and checkpoints/best.pt when the score improves.
+    """Write checkpoints/last.pt at the start and after every epoch, and checkpoints/best.pt when the score improves.
 
     The score is validation accuracy, or training accuracy where there is no validation split.
     `extra()` supplies what else a checkpoint holds (config, classes, normalisation, ...).
@@ -99,11 +121,21 @@ class Checkpointer(Callback):
         self.model, self.optimizer, self.scheduler, self.extra = model, optimizer, scheduler, extra
 
     def on_fit_start(self, state: FitState) -> None:
+        # last.pt from the start (epoch 0, the weights before training): a run that diverges or is
+        # stopped in its first epoch still leaves good weights to look at or start from
         self.folder.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.folder / "last.pt", **self._content(state, None))
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
         score = row["val_accuracy"] if row["val_accuracy"] != "" else row["train_accuracy"]
-        content = dict(
+        content = self._content(state, score)
+        save_checkpoint(self.folder / "last.pt", **content)
+        if score > state.best_score:
+            state.best_score, state.best_epoch = score, state.epoch
+            save_checkpoint(self.folder / "best.pt", **content)
+
+    def _content(self, state: FitState, score: float | None) -> dict[str, Any]:
+        return dict(
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -113,10 +145,6 @@ class Checkpointer(Callback):
             score=score,
             **self.extra(),
         )
-        save_checkpoint(self.folder / "last.pt", **content)
-        if score > state.best_score:
-            state.best_score, state.best_epoch = score, state.epoch
-            save_checkpoint(self.folder / "best.pt", **content)
 
 
 def _csv_text(columns: list[str], rows: list) -> str:

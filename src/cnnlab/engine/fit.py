@@ -25,6 +25,7 @@ def fit(
     num_classes: int,
     callbacks: Sequence[Callback] = (),
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    clip_grad_norm: float | None = None,
 ) -> FitState:
     """Train for `epochs`, validating after each; returns the final FitState (history, best epoch, ...).
 
@@ -33,6 +34,8 @@ def fit(
     """
     state = FitState(epochs=epochs, steps_per_epoch=len(train_loader))
     state.lr = optimizer.param_groups[0]["lr"]
+    monitor = getattr(scheduler, "monitor", None)  # a plateau schedule steps per epoch on this figure
+    per_epoch = monitor is not None
 
     def hook(name: str, *args) -> None:
         for cb in callbacks:
@@ -52,7 +55,9 @@ def fit(
             train_loader.set_epoch(epoch)
             hook("on_epoch_start")
             lr = state.lr
-            result = train_one_epoch(model, train_loader, optimizer, loss_fn, scheduler=scheduler, autocast=autocast, on_batch_end=after_batch)
+            result = train_one_epoch(model, train_loader, optimizer, loss_fn, scheduler=None if per_epoch else scheduler, autocast=autocast, on_batch_end=after_batch, clip_grad_norm=clip_grad_norm)
+            if state.diverged:
+                break  # no validation, no checkpoint of weights that went NaN
             val = evaluate(model, val_loader, num_classes) if val_loader is not None else None
             row = {
                 "epoch": epoch,
@@ -64,6 +69,8 @@ def fit(
                 "epoch_seconds": round(result.seconds, 3),
             }
             state.history.append(row)
+            if per_epoch and row[monitor] != "":
+                scheduler.step(row[monitor])  # type: ignore[union-attr]
             hook("on_epoch_end", row)
             if state.stop_reason is not None:
                 break

@@ -32,6 +32,7 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     on_batch_end: Callable[[float], bool] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> EpochResult:
     """Train over `loader` once. The scheduler, if given, steps once per batch.
 
@@ -49,6 +50,8 @@ def train_one_epoch(
             loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -52,6 +52,11 @@ def _adam(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
+@OPTIMIZERS.register("rmsprop")
+def _rmsprop(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
 @OPTIMIZERS.register("adamw")
 def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -85,5 +90,53 @@ def _warmup_linear(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
     return factor
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES.get(cfg.name)(cfg, steps_per_epoch, epochs))
+@SCHEDULES.register("step")
+def _step(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    return lambda step: cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
+
+
+@SCHEDULES.register("cosine-restarts")
+def _cosine_restarts(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    """Cosine from the peak towards 0 over each cycle, then back to the peak (SGDR)."""
+
+    def factor(step: int) -> float:
+        t, length = step / steps_per_epoch, cfg.restart_epochs  # in epochs
+        while t >= length:
+            t -= length
+            length *= cfg.restart_mult
+        return 0.5 * (1 + math.cos(math.pi * t / length))
+
+    return factor
+
+
+@SCHEDULES.register("one-cycle")
+def _one_cycle(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    """Up from peak/25 to the peak over pct_start of the steps, then cosine down to final_lr_fraction."""
+    total = max(2, steps_per_epoch * epochs)
+    rise = max(1, int(cfg.pct_start * total))
+    start, end = 1 / 25, cfg.final_lr_fraction
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return start + (1 - start) * step / rise
+        frac = min(1.0, (step - rise) / max(1, total - rise))
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return factor
+
+
+@SCHEDULES.register("plateau")
+def _plateau(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    return None  # not a function of the step: create_scheduler builds ReduceLROnPlateau
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    """A per-batch LambdaLR, or for `plateau` a ReduceLROnPlateau that fit() steps once per epoch with
+    the figure named by its `monitor` attribute."""
+    factor = SCHEDULES.get(cfg.name)(cfg, steps_per_epoch, epochs)
+    if factor is not None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    mode = "min" if cfg.monitor == "val_loss" else "max"
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr)
+    scheduler.monitor = cfg.monitor  # type: ignore[attr-defined]
+    return scheduler

@@ -1,0 +1,100 @@
+"""Every optimizer and schedule reachable from YAML and --set; clipping, early stopping, the NaN guard."""
+
+import json
+
+import pytest
+import torch
+
+from cnnlab.cli import main
+from cnnlab.config import ScheduleConfig
+from cnnlab.engine.optim import OPTIMIZERS, SCHEDULES, create_scheduler
+from conftest import QUICK, run_cli
+
+TWO_STEPS = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320"]  # 256 images: 2 steps
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_runs_two_steps(name, fashion_dir, tmp_path):
+    assert main(["train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), *TWO_STEPS, "--optimizer", name, "--lr", "0.01"]) == 0
+    steps = (tmp_path / "r" / "steps.csv").read_text().strip().splitlines()
+    assert len(steps) == 3  # header and two steps
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_every_schedule_runs_from_set(name, fashion_dir, tmp_path):
+    assert main(["train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), *TWO_STEPS, "--set", f"schedule.name={name}"]) == 0
+
+
+def test_every_schedule_from_a_recipe_file(fashion_dir, tmp_path):
+    for name in SCHEDULES.names():
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(f"name: sched\ndata: {{root: {fashion_dir}, val_size: 64, train_limit: 320}}\nschedule: {{name: {name}, patience: 0}}\ntrain: {{epochs: 2, batch_size: 128}}\n")
+        assert main(["train", str(recipe), "--out", str(tmp_path / f"run-{name}")]) == 0
+
+
+def _lrs(cfg, steps_per_epoch=10, epochs=6):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = create_scheduler(opt, cfg, steps_per_epoch, epochs)
+    out = []
+    for _ in range(steps_per_epoch * epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_step_and_cosine_restarts_and_one_cycle_shapes():
+    step = _lrs(ScheduleConfig(name="step", step_epochs=2, gamma=0.5))
+    assert step[0] == 1.0 and step[19] == 1.0 and step[20] == 0.5 and step[40] == 0.25
+    cos = _lrs(ScheduleConfig(name="cosine-restarts", restart_epochs=2, restart_mult=2))
+    assert cos[0] == 1.0 and cos[10] == pytest.approx(0.5) and cos[20] == 1.0 and cos[40] == pytest.approx(0.5)  # restart at 2, cycle of 4
+    one = _lrs(ScheduleConfig(name="one-cycle", pct_start=0.25))
+    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0) and one.index(max(one)) == 15 and one[-1] < 0.01
+
+
+def test_plateau_lowers_the_lr_when_validation_stalls():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = create_scheduler(opt, ScheduleConfig(name="plateau", factor=0.5, patience=1, min_lr=0.2), 10, 5)
+    assert sched.monitor == "val_loss"
+    for loss in (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0):
+        sched.step(loss)
+    assert opt.param_groups[0]["lr"] == 0.2  # halved twice... and never below min_lr
+
+
+def test_plateau_without_validation_is_refused_up_front(fashion_dir, tmp_path):
+    r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), *QUICK, "--set", "schedule.name=plateau", "--set", "data.val_size=0")
+    assert r.returncode == 2 and "plateau" in r.stderr and not (tmp_path / "r").exists()
+
+
+def test_gradient_clipping_bounds_the_update():
+    from cnnlab.engine.loop import train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    batch = [(torch.randn(8, 4) * 1000, torch.zeros(8, dtype=torch.long))]
+    train_one_epoch(model, batch, opt, torch.nn.functional.cross_entropy, clip_grad_norm=0.01)
+    assert (model.weight.detach() - before).norm() <= 0.01 + 1e-6
+
+
+def test_early_stopping_keeps_the_best(fashion_dir, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "30", "--lr", "0.3", "--set", "data.val_size=64",
+                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.min_steps=null"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs_run"] < 30 and "early stopping" in m["stop_reason"] and m["epochs_run"] - m["best_epoch"] == 2
+
+
+def test_a_loss_that_goes_nan_stops_with_one_line_and_keeps_the_last_good_epoch(fashion_dir, tmp_path):
+    out = tmp_path / "r"
+    r = run_cli("train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "3", "--lr", "1e6", "--set", "data.val_size=64", "--set", "train.batch_size=32",
+                "--set", "schedule.name=one-cycle", "--set", "schedule.pct_start=0.5", "--optimizer", "sgd", "--set", "train.min_steps=null")
+    assert r.returncode == 3 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "became nan" in r.stderr or "became inf" in r.stderr
+    assert "at epoch" in r.stderr and "step" in r.stderr
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)  # loadable, and finite
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert "last good weights" in r.stderr and str(out / "checkpoints" / "last.pt") in r.stderr
