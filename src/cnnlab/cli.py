@@ -146,8 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from cnnlab.data import DATASETS
-
     flags = {
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
@@ -161,7 +159,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model.init_from": args.init_from,
     }
     if args.data is not None:
-        flags["data.name" if args.data in DATASETS else "data.root"] = args.data
+        flags[_data_key(args.data)] = args.data
     out = {k: v for k, v in flags.items() if v is not None}
     if args.epochs is not None:
         out["train.min_steps"] = None  # --epochs N trains exactly N epochs, whatever the dataset's size
@@ -179,17 +177,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_key(data: str) -> str:
+    """--data NAME|PATH sets data.name for a registered dataset, else data.root (a folder)."""
+    from cnnlab.data import DATASETS
+
+    return "data.name" if data in DATASETS else "data.root"
+
+
 def _data_config(data: str, sets: list[str]):
     """The DataConfig for `data` (a name or a folder) with --set data.* overrides."""
     from cnnlab.config import RunConfig, apply_overrides, parse_set
-    from cnnlab.data import DATASETS
     from cnnlab.errors import ConfigError
 
     overrides = parse_set(sets)
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
         raise ConfigError(f"--set {bad[0]}: only data.* keys apply to data check")
-    overrides["data.name" if data in DATASETS else "data.root"] = data
+    overrides[_data_key(data)] = data
     overrides.setdefault("data.download", False)  # a check reads what is here
     return apply_overrides(RunConfig(), overrides).validate().data
 
@@ -220,11 +224,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     import torch
 
-    from cnnlab.models import DEFAULT_INPUTS, MODELS, create_model, num_parameters
+    from cnnlab.models import MODELS, create_model, default_input, num_parameters
 
     rows = []
     for name in MODELS.names():
-        (c, h, w), k = DEFAULT_INPUTS.get(name, ((3, 32, 32), 10))
+        (c, h, w), k = default_input(name)
         with torch.device("meta"):  # shapes only: no memory for vgg16's 134 M weights
             model = create_model(name, num_classes=k, in_channels=c, input_size=(h, w))
         rows.append((name, f"{num_parameters(model):,}", f"{c}x{h}x{w}, {k} classes", (MODELS.get(name).__doc__ or "").strip().splitlines()[0]))
@@ -237,10 +241,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab.config import parse_set
-    from cnnlab.models import DEFAULT_INPUTS, create_model
+    from cnnlab.models import create_model, default_input
     from cnnlab.models.summary import format_summary, summarize
 
-    (c, h, w), k = DEFAULT_INPUTS.get(args.model, ((3, 32, 32), 10))
+    (c, h, w), k = default_input(args.model)
     c, h, w = args.input or (c, h, w)
     model = create_model(args.model, num_classes=args.num_classes or k, in_channels=c, input_size=(h, w), **parse_set(args.set))
     table = format_summary(summarize(model, (c, h, w)))

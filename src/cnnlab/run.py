@@ -25,7 +25,7 @@ from cnnlab.engine.loop import evaluate
 from cnnlab.engine.optim import create_optimizer, create_scheduler
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.metrics import classification_metrics
-from cnnlab.models import create_model, num_parameters
+from cnnlab.models import create_model, dry_run, num_parameters
 from cnnlab.report.plots import plot_training_curves
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
 
@@ -68,17 +68,10 @@ def resolve_epochs(cfg: RunConfig, n_train: int) -> tuple[RunConfig, bool]:
     return dataclasses.replace(cfg, train=dataclasses.replace(tc, epochs=epochs)), epochs > tc.epochs
 
 
-@torch.no_grad()
 def check_outputs(model: nn.Module, name: str, input_shape, num_classes: int) -> None:
-    """The model gives one logit per class (a sigmoid-unit preset needs the BCE loss, not here yet)."""
-    was_training = model.training
-    model.eval()
-    try:
-        outputs = model(torch.zeros(1, *input_shape)).shape[-1]
-    except RuntimeError as e:  # a feature map shrank to nothing, or the shapes do not chain
-        raise ConfigError(f"model {name} cannot take a {'x'.join(map(str, input_shape))} input ({str(e).splitlines()[0][:120]}); give larger images (data.preprocess resizes image files) or choose another model") from None
-    finally:
-        model.train(was_training)
+    """The model takes the images and gives one logit per class (a sigmoid-unit preset needs the BCE
+    loss, not here yet)."""
+    outputs = dry_run(model, tuple(input_shape), "give larger images (data.preprocess resizes image files) or choose another model", f"model {name}").shape[-1]
     if outputs != num_classes:
         raise ConfigError(f"model {name} gives {outputs} output(s) for {num_classes} classes; a sigmoid-unit model needs a BCE loss, which the engine does not have yet: use --set model.kwargs.output=linear")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from cnnlab.registry import Registry
@@ -30,8 +31,29 @@ def create_model(name: str, num_classes: int, in_channels: int, input_size: tupl
         raise ConfigError(f"model {name!r} rejects its arguments ({e}); check model.kwargs in the recipe") from None
 
 
+def default_input(name: str) -> tuple[tuple[int, int, int], int]:
+    """((C, H, W), classes) the model `name` is shown at by `models list` and `summary` by default."""
+    return DEFAULT_INPUTS.get(name, ((3, 32, 32), 10))
+
+
+@torch.no_grad()
+def dry_run(model: nn.Module, input_shape: tuple[int, ...], hint: str, name: str = "the model") -> torch.Tensor:
+    """The output for one zero image of `input_shape` (C, H, W), in eval mode (the mode is restored).
+    An input the network cannot take is a ConfigError ending in `hint`, not a torch traceback."""
+    from cnnlab.errors import ConfigError
+
+    was_training = model.training
+    model.eval()
+    try:
+        return model(torch.zeros(1, *input_shape))
+    except RuntimeError as e:  # a feature map shrank to nothing, or the shapes do not chain
+        raise ConfigError(f"{name} cannot take a {'x'.join(map(str, input_shape))} input ({str(e).splitlines()[0][:120]}); {hint}") from None
+    finally:
+        model.train(was_training)
+
+
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DEFAULT_INPUTS", "MODELS", "create_model", "num_parameters"]
+__all__ = ["DEFAULT_INPUTS", "MODELS", "create_model", "default_input", "dry_run", "num_parameters"]

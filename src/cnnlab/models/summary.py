@@ -88,16 +88,11 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
     for m in model.modules():
         if not any(True for _ in m.children()):
             hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_shape))
-    except RuntimeError as e:  # a feature map shrank to nothing, or the shapes do not chain
-        from cnnlab.errors import ConfigError
+    from cnnlab.models import dry_run
 
-        raise ConfigError(f"the model cannot take a {'x'.join(map(str, input_shape))} input ({str(e).splitlines()[0][:120]}); give a larger --input") from None
+    try:
+        dry_run(model, input_shape, "give a larger --input")
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     summary.total_params = sum(p.numel() for p in model.parameters())
