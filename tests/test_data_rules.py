@@ -33,7 +33,7 @@ def test_one_number_list_resizes_the_shorter_side(tmp_path):
     assert ds.input_shape == (3, 8, 10) and tuple(ds.train.images.shape[1:]) == (3, 8, 10)
 
 
-@pytest.mark.parametrize("key, value, needle", [("data.preprocess", "[{resize: 32}]", "data.preprocess"), ("data.attributes", "Smiling", "data.attributes"), ("data.attributes", "[Smiling, Young]", "multi-label"), ("data.jitter", "1.5", "data.jitter"), ("data.workers", "-1", "data.workers")])
+@pytest.mark.parametrize("key, value, needle", [("data.preprocess", "[{resize: 32}]", "data.preprocess"), ("data.attributes", "Smiling", "data.attributes"), ("data.jitter", "1.5", "data.jitter"), ("data.workers", "-1", "data.workers")])
 def test_keys_the_dataset_would_ignore_are_refused(fashion_dir, tmp_path, key, value, needle):
     r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK, "--set", f"{key}={value}")
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr

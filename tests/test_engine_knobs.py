@@ -69,14 +69,15 @@ def test_plateau_without_validation_is_refused_up_front(fashion_dir, tmp_path):
 
 
 def test_gradient_clipping_bounds_the_update():
-    from cnnlab.engine.loop import train_one_epoch
+    from cnnlab.engine.losses import cross_entropy
+    from cnnlab.engine.loop import TrainStep, train_one_epoch
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     before = model.weight.detach().clone()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     batch = [(torch.randn(8, 4) * 1000, torch.zeros(8, dtype=torch.long))]
-    train_one_epoch(model, batch, opt, torch.nn.functional.cross_entropy, clip_grad_norm=0.01)
+    train_one_epoch(batch, TrainStep(model, opt, cross_entropy(2), clip_grad_norm=0.01))
     assert (model.weight.detach() - before).norm() <= 0.01 + 1e-6
 
 

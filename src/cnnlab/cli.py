@@ -15,6 +15,9 @@ EPILOG_TRAIN = """examples:
   cnnlab train --data mnist-5k                  # a dataset by name (cnnlab data list)
   cnnlab train --data ~/photos/pets             # any folder of class sub-folders; its layout is recognised
   cnnlab train --set optim.lr=0.1 --set data.val_size=0.1
+  cnnlab train --resume runs/fashion-mnist-fast-1              # continue a stopped run exactly
+  cnnlab train --resume runs/fashion-mnist-fast-1 --epochs 12  # a second period: up to 12 epochs
+  torchrun --nproc_per_node=2 -m cnnlab train --epochs 1       # 2 processes (DDP); batch = global batch
 
 Fashion-MNIST is looked for in: --data PATH; $CNNLAB_DATA; ./data (torchvision layout
 data/FashionMNIST/raw/); /usr/share/datasets/fashion-mnist (Debian package
@@ -101,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=_positive_float, metavar="SECONDS", help="stop training after this long, then evaluate and write everything")
     t.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT", help="start from one of our runs' weights; a new head where the class count differs (transfer learning offline)")
     t.add_argument("--class-weights", choices=["auto"], help="auto: weigh each class's loss by its inverse frequency in the training part")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue that run from its checkpoints/last.pt, exactly where it stopped; with --epochs N, train it up to N epochs in all (a new period)")
+    t.add_argument("--deterministic", action="store_true", default=None, help="use only deterministic torch algorithms (train.deterministic)")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (train.compile; slower on a small CPU)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. --set train.label_smoothing=0 (repeatable)")
     t.set_defaults(func=cmd_train)
 
@@ -157,6 +163,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model.name": args.model,
         "train.class_weights": args.class_weights,
         "model.init_from": args.init_from,
+        "train.deterministic": args.deterministic,
+        "train.compile": args.compile,
     }
     if args.data is not None:
         flags[_data_key(args.data)] = args.data
@@ -170,10 +178,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cnnlab.config import apply_overrides, load_recipe, parse_set
     from cnnlab.run import train_run
 
-    cfg = load_recipe(args.recipe)
-    cfg = apply_overrides(cfg, {**parse_set(args.set), **_train_overrides(args)})
-    result = train_run(cfg, out=args.out)
-    print_summary(result.metrics, str(result.run_dir))
+    from cnnlab.errors import ConfigError
+
+    overrides = {**parse_set(args.set), **_train_overrides(args)}
+    if args.resume is not None:
+        if args.recipe is not None or args.out is not None:
+            raise ConfigError("--resume RUN_DIR continues that run with its own recipe and folder; drop the RECIPE and --out arguments")
+        result = train_run(None, resume=args.resume, overrides=overrides)  # type: ignore[arg-type]
+    else:
+        result = train_run(apply_overrides(load_recipe(args.recipe), overrides), out=args.out)
+    if result.main:
+        print_summary(result.metrics, str(result.run_dir))
     return 0
 
 

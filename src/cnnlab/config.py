@@ -95,9 +95,18 @@ class TrainConfig:
     eval_batch_size: int = 1024
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16 | fp16 (with a loss scaler)
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model (slower on the 2-core CPU; may pay off on a GPU)
+    deterministic: bool = False  # torch's deterministic algorithms only (CPU runs are repeatable without it)
+    loss: str = "auto"  # auto | cross-entropy | bce (binary or multi-label, on logits) | sigmoid-bce (a Sigmoid model + BCELoss)
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha); 0 is off
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 is off (with both, each batch picks one)
+    ema: float | None = None  # keep an exponential moving average of the weights with this decay (e.g. 0.999); it is what gets evaluated and saved
+    tta: bool = False  # evaluate on each image and its mirror image, averaged (not for digits or text)
+    checkpoint_steps: int | None = None  # also save last.pt inside epochs every N steps (exact resume from there)
+    checkpoint_seconds: float | None = 120.0  # ... and every this many seconds of training
     class_weights: str | None = None  # auto: weigh each class's loss by its inverse frequency in train
     freeze_epochs: int = 0  # train only the (new) head for this many epochs, then everything
     clip_grad_norm: float | None = None  # clip the gradients' global L2 norm to this (the comprehensive report: 1.0)
@@ -157,15 +166,17 @@ class RunConfig:
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
             (d.test_limit is None or d.test_limit >= 1, "data.test_limit", d.test_limit, "at least 1"),
-            (t.precision in ("auto", "fp32", "bf16"), "train.precision", t.precision, "auto, fp32 or bf16"),
+            (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", t.precision, "auto, fp32, bf16 or fp16"),
+            (t.mixup >= 0 and t.cutmix >= 0, "train.mixup/cutmix", (t.mixup, t.cutmix), "zero (off) or a positive Beta alpha"),
+            (t.ema is None or 0 < t.ema < 1, "train.ema", t.ema, "a decay in (0, 1) or null"),
+            (t.checkpoint_steps is None or t.checkpoint_steps >= 1, "train.checkpoint_steps", t.checkpoint_steps, "at least 1 or null"),
+            (t.checkpoint_seconds is None or t.checkpoint_seconds > 0, "train.checkpoint_seconds", t.checkpoint_seconds, "positive or null"),
         ]
         for ok, key, value, want in checks:
             if not ok:
                 raise ConfigError(f"{key} is {value!r}; it must be {want}")
         if d.preprocess is not None:
             check_preprocess(d.preprocess)
-        if isinstance(d.attributes, list) and len(d.attributes) > 1:
-            raise ConfigError(f"data.attributes lists {len(d.attributes)} attributes: a multi-label task, which needs a BCE loss the engine does not have yet; name one attribute")
         return self
 
 

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 
-from cnnlab.config import RunConfig
+from cnnlab.config import RunConfig, apply_overrides, config_from_dict
 from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.pipeline import build_loaders, normalization_stats
-from cnnlab.data.splits import inverse_frequency_weights
-from cnnlab.engine.callbacks import Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TimeLimit
-from cnnlab.engine.checkpoint import init_from, load_checkpoint
+from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TimeLimit
+from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
 from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device
+from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdown
+from cnnlab.engine.ema import EMA
 from cnnlab.engine.fit import fit
-from cnnlab.engine.loop import evaluate
+from cnnlab.engine.losses import LOSSES, Objective, Target, create_objective, model_outputs
+from cnnlab.engine.loop import TrainStep, evaluate
+from cnnlab.engine.mix import BatchMix
 from cnnlab.engine.optim import create_optimizer, create_scheduler
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.metrics import classification_metrics
+from cnnlab.metrics import evaluation_metrics
 from cnnlab.models import create_model, dry_run, num_parameters
 from cnnlab.report.plots import plot_training_curves
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
@@ -48,6 +52,7 @@ class RunResult:
     metrics: dict[str, Any]
     state: FitState
     total_seconds: float
+    main: bool = True  # False on the torchrun processes other than rank 0 (they write nothing)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,14 +73,6 @@ def resolve_epochs(cfg: RunConfig, n_train: int) -> tuple[RunConfig, bool]:
     return dataclasses.replace(cfg, train=dataclasses.replace(tc, epochs=epochs)), epochs > tc.epochs
 
 
-def check_outputs(model: nn.Module, name: str, input_shape, num_classes: int) -> None:
-    """The model takes the images and gives one logit per class (a sigmoid-unit preset needs the BCE
-    loss, not here yet)."""
-    outputs = dry_run(model, tuple(input_shape), "give larger images (data.preprocess resizes image files) or choose another model", f"model {name}").shape[-1]
-    if outputs != num_classes:
-        raise ConfigError(f"model {name} gives {outputs} output(s) for {num_classes} classes; a sigmoid-unit model needs a BCE loss, which the engine does not have yet: use --set model.kwargs.output=linear")
-
-
 def check_names(cfg: RunConfig) -> None:
     """Every named component exists: fail in a second, before any data is read."""
     from cnnlab.data import DATASETS
@@ -84,7 +81,10 @@ def check_names(cfg: RunConfig) -> None:
     from cnnlab.engine.optim import OPTIMIZERS, SCHEDULES
     from cnnlab.models import MODELS
 
-    for registry, name in ((DATASETS, cfg.data.name), (MODELS, cfg.model.name), (OPTIMIZERS, cfg.optim.name), (SCHEDULES, cfg.schedule.name), (NORMALIZATIONS, cfg.data.normalize)):
+    checks = [(DATASETS, cfg.data.name), (MODELS, cfg.model.name), (OPTIMIZERS, cfg.optim.name), (SCHEDULES, cfg.schedule.name), (NORMALIZATIONS, cfg.data.normalize)]
+    if cfg.train.loss != "auto":
+        checks.append((LOSSES, cfg.train.loss))
+    for registry, name in checks:
         registry.get(name)
     parse_augment(cfg.data.augment)
 
@@ -97,29 +97,50 @@ class Prepared:
     device: torch.device
     ds: Dataset
     model: nn.Module
+    objective: Objective
     mean: list
     std: list
     notes: list[str]  # lines for the run's log
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Validate and resolve `cfg`, read the data and its statistics, and build the model."""
+def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
+    """Options that each make sense but not together: refused before any data is read."""
+    tc = cfg.train
+    if cfg.schedule.name == "plateau" and cfg.data.val_size == 0:
+        raise ConfigError("schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another schedule")
+    if world > 1 and tc.batch_size % world:
+        raise ConfigError(f"train.batch_size {tc.batch_size} is the global batch and must divide among the {world} processes; use a multiple of {world}")
+    if tc.precision == "fp16" and device.type == "mps":
+        raise ConfigError("train.precision fp16 needs a loss scaler, which torch has for cuda and cpu only; use bf16 or fp32 on mps")
+    if tc.deterministic and tc.compile:
+        raise ConfigError("train.deterministic and train.compile together are not supported; choose one")
+
+
+def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
+    """Validate and resolve `cfg`, read the data and its statistics, and build the model and objective."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
     check_names(cfg)
-    if cfg.schedule.name == "plateau" and cfg.data.val_size == 0:
-        raise ConfigError("schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another schedule")
     device = resolve_device(cfg.train.device)
+    check_combination(cfg, device, world)
     seed_everything(cfg.train.seed)
     ds = load_dataset(cfg.data, cfg.train.seed)
     mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
     num_classes = len(ds.classes)
-    model: nn.Module = create_model(cfg.model.name, num_classes=num_classes, in_channels=ds.input_shape[0], input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
-    check_outputs(model, cfg.model.name, ds.input_shape, num_classes)
+    target = Target(num_classes, ds.train.labels.ndim == 2, ds.train)
+    model: nn.Module = create_model(cfg.model.name, num_classes=model_outputs(cfg.train.loss, target), in_channels=ds.input_shape[0], input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
+    outputs = dry_run(model, tuple(ds.input_shape), "give larger images (data.preprocess resizes image files) or choose another model", f"model {cfg.model.name}").shape[-1]
+    objective = create_objective(cfg.train.loss, model, target, outputs, smoothing=cfg.train.label_smoothing, weighted=cfg.train.class_weights == "auto")
+    if cfg.train.tta and cfg.data.name in ("mnist", "mnist-5k"):
+        raise ConfigError("train.tta averages each image with its mirror image, which changes digits; leave it off for MNIST")
     notes = [init_from(model, cfg.model.init_from, ds.classes)] if cfg.model.init_from else []
-    # config.yaml records what was inferred (image size, channels), so a rerun reads the same way
+    # config.yaml records what was inferred (image size, channels, the loss), so a rerun reads the same way
     inferred = list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=inferred, channels=ds.input_shape[0]))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, preprocess=inferred, channels=ds.input_shape[0]),
+        train=dataclasses.replace(cfg.train, loss=objective.name),
+    )
     cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
     tc = cfg.train
     if more_epochs:
@@ -127,55 +148,195 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.data.root and cfg.data.name in ("mnist", "fashion-mnist"):
         other = "mnist" if cfg.data.name == "fashion-mnist" else "fashion-mnist"
         notes.append(f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}")
-    return Prepared(cfg, device, ds, model, mean_t.tolist(), std_t.tolist(), notes)
+    return Prepared(cfg, device, ds, model, objective, mean_t.tolist(), std_t.tolist(), notes)
 
 
-def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None = None) -> RunResult:
+# --- resuming ---------------------------------------------------------------------------------
+
+# keys a resumed run may change; anything else that differs from the run's config is refused
+RESUME_FREE = (
+    "name", "train.epochs", "train.min_steps", "train.time_limit", "train.early_stopping", "train.checkpoint_steps",
+    "train.checkpoint_seconds", "train.device", "train.eval_batch_size", "train.tta", "train.clip_grad_norm",
+    "optim.lr", "optim.weight_decay", "optim.momentum", "data.root", "data.workers", "data.download", "data.in_memory",
+)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunConfig, dict[str, Any], list[str]]:
+    """The config to continue `run_dir` with (its own, plus the allowed `overrides`), its last.pt, and
+    lines for the log. A change to the model, the data or anything that breaks the saved state is a
+    ConfigError saying what differs."""
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if not (run_dir / "config.yaml").is_file() or not last.is_file():
+        raise CnnlabError(f"--resume {run_dir}: not a run folder with checkpoints/last.pt; give a folder that cnnlab train wrote")
+    ckpt = load_checkpoint(last)
+    if not isinstance(ckpt.get("fit"), dict) or not isinstance(ckpt.get("config"), dict):
+        raise CnnlabError(f"--resume {run_dir}: its last.pt was written by an older cnnlab without the training state; start a new run (--init-from {run_dir} keeps the weights)")
+    saved = config_from_dict(ckpt["config"])
+    cfg = apply_overrides(saved, overrides)
+    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    changed = [k for k in new if new[k] != old.get(k)]
+    fixed = [k for k in changed if k not in RESUME_FREE]
+    if fixed:
+        k = fixed[0]
+        why = "changes the model" if k.startswith("model.") else "changes the data" if k.startswith("data.") else "does not fit the saved training state"
+        raise ConfigError(f"--resume {run_dir}: {k} is {old.get(k)!r} in that run and {new[k]!r} here, which {why}; resume without it, or start a new run (--init-from {run_dir} keeps the weights)")
+    done = ckpt["fit"]["epoch"] - (1 if ckpt["fit"].get("progress") else 0)
+    finished = (run_dir / "metrics.json").is_file() and not ckpt["fit"].get("progress")
+    if cfg.train.epochs < done or (cfg.train.epochs == done and finished):
+        raise ConfigError(f"--resume {run_dir}: that run has finished {done} epoch(s) of {saved.train.epochs}; give --epochs N with N above {done} to train more")
+    notes = [f"resumed {run_dir} at epoch {ckpt['fit']['epoch']}, step {ckpt['fit']['step']}" + (" (inside the epoch)" if ckpt["fit"].get("progress") else "")]
+    notes += [f"  {k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
+    return cfg, ckpt, notes
+
+
+def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler, ema) -> None:
+    """Put a run's saved training state back: weights, optimizer, schedule, scaler, EMA, random streams."""
+    model.load_state_dict(ckpt.get("raw_model") or ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        ema.module.load_state_dict(ckpt["model"])
+        ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 0)))
+    restore_rng(ckpt["rng"])
+
+
+# --- a run --------------------------------------------------------------------------------------
+
+
+class _Quiet:
+    """The log of a process that is not rank 0: it writes nothing."""
+
+    def write(self, line: str, echo: bool = True) -> None: ...
+
+
+def train_run(
+    cfg: RunConfig,
+    *,
+    out: str | None = None,
+    progress: bool | None = None,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
     """Train `cfg` and write its run folder (config.yaml, history.csv, metrics.json, checkpoints, plots).
 
     `out` is the run folder (default runs/<cfg.name>-<n>); `progress` shows tqdm bars (None: on a TTY).
+    `resume` continues that run folder from its last.pt instead (`cfg` is then ignored; `overrides`
+    are the keys to change, e.g. {"train.epochs": 30}). `callbacks` are added to the fit's own.
+    Under torchrun every process calls this; only rank 0 writes.
     """
     t_start = time.perf_counter()
-    p = prepare(cfg)
-    cfg, device, ds, model, mean, std, tc = p.cfg, p.device, p.ds, p.model, p.mean, p.std, p.cfg.train
-    num_classes = len(ds.classes)
-    run_dir = make_run_dir(out, cfg.name)
-    write_text(run_dir / "config.yaml", cfg.to_yaml())
-    log = RunLog(run_dir / "log.txt")
-    log_data_issues(log, ds.skipped, ds.warnings)
-    for note in p.notes:
-        log.write(note)
+    ckpt, resume_notes = None, []
+    if resume is not None:
+        cfg, ckpt, resume_notes = resume_config(resume, overrides or {})
+    _, world, _ = env_world()
+    p = prepare(cfg, world)
+    dist = init_distributed(p.device)
+    try:
+        return _train(p, dist, t_start, out=out, progress=progress, resume=Path(resume) if resume is not None else None, ckpt=ckpt, notes=resume_notes, callbacks=callbacks)
+    finally:
+        shutdown(dist)
 
-    loaders = build_loaders(ds, cfg.data, tc, device, mean, std)
+
+def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Path | None, ckpt, notes: list[str], callbacks: Sequence[Callback]) -> RunResult:
+    cfg, device, ds, model, objective, mean, std, tc = p.cfg, p.device, p.ds, p.model, p.objective, p.mean, p.std, p.cfg.train
+    num_classes = len(ds.classes)
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if resume is not None:
+        run_dir = resume
+    else:
+        run_dir = dist.broadcast(str(make_run_dir(out, cfg.name)) if dist.main else None)
+        run_dir = Path(run_dir)
+    log: Any = RunLog(run_dir / "log.txt") if dist.main else _Quiet()
+    if dist.main:
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
+        for line in notes:
+            log.write(line)
+        if resume is None:
+            log_data_issues(log, ds.skipped, ds.warnings)
+        for note in p.notes:
+            log.write(note)
+        if dist.enabled:
+            log.write(f"{dist.world} processes (torchrun): {tc.batch_size // dist.world} images per process per step, global batch {tc.batch_size}; checkpoints at epoch ends only")
+
+    loaders = build_loaders(ds, cfg.data, tc, device, mean, std, shard=(dist.rank, dist.world))
     model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
+    forward: nn.Module = model
+    if dist.enabled:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    if tc.compile:
+        forward = torch.compile(forward)
     optimizer = create_optimizer(model, cfg.optim)
     scheduler = create_scheduler(optimizer, cfg.schedule, len(loaders["train"]), tc.epochs)
-    weight = inverse_frequency_weights(ds.train, num_classes).to(device) if tc.class_weights == "auto" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
-    autocast = autocast_factory(device, autocast_dtype(device, tc.precision))
+    amp_dtype = autocast_dtype(device, tc.precision)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    ema = EMA(model, tc.ema) if tc.ema else None
+    mix = BatchMix(tc.mixup, tc.cutmix) if tc.mixup or tc.cutmix else None
+    step = TrainStep(forward, optimizer, objective, scheduler, autocast_factory(device, amp_dtype), tc.clip_grad_norm, scaler, mix, ema)
+    eval_model = ema.module if ema is not None else model
 
-    def extra() -> dict[str, Any]:
+    state = None
+    if ckpt is not None:
+        _restore(ckpt, model, optimizer, scheduler, scaler, ema)
+        state = FitState.from_dict(ckpt["fit"], len(loaders["train"]), ckpt.get("loader"))
+
+    def snapshot(s: FitState) -> dict[str, Any]:
         return dict(
+            model=eval_model.state_dict(),  # the weights that are evaluated (the EMA's, where there is one)
+            raw_model=model.state_dict() if ema is not None else None,
+            ema_n_averaged=int(ema.n_averaged) if ema is not None else None,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            scaler=scaler.state_dict() if scaler is not None else None,
+            loader=loaders["train"].state_dict() if s.progress is not None else None,
+            fit=s.to_dict(),
+            epoch=s.epoch,
+            step=s.step,
+            score=s.best_score if s.best_epoch == s.epoch else None,
             config=cfg.to_dict(),
             classes=list(ds.classes),
             input_shape=list(ds.input_shape),
             preprocess=list(ds.preprocess),
             normalization={"mean": mean, "std": std},
+            objective=objective.name,
         )
 
-    callbacks = [Checkpointer(run_dir / "checkpoints", model, optimizer, scheduler, extra), HistoryWriter(run_dir), ProgressBar(progress, log)]
-    if tc.time_limit is not None:
-        callbacks.insert(0, TimeLimit(tc.time_limit))
+    every_steps = None if dist.enabled else tc.checkpoint_steps
+    every_seconds = None if dist.enabled else tc.checkpoint_seconds
+    fit_callbacks: list[Callback] = [NaNGuard()]
     if tc.freeze_epochs:
-        callbacks.insert(0, FreezeBody(model, tc.freeze_epochs))
-    callbacks.insert(0, NaNGuard())
+        fit_callbacks.append(FreezeBody(model, tc.freeze_epochs))
+    if tc.time_limit is not None:
+        fit_callbacks.append(TimeLimit(tc.time_limit))
+    fit_callbacks += list(callbacks)
+    if dist.main:
+        fit_callbacks += [Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds), HistoryWriter(run_dir), ProgressBar(progress, log)]
     if tc.early_stopping:
-        callbacks.append(EarlyStopping(tc.early_stopping))  # after the Checkpointer: it reads the best epoch
+        fit_callbacks.append(EarlyStopping(tc.early_stopping))
     try:
-        state = fit(model, loaders["train"], loaders.get("val"), optimizer, scheduler, loss_fn, epochs=tc.epochs, num_classes=len(ds.classes), callbacks=callbacks, autocast=autocast, clip_grad_norm=tc.clip_grad_norm)
+        state = fit(step, loaders["train"], loaders.get("val"), epochs=tc.epochs, num_classes=num_classes, callbacks=fit_callbacks, state=state, eval_model=eval_model, tta=tc.tta, dist=dist)
     except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last finished epoch)") from None
-    train_seconds = state.elapsed
+        raise RunInterrupted(f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last saved point)") from None
+    if state.interrupted:
+        log.write(f"stopped: {state.stop_reason} at epoch {state.epoch}, step {state.step}")
+        raise RunInterrupted(f"interrupted at epoch {state.epoch}, step {state.step}; the position is saved: continue with cnnlab train --resume {run_dir}")
     if state.diverged:
         last = run_dir / "checkpoints" / "last.pt"
         done = state.epoch - 1
@@ -186,13 +347,16 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
     # Test with the best epoch's weights, read back from best.pt: what metrics.json reports is
     # exactly what that file restores. In fp32 (whatever the training precision), so re-evaluating
     # the checkpoint anywhere gives the same figures.
+    dist.barrier()  # rank 0 has written best.pt
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    model.load_state_dict(best["model"])
+    eval_model.load_state_dict(best["model"])
     metrics: dict[str, Any] = {}
     for split in ("test", "val"):
         if split in loaders:
-            r = evaluate(model, loaders[split], len(ds.classes))
-            metrics[split] = classification_metrics(r.confusion, ds.classes, loss=r.loss)
+            r = evaluate(eval_model, loaders[split], num_classes, objective, tta=tc.tta, reduce=dist.sum)
+            metrics[split] = evaluation_metrics(r.confusion, ds.classes, loss=r.loss)
+    if not dist.main:
+        return RunResult(run_dir, metrics, state, time.perf_counter() - t_start, main=False)
     late = {p: r for ld in loaders.values() for p, r in ld.skipped.items()}  # found by decoding workers
     log_data_issues(log, sorted(late.items()), [])
     skipped = sorted(set(ds.skipped) | set(late.items()))
@@ -200,14 +364,16 @@ def train_run(cfg: RunConfig, *, out: str | None = None, progress: bool | None =
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
         stop_reason=state.stop_reason,
-        train_seconds=round(train_seconds, 3),
+        train_seconds=round(state.train_seconds, 3),
         num_parameters=num_parameters(model),
         model=cfg.model.name,
         data=cfg.data.name,
         data_source=ds.source,
         seed=tc.seed,
         device=str(device),
-        precision=str(autocast_dtype(device, tc.precision) or torch.float32).replace("torch.", ""),
+        precision=str(amp_dtype or torch.float32).replace("torch.", ""),
+        loss=objective.name,
+        processes=dist.world,
         skipped_files=[{"path": p, "reason": r} for p, r in skipped],
     )
     plot_training_curves(run_dir)

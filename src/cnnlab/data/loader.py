@@ -46,6 +46,7 @@ class _BatchLoader:
         device: torch.device | str = "cpu",
         channels_last: bool = False,
         value_max: float = 255.0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.split = split
         self.batch_size = batch_size
@@ -57,6 +58,13 @@ class _BatchLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
+        # (rank, world): this process's share of every epoch under torchrun. Training splits each
+        # batch of `batch_size * world` images into `world` pieces; evaluation gives each process
+        # one contiguous chunk of the split.
+        self.rank, self.world = shard
+        self._resume: dict[str, Any] | None = None  # set_epoch(e, resume=...): where to pick up
+        self._generator_now: torch.Generator | None = None  # the running epoch's stream
+        self._done = 0  # batches yielded in the running epoch
         self.skipped: dict[str, str] = {}  # files that would not decode (data on disk): path -> reason
         # x_norm = (x / value_max - mean) / std = x * scale + shift, one fused multiply-add.
         # mean/std are (C,) per channel or (C, H, W) per pixel; both broadcast over (B, C, H, W).
@@ -66,11 +74,37 @@ class _BatchLoader:
         self.scale = (1.0 / (value_max * std_t)).reshape(shape).to(self.device)
         self.shift = (-mean_t / std_t).reshape(shape).to(self.device)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, resume: dict[str, Any] | None = None) -> None:
+        """Iterate epoch `epoch` next; `resume` (a state_dict() taken inside that epoch) skips the
+        batches already trained and restores the augmentation stream where it was."""
         self.epoch = epoch
+        self._resume = resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position inside the running epoch: batches done and the random stream after them."""
+        g = self._generator_now
+        return {"epoch": self.epoch, "batches": self._done, "generator": g.get_state() if g is not None else None}
+
+    def _indices(self, order: torch.Tensor | None) -> torch.Tensor | None:
+        """The sample indices this process iterates, in order; None: the whole split in its own order."""
+        if self.world == 1:
+            return order
+        n = len(self.split)
+        order = order if order is not None else torch.arange(n)
+        if self.drop_last:  # training: piece `rank` of every global batch
+            group = self.batch_size * self.world
+            usable = n // group * group
+            return order[:usable].view(-1, self.world, self.batch_size)[:, self.rank].reshape(-1)
+        return torch.tensor_split(order, self.world)[self.rank]
+
+    def _count(self) -> int:
+        n = len(self.split)
+        if self.world > 1:
+            n = n // (self.batch_size * self.world) * self.batch_size if self.drop_last else len(torch.tensor_split(torch.arange(n), self.world)[self.rank])
+        return n
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = self._count()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _generator(self) -> torch.Generator:
@@ -87,20 +121,30 @@ class _BatchLoader:
             return torch.multinomial(weights, n, replacement=True, generator=g)
         return torch.randperm(n, generator=g) if self.shuffle else None
 
-    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, indices: torch.Tensor | None, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 (or float) image batches and labels, from batch number `start` on."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = self._generator()
+        indices = self._indices(self._order(g))
+        if self.world > 1:  # every process its own augmentation stream
+            g.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank + 1)
+        start, resume, self._resume = 0, self._resume, None
+        if resume is not None and resume.get("batches"):
+            start = int(resume["batches"])
+            g.set_state(resume["generator"])
+        self._generator_now, self._done = g, start
         batches = 0
-        for x, y in self._batches(self._order(g)):
+        for x, y in self._batches(indices, start):
             batches += 1
             x = self.augment(x.to(self.device, non_blocking=True), g)
             x = torch.addcmul(self.shift, x.float(), self.scale)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            self._done += 1  # before the yield: a checkpoint taken while the batch trains counts it
             yield x, y.to(self.device, non_blocking=True)
-        if batches == 0 and len(self.split) > 0:
+        if batches == 0 and start == 0 and self._count() > 0:
             raise DataError(f"none of the {len(self.split)} images of this part decoded (first reasons: {'; '.join(list(self.skipped.values())[:2])}); cnnlab data check lists them")
 
 
@@ -111,11 +155,11 @@ class TensorLoader(_BatchLoader):
         kw.setdefault("value_max", value_scale(split.images))
         super().__init__(split, batch_size, **kw)
 
-    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.split)
-        for i in range(len(self)):
+    def _batches(self, indices: torch.Tensor | None, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self._count()
+        for i in range(start, len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
-            idx = order[sl] if order is not None else sl
+            idx = indices[sl] if indices is not None else sl
             yield self.split.images[idx], self.split.labels[idx]
 
 
@@ -157,9 +201,9 @@ class FileLoader(_BatchLoader):
         self.files = _DecodeFiles(split, channels, preprocess, tuple(input_shape), max_pixels)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
 
-    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices = order.tolist() if order is not None else range(len(self.split))
-        batches = BatchSampler(indices, self.batch_size, self.drop_last)  # type: ignore[arg-type]
+    def _batches(self, indices: torch.Tensor | None, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = indices.tolist() if indices is not None else range(len(self.split))
+        batches = list(BatchSampler(order, self.batch_size, self.drop_last))[start:]  # type: ignore[arg-type]
         loader = DataLoader(self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
         for x, y, bad in loader:
             self.skipped.update(bad)

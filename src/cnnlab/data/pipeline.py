@@ -29,18 +29,22 @@ def normalization_stats(ds: Dataset, cfg: DataConfig) -> tuple[torch.Tensor, tor
     return compute_stats(cfg.normalize, ds.train, channels, file_batches, cache_key=repr((ds.preprocess, channels)))
 
 
-def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: torch.device, mean: Any, std: Any) -> dict[str, _BatchLoader]:
-    """train (shuffled, augmented), and val and test loaders for the splits that exist."""
+def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: torch.device, mean: Any, std: Any, shard: tuple[int, int] = (0, 1)) -> dict[str, _BatchLoader]:
+    """train (shuffled, augmented), and val and test loaders for the splits that exist.
+
+    `shard` is (rank, world) under torchrun: train.batch_size stays the global batch, each process
+    takes batch_size / world images of it; evaluation splits each part into world chunks."""
+    world = shard[1]
     value_max = _value_max(ds)
     common: dict[str, Any] = dict(
         input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=data.max_pixels, workers=data.workers,
-        mean=mean, std=std, device=device, channels_last=train.channels_last, value_max=value_max,
+        mean=mean, std=std, device=device, channels_last=train.channels_last, value_max=value_max, shard=shard,
     )
     # float arrays keep their own scale: no range to clamp the colour jitter to
     clamp = value_max if value_max == 255.0 else None
     params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, value_max=clamp)
     loaders = {
-        "train": make_loader(ds.train, train.batch_size, shuffle=data.shuffle, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size, seed=train.seed, **common)
+        "train": make_loader(ds.train, train.batch_size // world, shuffle=data.shuffle, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size or world > 1, seed=train.seed, **common)
     }
     for name in ("val", "test"):
         split = getattr(ds, name)

@@ -32,17 +32,50 @@ class FitState:
     epoch: int = 0  # the epoch running or just finished, 1-based
     step: int = 0  # optimizer steps so far
     lr: float = 0.0
+    epoch_lr: float = 0.0  # the lr the running epoch started with (history's lr column)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (HISTORY_COLUMNS)
     steps: list[list[Any]] = field(default_factory=list)  # one row per step (STEP_COLUMNS)
     best_epoch: int | None = None
     best_score: float = float("-inf")
+    progress: Any = None  # the running epoch's EpochProgress; None between epochs
+    loader: dict[str, Any] | None = None  # on resume: the train loader's position inside `epoch`
     stop_reason: str | None = None
     diverged: bool = False  # the loss went NaN or infinite: the epoch's weights are not kept
+    interrupted: bool = False  # Ctrl-C or SIGTERM: stopped at a step boundary, position saved
+    prior_seconds: float = 0.0  # training time of the sessions before a resume
     start_time: float = field(default_factory=time.perf_counter)
 
     @property
     def elapsed(self) -> float:
+        """Seconds of fitting in this session (what train.time_limit counts)."""
         return time.perf_counter() - self.start_time
+
+    @property
+    def train_seconds(self) -> float:
+        return self.prior_seconds + self.elapsed
+
+    def restart_clock(self) -> None:
+        self.start_time = time.perf_counter()
+
+    SAVED = ("epochs", "epoch", "step", "lr", "epoch_lr", "history", "steps", "best_epoch", "best_score")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the fit (tensors and plain values only: weights_only loads it)."""
+        out = {k: getattr(self, k) for k in self.SAVED}
+        out["progress"] = self.progress.to_dict() if self.progress is not None else None
+        out["train_seconds"] = self.train_seconds
+        return out
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], steps_per_epoch: int, loader: dict[str, Any] | None) -> "FitState":
+        from cnnlab.engine.loop import EpochProgress
+
+        state = cls(**{k: saved[k] for k in cls.SAVED}, steps_per_epoch=steps_per_epoch)
+        state.history, state.steps = list(state.history), [list(r) for r in state.steps]
+        state.progress = EpochProgress(**saved["progress"]) if saved.get("progress") else None
+        state.loader = loader if state.progress is not None else None
+        state.prior_seconds = float(saved.get("train_seconds", 0.0))
+        return state
 
 
 class Callback:
@@ -110,41 +143,46 @@ class FreezeBody(Callback):
 
 
 class Checkpointer(Callback):
-    """Write checkpoints/last.pt at the start and after every epoch, and checkpoints/best.pt when the score improves.
+    """checkpoints/last.pt: at the start, after every epoch, and inside epochs every `every_steps`
+    steps or `every_seconds` seconds and on Ctrl-C (with the data position, for an exact resume);
+    checkpoints/best.pt when the epoch is the best so far (fit() keeps the score).
 
-    The score is validation accuracy, or training accuracy where there is no validation split.
-    `extra()` supplies what else a checkpoint holds (config, classes, normalisation, ...).
+    `snapshot(state)` gives what a checkpoint holds (weights, optimizer, scheduler, ... and config).
+    Both files are written atomically, best.pt before last.pt: a kill between the two resumes from
+    the older last.pt and writes the same best.pt again.
     """
 
-    def __init__(self, folder: Path, model: nn.Module, optimizer, scheduler, extra: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, folder: Path, snapshot: Callable[[FitState], dict[str, Any]], every_steps: int | None = None, every_seconds: float | None = None) -> None:
         self.folder = Path(folder)
-        self.model, self.optimizer, self.scheduler, self.extra = model, optimizer, scheduler, extra
+        self.snapshot = snapshot
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.last_save = time.perf_counter()
+
+    def _save(self, name: str, state: FitState) -> None:
+        save_checkpoint(self.folder / name, **self.snapshot(state))
+        self.last_save = time.perf_counter()
 
     def on_fit_start(self, state: FitState) -> None:
         # last.pt from the start (epoch 0, the weights before training): a run that diverges or is
         # stopped in its first epoch still leaves good weights to look at or start from
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.folder / "last.pt", **self._content(state, None))
+        if state.step == 0 and state.progress is None:
+            self._save("last.pt", state)
+        self.last_save = time.perf_counter()
+
+    def on_batch_end(self, state: FitState, loss: float) -> None:
+        if state.diverged:
+            return
+        due = state.interrupted
+        due = due or (self.every_steps is not None and state.step % self.every_steps == 0)
+        due = due or (self.every_seconds is not None and time.perf_counter() - self.last_save >= self.every_seconds)
+        if due:
+            self._save("last.pt", state)
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
-        score = row["val_accuracy"] if row["val_accuracy"] != "" else row["train_accuracy"]
-        content = self._content(state, score)
-        save_checkpoint(self.folder / "last.pt", **content)
-        if score > state.best_score:
-            state.best_score, state.best_epoch = score, state.epoch
-            save_checkpoint(self.folder / "best.pt", **content)
-
-    def _content(self, state: FitState, score: float | None) -> dict[str, Any]:
-        return dict(
-            model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-            epoch=state.epoch,
-            step=state.step,
-            history=list(state.history),
-            score=score,
-            **self.extra(),
-        )
+        if state.best_epoch == state.epoch:
+            self._save("best.pt", state)
+        self._save("last.pt", state)
 
 
 def _csv_text(columns: list[str], rows: list) -> str:
@@ -177,7 +215,7 @@ class ProgressBar(Callback):
 
     def on_epoch_start(self, state: FitState) -> None:
         disable = None if self.enabled is None else not self.enabled
-        self.bar = tqdm(total=state.steps_per_epoch, desc=f"epoch {state.epoch}/{state.epochs}", unit="batch", leave=False, disable=disable, dynamic_ncols=True)
+        self.bar = tqdm(total=state.steps_per_epoch, initial=state.progress.batches if state.progress is not None else 0, desc=f"epoch {state.epoch}/{state.epochs}", unit="batch", leave=False, disable=disable, dynamic_ncols=True)
 
     def on_batch_end(self, state: FitState, loss: float) -> None:
         if self.bar is not None:

@@ -23,6 +23,14 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the random streams rng_state() saved."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def save_checkpoint(path: Path, **content: Any) -> None:
     """Save `content` (state dicts, epoch, config, ...) plus format tags and RNG states, atomically."""
     payload = {"format": FORMAT, "version": VERSION, "rng": rng_state(), **content}

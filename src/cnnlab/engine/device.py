@@ -38,11 +38,14 @@ def cpu_has_native_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for `precision` (auto | fp32 | bf16) on `device`; None means fp32."""
+    """The autocast dtype for `precision` (auto | fp32 | bf16 | fp16) on `device`; None means fp32.
+    fp16 trains with a loss scaler (torch.amp.GradScaler), saved in every checkpoint."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else None
     if device.type == "cuda":

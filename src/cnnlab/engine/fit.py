@@ -2,40 +2,76 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, ContextManager, Sequence
+import signal
+import threading
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from cnnlab.data.loader import TensorLoader
+from cnnlab.data.loader import _BatchLoader
 from cnnlab.engine.callbacks import Callback, FitState
-from cnnlab.engine.loop import evaluate, train_one_epoch
+from cnnlab.engine.distributed import Dist
+from cnnlab.engine.loop import EpochProgress, TrainStep, evaluate, train_one_epoch
+
+
+class _StopSignals:
+    """While fitting: the first Ctrl-C (or SIGTERM) asks for a clean stop after the running step
+    (the Checkpointer saves the position first); a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def fit(
-    model: nn.Module,
-    train_loader: TensorLoader,
-    val_loader: TensorLoader | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    step: TrainStep,
+    train_loader: _BatchLoader,
+    val_loader: _BatchLoader | None,
     *,
     epochs: int,
     num_classes: int,
     callbacks: Sequence[Callback] = (),
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-    clip_grad_norm: float | None = None,
+    state: FitState | None = None,
+    eval_model: nn.Module | None = None,
+    tta: bool = False,
+    dist: Dist | None = None,
 ) -> FitState:
     """Train for `epochs`, validating after each; returns the final FitState (history, best epoch, ...).
 
-    `autocast` applies to the training steps only. Validation runs in fp32, so the figures that pick
-    the best epoch are the ones anyone re-evaluating the checkpoint gets, on any hardware.
+    `state` continues a run restored from a checkpoint: at the next epoch, or inside an epoch where it
+    holds `progress` and `loader` (the position). `eval_model` is what validation scores (the EMA of
+    the weights, where there is one). Validation runs in fp32, so the figures that pick the best epoch
+    are the ones anyone re-evaluating the checkpoint gets.
     """
-    state = FitState(epochs=epochs, steps_per_epoch=len(train_loader))
-    state.lr = optimizer.param_groups[0]["lr"]
+    dist = dist or Dist()
+    scheduler = step.scheduler
     monitor = getattr(scheduler, "monitor", None)  # a plateau schedule steps per epoch on this figure
     per_epoch = monitor is not None
+    if per_epoch:
+        step.scheduler = None
+    eval_model = eval_model if eval_model is not None else step.model
+    if state is None:
+        state = FitState(epochs=epochs, steps_per_epoch=len(train_loader))
+        state.lr = step.optimizer.param_groups[0]["lr"]
+    state.epochs, state.steps_per_epoch = epochs, len(train_loader)
+    state.restart_clock()
+    signals = _StopSignals()
 
     def hook(name: str, *args) -> None:
         for cb in callbacks:
@@ -43,37 +79,64 @@ def fit(
 
     def after_batch(loss: float) -> bool:
         state.step += 1
+        if dist.enabled:
+            loss = float(dist.sum(torch.tensor([loss], dtype=torch.float64))[0]) / dist.world
         state.steps.append([state.step, state.epoch, round(loss, 6), state.lr])
-        state.lr = optimizer.param_groups[0]["lr"]
+        state.lr = step.optimizer.param_groups[0]["lr"]
+        if signals.requested and state.stop_reason is None:
+            state.interrupted = True
+            state.stop_reason = "interrupted"
         hook("on_batch_end", loss)
+        if dist.enabled:  # every process stops at the same step
+            stop = dist.sum(torch.tensor([float(state.stop_reason is not None), float(state.diverged)]))
+            if stop[1] > 0:
+                state.diverged = True
+            if stop[0] > 0 and state.stop_reason is None:
+                state.stop_reason = "stopped by another process"
         return state.stop_reason is not None
 
-    hook("on_fit_start")
-    try:
-        for epoch in range(1, epochs + 1):
-            state.epoch = epoch
-            train_loader.set_epoch(epoch)
-            hook("on_epoch_start")
-            lr = state.lr
-            result = train_one_epoch(model, train_loader, optimizer, loss_fn, scheduler=None if per_epoch else scheduler, autocast=autocast, on_batch_end=after_batch, clip_grad_norm=clip_grad_norm)
-            if state.diverged:
-                break  # no validation, no checkpoint of weights that went NaN
-            val = evaluate(model, val_loader, num_classes) if val_loader is not None else None
-            row = {
-                "epoch": epoch,
-                "train_loss": round(result.loss, 6),
-                "train_accuracy": round(result.accuracy, 6),
-                "val_loss": round(val.loss, 6) if val else "",
-                "val_accuracy": round(val.accuracy, 6) if val else "",
-                "lr": lr,
-                "epoch_seconds": round(result.seconds, 3),
-            }
-            state.history.append(row)
-            if per_epoch and row[monitor] != "":
-                scheduler.step(row[monitor])  # type: ignore[union-attr]
-            hook("on_epoch_end", row)
-            if state.stop_reason is not None:
-                break
-    finally:
-        hook("on_fit_end")
+    with signals:
+        hook("on_fit_start")
+        try:
+            first = state.epoch if state.progress is not None else state.epoch + 1
+            for epoch in range(first, epochs + 1):
+                resume = state.loader if epoch == state.epoch and state.progress is not None else None
+                if resume is None:
+                    state.progress, state.epoch_lr = EpochProgress(), state.lr
+                state.epoch, state.loader = epoch, None
+                if dist.enabled:  # each process's own dropout and mixing stream, a function of (seed, epoch, rank)
+                    torch.manual_seed((train_loader.seed * 1_000_003 + epoch) * 1_009 + dist.rank + 1)
+                train_loader.set_epoch(epoch, resume)
+                hook("on_epoch_start")
+                p = train_one_epoch(train_loader, step, progress=state.progress, on_batch_end=after_batch)
+                if state.diverged or state.interrupted:
+                    break  # no validation; the Checkpointer has saved the position (not NaN weights)
+                if dist.enabled:
+                    sums = dist.sum(torch.tensor([p.loss_sum, p.samples, p.correct, p.counted], dtype=torch.float64))
+                    p = EpochProgress(p.batches, float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3]), p.seconds)
+                val = evaluate(eval_model, val_loader, num_classes, step.objective, tta=tta, reduce=dist.sum) if val_loader is not None else None
+                row = {
+                    "epoch": epoch,
+                    "train_loss": round(p.loss, 6),
+                    "train_accuracy": round(p.accuracy, 6),
+                    "val_loss": round(val.loss, 6) if val else "",
+                    "val_accuracy": round(val.accuracy, 6) if val else "",
+                    "lr": state.epoch_lr,
+                    "epoch_seconds": round(p.seconds, 3),
+                }
+                state.history.append(row)
+                state.progress = None
+                if per_epoch and row[monitor] != "":
+                    scheduler.step(row[monitor])  # type: ignore[union-attr]
+                    state.lr = step.optimizer.param_groups[0]["lr"]
+                # the score that picks best.pt: validation accuracy, or training accuracy without a val split
+                score = row["val_accuracy"] if row["val_accuracy"] != "" else row["train_accuracy"]
+                if score > state.best_score:
+                    state.best_score, state.best_epoch = score, epoch
+                hook("on_epoch_end", row)
+                if state.stop_reason is not None:
+                    break
+        finally:
+            step.scheduler = scheduler
+            hook("on_fit_end")
     return state

@@ -1,76 +1,127 @@
-"""One epoch of training and one pass of evaluation, as importable functions that return values."""
+"""One training step, one epoch of training and one pass of evaluation, as importable functions."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from cnnlab.metrics import confusion_matrix
+from cnnlab.engine.losses import Objective, cross_entropy
+from cnnlab.engine.mix import BatchMix
+from cnnlab.metrics import confusion_matrix, multilabel_confusion
 
 
 @dataclass
-class EpochResult:
-    loss: float  # mean training loss over the samples seen (as optimised: with label smoothing)
-    accuracy: float  # on the augmented training batches
-    num_samples: int
-    seconds: float
-    stopped_early: bool = False
+class TrainStep:
+    """Everything one optimizer step does: forward (under autocast), the loss (mixed targets under
+    mixup/cutmix), backward (through the AMP scaler where there is one), clipping, the step, the
+    per-batch schedule and the EMA update."""
+
+    model: nn.Module  # what runs forward: the DistributedDataParallel or compiled wrapper, if any
+    optimizer: torch.optim.Optimizer
+    objective: Objective
+    scheduler: Any = None  # stepped once per batch here; None for a per-epoch (plateau) schedule
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    clip_grad_norm: float | None = None
+    scaler: Any = None  # torch.amp.GradScaler for fp16
+    mix: BatchMix | None = None
+    ema: Any = None  # torch.optim.swa_utils.AveragedModel
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Train on one batch; returns (loss, outputs)."""
+        mixed = self.mix(x, y) if self.mix is not None else None
+        if mixed is not None:
+            x, y2, lam = mixed
+        with self.autocast():
+            out = self.model(x)
+            loss = self.objective.loss(out, y)
+            if mixed is not None:
+                loss = lam * loss + (1 - lam) * self.objective.loss(out, y2)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return float(loss.detach()), out.detach()
+
+
+@dataclass
+class EpochProgress:
+    """The running sums of an epoch: saved in mid-epoch checkpoints so a resumed epoch reports the
+    same training loss and accuracy as an uninterrupted one."""
+
+    batches: int = 0
+    loss_sum: float = 0.0  # sum over samples of the batch-mean loss
+    samples: int = 0
+    correct: int = 0  # samples (or sample-attribute pairs) predicted right
+    counted: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.counted, 1)
 
 
 def train_one_epoch(
-    model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    step: TrainStep,
     *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    progress: EpochProgress | None = None,
     on_batch_end: Callable[[float], bool] | None = None,
-    clip_grad_norm: float | None = None,
-) -> EpochResult:
-    """Train over `loader` once. The scheduler, if given, steps once per batch.
+) -> EpochProgress:
+    """Train over `loader` once, adding to `progress` (a resumed epoch's sums, or new ones).
 
     `on_batch_end(loss)` is called after every optimizer step; returning True ends the epoch early.
+    The training accuracy is on the (augmented, unmixed) labels of the batches.
     """
-    model.train()
-    start = time.perf_counter()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = 0
-    seen = 0
-    stopped = False
+    p = progress if progress is not None else EpochProgress()
+    step.model.train()
+    start = time.perf_counter() - p.seconds
     for x, y in loader:
-        with autocast():
-            logits = model(x)  # (B, num_classes)
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        batch_loss = float(loss.detach())
-        loss_sum += batch_loss * y.shape[0]
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += y.shape[0]
-        if on_batch_end is not None and on_batch_end(batch_loss):
-            stopped = True
+        loss, out = step(x, y)
+        correct, counted = step.objective.hits(out, y)
+        n = y.shape[0]
+        p.batches += 1
+        p.loss_sum += loss * n
+        p.samples += n
+        p.correct += correct
+        p.counted += counted
+        p.seconds = time.perf_counter() - start
+        if on_batch_end is not None and on_batch_end(loss):
             break
-    return EpochResult(float(loss_sum) / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start, stopped)
+    p.seconds = time.perf_counter() - start
+    return p
 
 
 @dataclass
 class EvalResult:
-    loss: float  # mean plain cross-entropy (no label smoothing)
-    accuracy: float
+    loss: float  # mean plain loss per sample (no label smoothing)
+    accuracy: float  # for multi-label: the share of (image, attribute) pairs right
     num_samples: int
-    confusion: torch.Tensor  # (num_classes, num_classes), rows true, columns predicted
+    confusion: torch.Tensor  # (K, K) rows true, columns predicted; or (A, 2, 2) per attribute
 
 
 @torch.no_grad()
@@ -78,19 +129,38 @@ def evaluate(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
+    objective: Objective | None = None,
     *,
+    tta: bool = False,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
-    """Loss, accuracy and confusion matrix of `model` over `loader`, in eval mode."""
+    """Loss, accuracy and confusion of `model` over `loader`, in eval mode (`objective`: plain
+    cross-entropy unless given).
+
+    `tta` averages the outputs for each image and its mirror image. `reduce` sums a tensor across
+    processes (torchrun), so every process gets the figures of the whole split.
+    """
+    objective = objective if objective is not None else cross_entropy(num_classes)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    shape = (num_classes, 2, 2) if objective.multilabel else (num_classes, num_classes)
+    cm = torch.zeros(shape, dtype=torch.long)
     for x, y in loader:
         with autocast():
-            logits = model(x).float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        cm += confusion_matrix(logits.argmax(1).cpu(), y.cpu(), num_classes)
+            out = model(x).float()
+            if tta:
+                out = (out + model(torch.flip(x, dims=[3])).float()) / 2
+        loss_sum += float(objective.sum_loss(out, y))
+        pred = objective.predict(out).cpu()
+        cm += multilabel_confusion(pred, y.cpu()) if objective.multilabel else confusion_matrix(pred, y.cpu(), num_classes)
     model.train(was_training)
-    n = int(cm.sum())
-    return EvalResult(float(loss_sum) / max(n, 1), float(cm.diagonal().sum()) / max(n, 1), n, cm)
+    if reduce is not None:
+        loss_sum, cm = reduce(loss_sum), reduce(cm)
+    n = int(cm[0].sum()) if objective.multilabel else int(cm.sum())
+    if objective.multilabel:
+        correct = float(cm[:, 0, 0].sum() + cm[:, 1, 1].sum()) / max(n * num_classes, 1)
+    else:
+        correct = float(cm.diagonal().sum()) / max(n, 1)
+    return EvalResult(float(loss_sum) / max(n, 1), correct, n, cm)
