@@ -334,6 +334,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         state = fit(step, loaders["train"], loaders.get("val"), epochs=tc.epochs, num_classes=num_classes, callbacks=fit_callbacks, state=state, eval_model=eval_model, tta=tc.tta, dist=dist)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last saved point)") from None
+    train_seconds = state.train_seconds  # this session's fitting plus the sessions before a resume
     if state.interrupted:
         log.write(f"stopped: {state.stop_reason} at epoch {state.epoch}, step {state.step}")
         raise RunInterrupted(f"interrupted at epoch {state.epoch}, step {state.step}; the position is saved: continue with cnnlab train --resume {run_dir}")
@@ -364,7 +365,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
         stop_reason=state.stop_reason,
-        train_seconds=round(state.train_seconds, 3),
+        train_seconds=round(train_seconds, 3),
         num_parameters=num_parameters(model),
         model=cfg.model.name,
         data=cfg.data.name,
