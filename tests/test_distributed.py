@@ -74,3 +74,23 @@ def test_a_global_batch_that_does_not_divide_is_refused(fashion_dir):
     cfg = apply_overrides(RunConfig(), {"data.root": str(fashion_dir), "train.batch_size": 65})
     with pytest.raises(ConfigError, match="multiple of 2"):
         prepare(cfg, world=2)
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TORCHRUN), "--nproc_per_node=2", "-m", "cnnlab", "train", *args], capture_output=True, text=True, timeout=300)
+
+
+def _history(run: Path) -> list[list[str]]:
+    return [line.split(",")[:-1] for line in (run / "history.csv").read_text().splitlines()]  # without epoch_seconds
+
+
+def test_torchrun_resume_from_an_epoch_end_is_exact(fashion_dir, tmp_path):
+    common = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--lr", "0.05"]
+    assert _torchrun(*common, "--out", str(tmp_path / "a"), "--epochs", "2").returncode == 0
+    r = _torchrun("--resume", str(tmp_path / "a"), "--epochs", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _torchrun(*common, "--out", str(tmp_path / "b"), "--epochs", "3").returncode == 0
+    assert _history(tmp_path / "a") == _history(tmp_path / "b") and len(_history(tmp_path / "a")) == 4
+    wa = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

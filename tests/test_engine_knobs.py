@@ -71,6 +71,19 @@ def test_early_stopping_keeps_the_best(fashion_dir, tmp_path):
     assert m["epochs_run"] < 30 and "early stopping" in m["stop_reason"] and m["epochs_run"] - m["best_epoch"] == 2
 
 
+def test_early_stopping_on_validation_loss_keeps_the_lowest(fashion_dir, tmp_path):
+    import csv
+
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "30", "--lr", "0.3", "--set", "data.val_size=64",
+                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.monitor=val_loss"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    losses = [float(r["val_loss"]) for r in rows]
+    assert m["best_epoch"] == 1 + losses.index(min(losses)) and "val loss" in m["stop_reason"]
+    assert m["val"]["loss"] == pytest.approx(min(losses), abs=1e-6)  # best.pt is the lowest-loss epoch
+
+
 def test_a_loss_that_goes_nan_stops_with_one_line_and_keeps_the_last_good_epoch(fashion_dir, tmp_path):
     out = tmp_path / "r"
     r = run_cli("train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "3", "--lr", "1e6", "--set", "data.val_size=64", "--set", "train.batch_size=32",

@@ -110,7 +110,8 @@ class TrainConfig:
     class_weights: str | None = None  # auto: weigh each class's loss by its inverse frequency in train
     freeze_epochs: int = 0  # train only the (new) head for this many epochs, then everything
     clip_grad_norm: float | None = None  # clip the gradients' global L2 norm to this (the comprehensive report: 1.0)
-    early_stopping: int | None = None  # stop after this many epochs without a better val accuracy (the best is kept)
+    monitor: str = "val_accuracy"  # what picks best.pt and drives early stopping: val_accuracy | val_loss (train_* without a val split)
+    early_stopping: int | None = None  # stop after this many epochs without a better `monitor` figure (the best is kept)
     time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
 
 
@@ -142,6 +143,7 @@ class RunConfig:
             (o.body_lr_scale >= 0, "optim.body_lr_scale", o.body_lr_scale, "zero or positive"),
             (t.freeze_epochs >= 0, "train.freeze_epochs", t.freeze_epochs, "zero or positive"),
             (t.clip_grad_norm is None or t.clip_grad_norm > 0, "train.clip_grad_norm", t.clip_grad_norm, "positive or null"),
+            (t.monitor in ("val_accuracy", "val_loss"), "train.monitor", t.monitor, "val_accuracy or val_loss"),
             (t.early_stopping is None or t.early_stopping >= 1, "train.early_stopping", t.early_stopping, "at least 1 or null"),
             (self.schedule.monitor in ("val_loss", "val_accuracy"), "schedule.monitor", self.schedule.monitor, "val_loss or val_accuracy"),
             (0 < self.schedule.factor < 1, "schedule.factor", self.schedule.factor, "in (0, 1)"),

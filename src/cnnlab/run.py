@@ -246,10 +246,13 @@ def train_run(
     _, world, _ = env_world()
     p = prepare(cfg, world)
     dist = init_distributed(p.device)
+    clean = False
     try:
-        return _train(p, dist, t_start, out=out, progress=progress, resume=Path(resume) if resume is not None else None, ckpt=ckpt, notes=resume_notes, callbacks=callbacks)
+        result = _train(p, dist, t_start, out=out, progress=progress, resume=Path(resume) if resume is not None else None, ckpt=ckpt, notes=resume_notes, callbacks=callbacks)
+        clean = True
+        return result
     finally:
-        shutdown(dist)
+        shutdown(dist, clean)
 
 
 def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Path | None, ckpt, notes: list[str], callbacks: Sequence[Callback]) -> RunResult:
@@ -329,9 +332,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     if dist.main:
         fit_callbacks += [Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds), HistoryWriter(run_dir), ProgressBar(progress, log)]
     if tc.early_stopping:
-        fit_callbacks.append(EarlyStopping(tc.early_stopping))
+        fit_callbacks.append(EarlyStopping(tc.early_stopping, tc.monitor))
     try:
-        state = fit(step, loaders["train"], loaders.get("val"), epochs=tc.epochs, num_classes=num_classes, callbacks=fit_callbacks, state=state, eval_model=eval_model, tta=tc.tta, dist=dist)
+        state = fit(step, loaders["train"], loaders.get("val"), epochs=tc.epochs, num_classes=num_classes, callbacks=fit_callbacks, state=state, eval_model=eval_model, tta=tc.tta, monitor=tc.monitor, dist=dist)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last saved point)") from None
     train_seconds = state.train_seconds  # this session's fitting plus the sessions before a resume

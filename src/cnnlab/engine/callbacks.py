@@ -107,14 +107,14 @@ class NaNGuard(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop after `patience` epochs without a better score (val accuracy; the Checkpointer keeps the best)."""
+    """Stop after `patience` epochs without a better score (fit()'s monitor; the Checkpointer keeps the best)."""
 
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
+    def __init__(self, patience: int, monitor: str = "val_accuracy") -> None:
+        self.patience, self.monitor = patience, monitor
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
         if state.best_epoch is not None and state.epoch - state.best_epoch >= self.patience:
-            state.stop_reason = f"early stopping: no better validation accuracy for {self.patience} epochs"
+            state.stop_reason = f"early stopping: no better {self.monitor.replace('_', ' ')} for {self.patience} epochs"
 
 
 class FreezeBody(Callback):

@@ -74,6 +74,10 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(rank, world, local_rank)
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, clean: bool = True) -> None:
+    """Leave the process group; after a clean run, wait for every process first (rank 0 is still
+    writing when the others finish, and gloo aborts a process whose peer has already left)."""
     if d.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

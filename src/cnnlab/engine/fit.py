@@ -50,19 +50,21 @@ def fit(
     state: FitState | None = None,
     eval_model: nn.Module | None = None,
     tta: bool = False,
+    monitor: str = "val_accuracy",
     dist: Dist | None = None,
 ) -> FitState:
     """Train for `epochs`, validating after each; returns the final FitState (history, best epoch, ...).
 
     `state` continues a run restored from a checkpoint: at the next epoch, or inside an epoch where it
     holds `progress` and `loader` (the position). `eval_model` is what validation scores (the EMA of
-    the weights, where there is one). Validation runs in fp32, so the figures that pick the best epoch
+    the weights, where there is one). `monitor` (val_accuracy or val_loss; the train_ figure where
+    there is no validation) picks the best epoch. Validation runs in fp32, so the figures that pick the best epoch
     are the ones anyone re-evaluating the checkpoint gets.
     """
     dist = dist or Dist()
     scheduler = step.scheduler
-    monitor = getattr(scheduler, "monitor", None)  # a plateau schedule steps per epoch on this figure
-    per_epoch = monitor is not None
+    plateau_on = getattr(scheduler, "monitor", None)  # a plateau schedule steps per epoch on this figure
+    per_epoch = plateau_on is not None
     if per_epoch:
         step.scheduler = None
     eval_model = eval_model if eval_model is not None else step.model
@@ -126,11 +128,12 @@ def fit(
                 }
                 state.history.append(row)
                 state.progress = None
-                if per_epoch and row[monitor] != "":
-                    scheduler.step(row[monitor])  # type: ignore[union-attr]
+                if per_epoch and row[plateau_on] != "":
+                    scheduler.step(row[plateau_on])  # type: ignore[union-attr]
                     state.lr = step.optimizer.param_groups[0]["lr"]
-                # the score that picks best.pt: validation accuracy, or training accuracy without a val split
-                score = row["val_accuracy"] if row["val_accuracy"] != "" else row["train_accuracy"]
+                # the score that picks best.pt (higher is better)
+                key = monitor if row["val_loss"] != "" else monitor.replace("val_", "train_")
+                score = -row[key] if key.endswith("loss") else row[key]
                 if score > state.best_score:
                     state.best_score, state.best_epoch = score, epoch
                 hook("on_epoch_end", row)
