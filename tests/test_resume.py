@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, write_image_folder
 
 # 256 training images in batches of 32: 8 steps an epoch, 3 epochs. last.pt is also saved every 3
 # steps inside epochs. Augmentation (flip+translate), mixup (global RNG) and an EMA are on, so every
@@ -54,8 +54,8 @@ except CnnlabError as e:  # as cnnlab.cli.main reports it
 TIMING = {"train_seconds", "total_seconds"}
 
 
-def _drive(where: str, at: int, fashion_dir, out) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", DRIVER, where, str(at), "--data", str(fashion_dir), "--out", str(out), *ARGS]
+def _drive(where: str, at: int, data, out, args=ARGS) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", DRIVER, where, str(at), "--data", str(data), "--out", str(out), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
@@ -68,13 +68,14 @@ def _metrics(run) -> dict:
     return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
 
 
-def _weights(run) -> dict:
+def _weights(run, ema: bool) -> dict:
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    return {**{f"model.{k}": v for k, v in ckpt["model"].items()}, **{f"raw.{k}": v for k, v in ckpt["raw_model"].items()}}
+    raw = {f"raw.{k}": v for k, v in ckpt["raw_model"].items()} if ema else {}
+    return {**{f"model.{k}": v for k, v in ckpt["model"].items()}, **raw}
 
 
-def _assert_same_run(a, b) -> None:
-    wa, wb = _weights(a), _weights(b)
+def _assert_same_run(a, b, ema: bool = True) -> None:
+    wa, wb = _weights(a, ema), _weights(b, ema)
     assert wa.keys() == wb.keys()
     different = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not different, f"weights differ: {different[:3]}"
@@ -111,6 +112,22 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(where, at, resumed_insi
     assert r.returncode == 0, r.stderr
     assert "resumed" in (out / "log.txt").read_text()
     _assert_same_run(out, straight)
+
+
+def test_sigkill_inside_an_epoch_read_from_files_by_workers(tmp_path):
+    """Images decoded from disk by two DataLoader workers (not held in memory): the same exactness. The
+    first run computes the normalisation statistics from the files and the killed one reads them from
+    the cache, so this also checks that reading files leaves the random streams alone."""
+    folder = write_image_folder(tmp_path / "pets", {"cat": 30, "dog": 30, "fox": 30}, size=(16, 16))
+    args = ["--epochs", "2", "--lr", "0.05", "--set", "data.in_memory=false", "--set", "data.workers=2", "--set", "data.val_size=9",
+            "--set", "train.batch_size=8", "--set", "train.checkpoint_steps=2", "--set", "data.augment=flip-translate"]
+    straight = tmp_path / "straight"
+    assert run_cli("train", "--data", str(folder), "--out", str(straight), *args, timeout=180).returncode == 0
+    out = tmp_path / "run"
+    assert _drive("batch", 5, folder, out, args).returncode == -signal.SIGKILL
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["loader"]["batches"] == 4
+    assert run_cli("train", "--resume", str(out), timeout=180).returncode == 0
+    _assert_same_run(out, straight, ema=False)
 
 
 def test_ctrl_c_saves_the_position_and_exits_cleanly(straight, fashion_dir, tmp_path):

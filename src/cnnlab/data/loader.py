@@ -204,7 +204,11 @@ class FileLoader(_BatchLoader):
     def _batches(self, indices: torch.Tensor | None, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = indices.tolist() if indices is not None else range(len(self.split))
         batches = list(BatchSampler(order, self.batch_size, self.drop_last))[start:]  # type: ignore[arg-type]
-        loader = DataLoader(self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        # A generator of its own: otherwise each DataLoader iterator draws its workers' base seed from
+        # torch's global stream, so reading files would shift the model's initialisation, dropout
+        # and mixing (and a resumed run, which starts one more iterator, would drift from the original).
+        own = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        loader = DataLoader(self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda", generator=own)
         for x, y, bad in loader:
             self.skipped.update(bad)
             if x is not None:
