@@ -74,6 +74,9 @@ def test_a_global_batch_that_does_not_divide_is_refused(fashion_dir):
     cfg = apply_overrides(RunConfig(), {"data.root": str(fashion_dir), "train.batch_size": 65})
     with pytest.raises(ConfigError, match="multiple of 2"):
         prepare(cfg, world=2)
+    cfg = apply_overrides(RunConfig(), {"data.root": str(fashion_dir), "train.freeze_epochs": 1})
+    with pytest.raises(ConfigError, match="freeze_epochs"):
+        prepare(cfg, world=2)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:

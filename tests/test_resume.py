@@ -163,6 +163,7 @@ def test_periods_continue_a_finished_run(fashion_dir, tmp_path):
         (["--set", "model.kwargs.width=16"], "model.kwargs"),
         (["--set", "data.val_size=32"], "data.val_size"),
         (["--optimizer", "adam"], "optim.name"),
+        (["--lr", "0.01"], "optim.lr"),  # the restored optimizer state would silently keep the old one
         (["--epochs", "1", "--set", "train.min_steps=null"], None),  # fewer epochs than done: refused too
     ],
 )

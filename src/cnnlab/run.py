@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -108,6 +109,8 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
     tc = cfg.train
     if cfg.schedule.name == "plateau" and cfg.data.val_size == 0:
         raise ConfigError("schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another schedule")
+    if world > 1 and tc.freeze_epochs:
+        raise ConfigError("train.freeze_epochs changes which parameters train while DistributedDataParallel expects a fixed set; under torchrun leave it at 0")
     if world > 1 and tc.batch_size % world:
         raise ConfigError(f"train.batch_size {tc.batch_size} is the global batch and must divide among the {world} processes; use a multiple of {world}")
     if tc.precision == "fp16" and device.type == "mps":
@@ -157,7 +160,7 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
 RESUME_FREE = (
     "name", "train.epochs", "train.min_steps", "train.time_limit", "train.early_stopping", "train.checkpoint_steps",
     "train.checkpoint_seconds", "train.device", "train.eval_batch_size", "train.tta", "train.clip_grad_norm",
-    "optim.lr", "optim.weight_decay", "optim.momentum", "data.root", "data.workers", "data.download", "data.in_memory",
+    "data.root", "data.workers", "data.download",
 )
 
 
@@ -169,6 +172,14 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _epochs_reported(run_dir: Path) -> int | None:
+    """epochs_run of the run's metrics.json (written when its test evaluation finished), or None."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("epochs_run")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunConfig, dict[str, Any], list[str]]:
@@ -192,7 +203,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunCo
         why = "changes the model" if k.startswith("model.") else "changes the data" if k.startswith("data.") else "does not fit the saved training state"
         raise ConfigError(f"--resume {run_dir}: {k} is {old.get(k)!r} in that run and {new[k]!r} here, which {why}; resume without it, or start a new run (--init-from {run_dir} keeps the weights)")
     done = ckpt["fit"]["epoch"] - (1 if ckpt["fit"].get("progress") else 0)
-    finished = (run_dir / "metrics.json").is_file() and not ckpt["fit"].get("progress")
+    finished = not ckpt["fit"].get("progress") and _epochs_reported(run_dir) == ckpt["fit"]["epoch"]
     if cfg.train.epochs < done or (cfg.train.epochs == done and finished):
         raise ConfigError(f"--resume {run_dir}: that run has finished {done} epoch(s) of {saved.train.epochs}; give --epochs N with N above {done} to train more")
     notes = [f"resumed {run_dir} at epoch {ckpt['fit']['epoch']}, step {ckpt['fit']['step']}" + (" (inside the epoch)" if ckpt["fit"].get("progress") else "")]
@@ -265,8 +276,16 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     if resume is not None:
         run_dir = resume
     else:
-        run_dir = dist.broadcast(str(make_run_dir(out, cfg.name)) if dist.main else None)
-        run_dir = Path(run_dir)
+        made: tuple[str, str] = ("", "")
+        if dist.main:
+            try:
+                made = (str(make_run_dir(out, cfg.name)), "")
+            except CnnlabError as e:
+                made = ("", str(e))
+        made = dist.broadcast(made)  # the others wait for rank 0's folder, or its error
+        if made[1]:
+            raise ConfigError(made[1])
+        run_dir = Path(made[0])
     log: Any = RunLog(run_dir / "log.txt") if dist.main else _Quiet()
     if dist.main:
         write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -321,8 +340,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
             objective=objective.name,
         )
 
-    every_steps = None if dist.enabled else tc.checkpoint_steps
-    every_seconds = None if dist.enabled else tc.checkpoint_seconds
+    every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds
     fit_callbacks: list[Callback] = [NaNGuard()]
     if tc.freeze_epochs:
         fit_callbacks.append(FreezeBody(model, tc.freeze_epochs))
@@ -330,7 +348,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         fit_callbacks.append(TimeLimit(tc.time_limit))
     fit_callbacks += list(callbacks)
     if dist.main:
-        fit_callbacks += [Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds), HistoryWriter(run_dir), ProgressBar(progress, log)]
+        fit_callbacks += [Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds, inside_epochs=not dist.enabled), HistoryWriter(run_dir), ProgressBar(progress, log)]
     if tc.early_stopping:
         fit_callbacks.append(EarlyStopping(tc.early_stopping, tc.monitor))
     try:
@@ -340,11 +358,11 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     train_seconds = state.train_seconds  # this session's fitting plus the sessions before a resume
     if state.interrupted:
         log.write(f"stopped: {state.stop_reason} at epoch {state.epoch}, step {state.step}")
-        raise RunInterrupted(f"interrupted at epoch {state.epoch}, step {state.step}; the position is saved: continue with cnnlab train --resume {run_dir}")
+        where = "the position is saved" if not dist.enabled else f"under torchrun it restarts from the end of epoch {state.epoch - 1}"
+        raise RunInterrupted(f"interrupted at epoch {state.epoch}, step {state.step}; {where}: continue with cnnlab train --resume {run_dir}")
     if state.diverged:
         last = run_dir / "checkpoints" / "last.pt"
-        done = state.epoch - 1
-        kept = f"the last good weights ({f'epoch {done}' if done else 'the weights before training'}) are in {last}" if last.is_file() else "no checkpoint was written"
+        kept = f"the last good weights ({state.last_saved}) are in {last}" if state.last_saved else f"the last good weights are in {last}" if last.is_file() else "no checkpoint was written"
         log.write(f"stopped: {state.stop_reason}")
         raise RunDiverged(f"{state.stop_reason}; {kept}. Lower the learning rate (--lr) or set train.clip_grad_norm")
 

@@ -122,7 +122,8 @@ class _BatchLoader:
         return torch.randperm(n, generator=g) if self.shuffle else None
 
     def _batches(self, indices: torch.Tensor | None, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """uint8 (or float) image batches and labels, from batch number `start` on."""
+        """uint8 (or float) image batches and labels, from batch number `start` on; (None, labels)
+        stands for a batch none of whose files decoded."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -137,12 +138,15 @@ class _BatchLoader:
         self._generator_now, self._done = g, start
         batches = 0
         for x, y in self._batches(indices, start):
+            if x is None:  # every file of this batch failed to decode: nothing to train, but a batch done
+                self._done += 1
+                continue
             batches += 1
             x = self.augment(x.to(self.device, non_blocking=True), g)
             x = torch.addcmul(self.shift, x.float(), self.scale)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self._done += 1  # before the yield: a checkpoint taken while the batch trains counts it
+            self._done += 1  # before the yield: a checkpoint taken while the batch trains counts it (and only it)
             yield x, y.to(self.device, non_blocking=True)
         if batches == 0 and start == 0 and self._count() > 0:
             raise DataError(f"none of the {len(self.split)} images of this part decoded (first reasons: {'; '.join(list(self.skipped.values())[:2])}); cnnlab data check lists them")
@@ -211,8 +215,7 @@ class FileLoader(_BatchLoader):
         loader = DataLoader(self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda", generator=own)
         for x, y, bad in loader:
             self.skipped.update(bad)
-            if x is not None:
-                yield x, y
+            yield x, y
 
 
 def make_loader(split: Split, batch_size: int, *, input_shape: Sequence[int], preprocess: list, max_pixels: int = 40_000_000, workers: int | None = None, **kw: Any) -> _BatchLoader:

@@ -43,6 +43,7 @@ class FitState:
     diverged: bool = False  # the loss went NaN or infinite: the epoch's weights are not kept
     interrupted: bool = False  # Ctrl-C or SIGTERM: stopped at a step boundary, position saved
     prior_seconds: float = 0.0  # training time of the sessions before a resume
+    last_saved: str | None = None  # what checkpoints/last.pt holds, e.g. "epoch 2, step 30" (set by the Checkpointer)
     start_time: float = field(default_factory=time.perf_counter)
 
     @property
@@ -152,15 +153,18 @@ class Checkpointer(Callback):
     the older last.pt and writes the same best.pt again.
     """
 
-    def __init__(self, folder: Path, snapshot: Callable[[FitState], dict[str, Any]], every_steps: int | None = None, every_seconds: float | None = None) -> None:
+    def __init__(self, folder: Path, snapshot: Callable[[FitState], dict[str, Any]], every_steps: int | None = None, every_seconds: float | None = None, inside_epochs: bool = True) -> None:
         self.folder = Path(folder)
         self.snapshot = snapshot
         self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.inside_epochs = inside_epochs  # False under torchrun: only rank 0's streams would be saved
         self.last_save = time.perf_counter()
 
     def _save(self, name: str, state: FitState) -> None:
         save_checkpoint(self.folder / name, **self.snapshot(state))
         self.last_save = time.perf_counter()
+        if name == "last.pt":
+            state.last_saved = f"epoch {state.epoch}, step {state.step}" if state.progress is not None else f"epoch {state.epoch}" if state.epoch else "the weights before training"
 
     def on_fit_start(self, state: FitState) -> None:
         # last.pt from the start (epoch 0, the weights before training): a run that diverges or is
@@ -171,7 +175,7 @@ class Checkpointer(Callback):
         self.last_save = time.perf_counter()
 
     def on_batch_end(self, state: FitState, loss: float) -> None:
-        if state.diverged:
+        if state.diverged or not self.inside_epochs:
             return
         due = state.interrupted
         due = due or (self.every_steps is not None and state.step % self.every_steps == 0)

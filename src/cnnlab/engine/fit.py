@@ -81,11 +81,13 @@ def fit(
 
     def after_batch(loss: float) -> bool:
         state.step += 1
-        if dist.enabled:
-            loss = float(dist.sum(torch.tensor([loss], dtype=torch.float64))[0]) / dist.world
+        requested = signals.requested
+        if dist.enabled:  # the mean loss, and a Ctrl-C seen by any process, before any callback acts
+            both = dist.sum(torch.tensor([loss, float(requested)], dtype=torch.float64))
+            loss, requested = float(both[0]) / dist.world, bool(both[1] > 0)
         state.steps.append([state.step, state.epoch, round(loss, 6), state.lr])
         state.lr = step.optimizer.param_groups[0]["lr"]
-        if signals.requested and state.stop_reason is None:
+        if requested and state.stop_reason is None:
             state.interrupted = True
             state.stop_reason = "interrupted"
         hook("on_batch_end", loss)

@@ -38,9 +38,10 @@ class TrainStep:
             x, y2, lam = mixed
         with self.autocast():
             out = self.model(x)
-            loss = self.objective.loss(out, y)
-            if mixed is not None:
-                loss = lam * loss + (1 - lam) * self.objective.loss(out, y2)
+        # the loss in fp32, outside autocast (CUDA autocast refuses BCELoss on probabilities)
+        loss = self.objective.loss(out, y)
+        if mixed is not None:
+            loss = lam * loss + (1 - lam) * self.objective.loss(out, y2)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -149,9 +150,9 @@ def evaluate(
     cm = torch.zeros(shape, dtype=torch.long)
     for x, y in loader:
         with autocast():
-            out = model(x).float()
-            if tta:
-                out = (out + model(torch.flip(x, dims=[3])).float()) / 2
+            out = model(x)
+            flipped = model(torch.flip(x, dims=[3])) if tta else None
+        out = out.float() if flipped is None else (out.float() + flipped.float()) / 2
         loss_sum += float(objective.sum_loss(out, y))
         pred = objective.predict(out).cpu()
         cm += multilabel_confusion(pred, y.cpu()) if objective.multilabel else confusion_matrix(pred, y.cpu(), num_classes)
