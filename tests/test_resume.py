@@ -51,7 +51,7 @@ except CnnlabError as e:  # as cnnlab.cli.main reports it
     sys.exit(e.exit_code)
 """
 
-TIMING = {"train_seconds", "total_seconds"}
+TIMING = {"train_seconds", "total_seconds", "sessions"}  # sessions: 2 after a resume, 1 straight
 
 
 def _drive(where: str, at: int, data, out, args=ARGS) -> subprocess.CompletedProcess:
@@ -111,6 +111,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(where, at, resumed_insi
     r = run_cli("train", "--resume", str(out), timeout=180)
     assert r.returncode == 0, r.stderr
     assert "resumed" in (out / "log.txt").read_text()
+    assert json.loads((out / "metrics.json").read_text())["sessions"] == 2
     _assert_same_run(out, straight)
 
 

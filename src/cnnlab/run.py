@@ -387,6 +387,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         epochs_run=state.epoch,
         stop_reason=state.stop_reason,
         train_seconds=round(train_seconds, 3),
+        sessions=state.sessions,
         num_parameters=num_parameters(model),
         model=cfg.model.name,
         data=cfg.data.name,

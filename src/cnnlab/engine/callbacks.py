@@ -43,6 +43,7 @@ class FitState:
     diverged: bool = False  # the loss went NaN or infinite: the epoch's weights are not kept
     interrupted: bool = False  # Ctrl-C or SIGTERM: stopped at a step boundary, position saved
     prior_seconds: float = 0.0  # training time of the sessions before a resume
+    sessions: int = 1  # 1 + the number of resumes
     last_saved: str | None = None  # what checkpoints/last.pt holds, e.g. "epoch 2, step 30" (set by the Checkpointer)
     start_time: float = field(default_factory=time.perf_counter)
 
@@ -58,7 +59,7 @@ class FitState:
     def restart_clock(self) -> None:
         self.start_time = time.perf_counter()
 
-    SAVED = ("epochs", "epoch", "step", "lr", "epoch_lr", "history", "steps", "best_epoch", "best_score")
+    SAVED = ("epochs", "epoch", "step", "lr", "epoch_lr", "history", "steps", "best_epoch", "best_score", "sessions")
 
     def to_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the fit (tensors and plain values only: weights_only loads it)."""
@@ -76,6 +77,7 @@ class FitState:
         state.progress = EpochProgress(**saved["progress"]) if saved.get("progress") else None
         state.loader = loader if state.progress is not None else None
         state.prior_seconds = float(saved.get("train_seconds", 0.0))
+        state.sessions += 1
         return state
 
 
