@@ -11,12 +11,12 @@ STAMP := $(VENV)/.cnnlab-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test bootstrap data clean-venv
+.PHONY: demo test bootstrap data browser clean-venv
 
 demo: bootstrap
 	$(BIN)/cnnlab train $(ARGS)
 
-test: bootstrap
+test: bootstrap browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bootstrap: $(STAMP) data
@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 data:
 	@bash scripts/get-fashion-mnist.sh
+
+browser:
+	@bash scripts/get-chromium.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -148,6 +148,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=_positive_int, metavar="N", help="default: the model's own")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a model spec key, e.g. --set act=leaky_relu (repeatable)")
     s.set_defaults(func=cmd_summary)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="score a trained run on its test (or val) part and print the per-class table",
+        description="Rebuild the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, score it on a part of its "
+        "data (or of --data, with the same classes), print accuracy, the per-class table and the averages, and write the metrics as JSON.",
+        epilog="examples:\n  cnnlab evaluate runs/fashion-mnist-fast-1\n  cnnlab evaluate runs/fashion-mnist-fast-1 --split val --tta\n"
+        "  cnnlab evaluate runs/pets-1/checkpoints/last.pt --data ~/photos/pets-new --out new.json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    e.add_argument("--data", metavar="NAME|PATH", help="other data with the same classes (default: the run's own)")
+    e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    e.add_argument("--batch-size", type=_positive_int, default=512, metavar="N")
+    e.add_argument("--out", metavar="FILE", help="where to write the metrics JSON (default: RUN_DIR/eval-<split>.json, or beside the checkpoint)")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report.html: curves, metrics, confusion matrix, galleries, Grad-CAM",
+        description="Draw every figure of a finished run into RUN_DIR/plots/ and write RUN_DIR/report.html, one self-contained page "
+        "(cnnlab train does this at the end of every run; this redraws it).",
+        epilog="example:\n  cnnlab report runs/fashion-mnist-fast-1\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser(
+        "compare",
+        help="one table across runs, and their predictions for the same test images",
+        description="A table across runs (model, data, parameters, best epoch, test accuracy with counts, test loss, train time) "
+        "as markdown, CSV or HTML, and a figure of every run's prediction for the same test images.",
+        epilog="examples:\n  cnnlab compare runs/a runs/b runs/c\n  cnnlab compare runs/* --format csv --out table.csv --figure preds.png\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--format", choices=["md", "csv", "html"], default="md")
+    c.add_argument("--out", metavar="FILE", help="also write the table to FILE")
+    c.add_argument("--figure", metavar="PNG", default="comparison.png", help="the predictions figure (default: ./comparison.png)")
+    c.add_argument("--images", type=_positive_int, default=8, metavar="N", help="test images in the figure (default 8)")
+    c.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -265,6 +308,68 @@ def cmd_summary(args: argparse.Namespace) -> int:
     table = format_summary(summarize(model, (c, h, w)))
     print(f"{args.model} at input {c}x{h}x{w}, {args.num_classes or k} classes")
     print(table)
+    return 0
+
+
+def print_per_class(m: dict[str, Any]) -> None:
+    """The per-class table of a metrics block, the worst class marked."""
+    names = list(m["per_class"])
+    w = max(len("weighted avg"), *(len(n) for n in names))
+    print(f"  {'class':<{w}}  precision  recall     f1  support")
+    for n in names:
+        pc = m["per_class"][n]
+        mark = "  <- worst" if n == m["worst_class"] else ""
+        print(f"  {n:<{w}}  {pc['precision']:9.4f}  {pc['recall']:6.4f}  {pc['f1']:.4f}  {pc['support']:7d}{mark}")
+    for avg in ("macro", "weighted"):
+        a = m[avg]
+        print(f"  {avg + ' avg':<{w}}  {a['precision']:9.4f}  {a['recall']:6.4f}  {a['f1']:.4f}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnlab.evaluation import load_run, load_split, metrics_of, predict, split_loader
+    from cnnlab.runs import write_json
+
+    run = load_run(args.source)
+    _, split = load_split(run, args.split, args.data)
+    preds = predict(run.model, split_loader(run, split, args.batch_size), run.objective, tta=args.tta)
+    m = metrics_of(preds, run.classes, run.objective)
+    m.update(checkpoint=str(run.checkpoint), split=args.split, data=args.data or run.cfg.data.name, tta=args.tta)
+    suffix = f"eval-{args.split}{'-tta' if args.tta else ''}.json"
+    out = Path(args.out) if args.out else (run.run_dir / suffix if run.run_dir else run.checkpoint.with_suffix(f".{suffix}"))
+    correct = round(m["accuracy"] * m["num_samples"])
+    print(f"{run.cfg.model.name} on {m['data']} {args.split}{' (flip TTA)' if args.tta else ''}: accuracy {100 * m['accuracy']:.2f}% ({correct}/{m['num_samples']}), loss {m['loss']:.4f}")
+    extra = [f"mean per-class recall {100 * m['balanced_accuracy']:.2f}%"] if "balanced_accuracy" in m else []
+    extra += [f"top-{k} {100 * v:.2f}%" for k, v in (m.get("top_k_accuracy") or {}).items() if k != "1"]
+    extra += [f"ROC-AUC {m['roc_auc']:.4f} (threshold {m['threshold']})"] if m.get("roc_auc") is not None else []
+    if extra:
+        print("  " + ", ".join(extra))
+    print_per_class(m)
+    write_json(out, m)
+    print(f"metrics written to {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnnlab.report.build import write_report
+
+    print(f"report written to {write_report(args.run_dir)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnlab.report.compare import format_table, predictions_figure, table_rows
+    from cnnlab.runs import write_text
+
+    text = format_table(table_rows(args.runs), args.format)
+    print(text, end="")
+    if args.out:
+        write_text(Path(args.out), text)
+        print(f"table written to {args.out}")
+    print(f"predictions figure written to {predictions_figure(args.runs, Path(args.figure), args.images)}")
     return 0
 
 

@@ -45,6 +45,9 @@ def classification_metrics(cm: torch.Tensor | Sequence[Sequence[int]], classes: 
     worst = int(torch.where(present, recall, torch.full_like(recall, 2.0)).argmin()) if bool(present.any()) else 0
     out: dict[str, Any] = {
         "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
+        # the mean per-class recall over the classes present (scikit-learn's balanced accuracy; the
+        # KTH report's "average top-1 recall")
+        "balanced_accuracy": float(recall[present].mean()) if bool(present.any()) else 0.0,
         "num_samples": int(total),
         "per_class": per_class,
         "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
@@ -104,3 +107,46 @@ def multilabel_metrics(cm: torch.Tensor | Sequence, attributes: Sequence[str], l
 def evaluation_metrics(cm: torch.Tensor, classes: Sequence[str], loss: float | None = None) -> dict[str, Any]:
     """classification_metrics for a (K, K) confusion matrix, multilabel_metrics for an (A, 2, 2) one."""
     return multilabel_metrics(cm, classes, loss) if cm.ndim == 3 else classification_metrics(cm, classes, loss)
+
+
+def top_k_accuracy(probs: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 2, 3, 5)) -> dict[str, float]:
+    """{"k": share of samples whose true class is among the k highest scores}, for each k below the class count."""
+    n, num_classes = probs.shape
+    ks = [k for k in ks if k < num_classes or k == 1]
+    if not ks or n == 0:
+        return {}
+    top = probs.topk(max(ks), dim=1).indices  # (N, kmax)
+    hit = top == targets.view(-1, 1)
+    return {str(k): float(hit[:, :k].any(1).double().mean()) for k in ks}
+
+
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """Area under the ROC curve of `scores` for the 0/1 `positive` labels, by the rank statistic
+    (Mann-Whitney U, ties counted half), which equals the trapezoid area under the curve. None if one
+    class is missing."""
+    scores, positive = scores.double().flatten(), positive.flatten().bool()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    values, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (counts.cumsum(0) - (counts - 1) / 2.0).double()  # the average 1-based rank of each distinct value
+    rank_sum = float(ranks[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def prediction_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], loss: float | None = None, threshold: float = 0.5) -> dict[str, Any]:
+    """Every figure for single-label predictions: classification_metrics of the argmax's confusion
+    matrix, plus top-k accuracy and, for two classes, the ROC-AUC of the positive class's score and
+    the threshold the predictions use."""
+    probs, targets = probs.float().cpu(), targets.long().cpu()
+    k = len(classes)
+    if k == 2:
+        pred = (probs[:, 1] > threshold).long()
+    else:
+        pred = probs.argmax(1)
+    out = classification_metrics(confusion_matrix(pred, targets, k), classes, loss)
+    out["top_k_accuracy"] = top_k_accuracy(probs, targets)
+    if k == 2:
+        out["roc_auc"] = roc_auc(probs[:, 1], targets == 1)
+        out["threshold"] = threshold
+    return out

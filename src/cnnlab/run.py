@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from cnnlab.config import RunConfig, apply_overrides, config_from_dict
 from cnnlab.data import Dataset, load_dataset, resolve_data
+from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TimeLimit
 from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
@@ -25,13 +26,13 @@ from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdow
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.fit import fit
 from cnnlab.engine.losses import LOSSES, Objective, Target, create_objective, model_outputs
-from cnnlab.engine.loop import TrainStep, evaluate
+from cnnlab.engine.loop import TrainStep
 from cnnlab.engine.mix import BatchMix
 from cnnlab.engine.optim import create_optimizer, create_scheduler
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.metrics import evaluation_metrics
+from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
-from cnnlab.report.plots import plot_training_curves
+from cnnlab.report.build import ReportInputs, write_report
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
 
 
@@ -369,16 +370,18 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     # Test with the best epoch's weights, read back from best.pt: what metrics.json reports is
     # exactly what that file restores. In fp32 (whatever the training precision), so re-evaluating
     # the checkpoint anywhere gives the same figures.
-    dist.barrier()  # rank 0 has written best.pt
+    # Only rank 0 goes on: it scores the whole test and val parts (unsharded) and writes the report.
+    if not dist.main:
+        return RunResult(run_dir, {}, state, time.perf_counter() - t_start, main=False)
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     eval_model.load_state_dict(best["model"])
+    final = loaders if not dist.enabled else build_loaders(ds, cfg.data, tc, device, mean, std)
     metrics: dict[str, Any] = {}
+    predictions: dict[str, Predictions] = {}
     for split in ("test", "val"):
-        if split in loaders:
-            r = evaluate(eval_model, loaders[split], num_classes, objective, tta=tc.tta, reduce=dist.sum)
-            metrics[split] = evaluation_metrics(r.confusion, ds.classes, loss=r.loss)
-    if not dist.main:
-        return RunResult(run_dir, metrics, state, time.perf_counter() - t_start, main=False)
+        if split in final:
+            predictions[split] = predict(eval_model, final[split], objective, tc.tta)
+            metrics[split] = metrics_of(predictions[split], ds.classes, objective)
     late = {p: r for ld in loaders.values() for p, r in ld.skipped.items()}  # found by decoding workers
     log_data_issues(log, sorted(late.items()), [])
     skipped = sorted(set(ds.skipped) | set(late.items()))
@@ -399,7 +402,11 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         processes=dist.world,
         skipped_files=[{"path": p, "reason": r} for p, r in skipped],
     )
-    plot_training_curves(run_dir)
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 3)
     write_json(run_dir / "metrics.json", metrics)
+    if predictions:
+        shown = "test" if "test" in predictions else "val"
+        fig_loader = lambda s: make_loader(s, 64, input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=cfg.data.max_pixels, workers=0, mean=mean, std=std, device=device)  # noqa: E731
+        inputs = ReportInputs(eval_model, objective, list(ds.classes), getattr(ds, shown), shown, fig_loader, predictions[shown], list(ds.preprocess), ds.input_shape[0])
+        log.write(f"report: {write_report(run_dir, inputs)}", echo=False)
     return RunResult(run_dir, metrics, state, metrics["total_seconds"])

@@ -31,8 +31,11 @@ class Objective:
     outputs: int  # model outputs it needs
     multilabel: bool
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # the training loss (batch mean, as optimised)
-    sum_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # plain summed loss for evaluation
+    sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B,) plain loss per sample, for evaluation
     predict: Callable[[torch.Tensor], torch.Tensor]  # (B,) class ids, or (B, A) 0/1 for multi-label
+
+    def sum_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.sample_loss(out, y).double().sum()
 
     def hits(self, out: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         """(correct, counted): samples, or sample-attribute pairs for multi-label."""
@@ -77,7 +80,7 @@ def _cross_entropy(t: Target, smoothing: float, weighted: bool) -> Objective:
         t.num_classes,
         False,
         lambda out, y: F.cross_entropy(out.float(), y, weight=None if weight is None else weight.to(out.device), label_smoothing=smoothing),
-        lambda out, y: F.cross_entropy(out.float(), y, reduction="sum"),
+        lambda out, y: F.cross_entropy(out.float(), y, reduction="none"),
         lambda out: out.argmax(1),
     )
 
@@ -103,8 +106,10 @@ def _binary(name: str, t: Target, smoothing: float, weighted: bool, probabilitie
             w = None if pos_weight is None else torch.where(y > 0.5, pos_weight.to(p.device).expand_as(p), torch.ones_like(p))
             return F.binary_cross_entropy(p, _smooth_binary(y, smoothing), weight=w)
 
-        def sum_loss(out, y):
-            return F.binary_cross_entropy(*shape(out, y), reduction="sum")
+        def sample_loss(out, y):
+            p, y = shape(out, y)
+            per = F.binary_cross_entropy(p, y, reduction="none")
+            return per.sum(1) if t.multilabel else per
 
         threshold = 0.5
     else:
@@ -112,8 +117,10 @@ def _binary(name: str, t: Target, smoothing: float, weighted: bool, probabilitie
             z, y = shape(out, y)
             return F.binary_cross_entropy_with_logits(z, _smooth_binary(y, smoothing), pos_weight=None if pos_weight is None else pos_weight.to(z.device))
 
-        def sum_loss(out, y):
-            return F.binary_cross_entropy_with_logits(*shape(out, y), reduction="sum")
+        def sample_loss(out, y):
+            z, y = shape(out, y)
+            per = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+            return per.sum(1) if t.multilabel else per
 
         threshold = 0.0
 
@@ -121,7 +128,7 @@ def _binary(name: str, t: Target, smoothing: float, weighted: bool, probabilitie
         hit = (out.float() > threshold).long()
         return hit if t.multilabel else hit.reshape(-1)
 
-    return Objective(name, outputs, t.multilabel, loss, sum_loss, predict)
+    return Objective(name, outputs, t.multilabel, loss, sample_loss, predict)
 
 
 @LOSSES.register("bce")

@@ -1,4 +1,6 @@
-"""Training curves, drawn from a run folder's history.csv and steps.csv (matplotlib, Agg, PNG)."""
+"""Figures of numbers: training and learning-rate curves (from history.csv and steps.csv), the
+confusion matrix, per-class accuracy and the most-confused pairs (from metrics.json's figures).
+matplotlib with the Agg backend, PNG files written atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed; must come before pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from cnnlab.runs import atomic_write  # noqa: E402
 
@@ -54,8 +58,95 @@ def plot_training_curves(run_dir: Path) -> Path:
     fig.suptitle(run_dir.name)
     fig.tight_layout()
 
-    out = run_dir / "plots" / "curves.png"
-    out.parent.mkdir(exist_ok=True)
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    return save(fig, run_dir / "plots" / "curves.png")
+
+
+def save(fig, path: Path, dpi: int = 110) -> Path:
+    """Write `fig` as a PNG atomically and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"), mode="wb")
     plt.close(fig)
-    return out
+    return path
+
+
+def shorten(name: str, width: int = 14) -> str:
+    """A class name cut to `width` characters with an ellipsis, so tick labels never overlap."""
+    return name if len(name) <= width else name[: width - 1] + "\u2026"
+
+
+def plot_lr(run_dir: Path) -> Path | None:
+    """plots/lr.png: the learning rate at every optimizer step."""
+    run_dir = Path(run_dir)
+    steps = read_csv(run_dir / "steps.csv") if (run_dir / "steps.csv").is_file() else []
+    if not steps:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.plot([int(r["step"]) for r in steps], _floats(steps, "lr"), color="tab:green")
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate")
+    ax.grid(alpha=0.3)
+    return save(fig, run_dir / "plots" / "lr.png")
+
+
+def plot_confusion(cm: list, classes: list[str], path: Path, title: str = "test") -> Path:
+    """Raw counts (left) and row-normalised shares (right): rows are true classes, columns predictions."""
+    m = np.asarray(cm, dtype=float)
+    k = len(classes)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    side = max(4.5, 0.45 * k + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    labels = [shorten(c) for c in classes]
+    small = k > 12
+    for ax, data, fmt, name in ((axes[0], m, "{:.0f}", "counts"), (axes[1], norm, "{:.2f}", "share of each true class")):
+        ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.max() > 0 else 1)
+        ax.set_xticks(range(k), labels, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center", fontsize=7 if small else 9)
+        ax.set_yticks(range(k), labels, fontsize=7 if small else 9)
+        ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({name}), {title}")
+        if k <= 20:
+            top = data.max() if data.max() > 0 else 1
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=6 if small else 8, color="white" if data[i, j] > 0.6 * top else "black")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def confused_pairs(cm: list, classes: list[str], n: int = 10) -> list[tuple[str, str, int, float]]:
+    """The `n` largest off-diagonal cells: (true, predicted, count, share of the true class)."""
+    m = np.asarray(cm, dtype=float)
+    pairs = [(m[i, j], i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and m[i, j] > 0]
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [(classes[i], classes[j], int(c), c / max(m[i].sum(), 1)) for c, i, j in pairs[:n]]
+
+
+def plot_per_class(metrics: dict, classes: list[str], path: Path) -> Path:
+    """Recall (per-class accuracy) per class with the worst one in red (left); the most-confused pairs (right)."""
+    recall = [metrics["per_class"][c]["recall"] for c in classes]
+    worst = metrics["worst_class"]
+    pairs = confused_pairs(metrics["confusion_matrix"], classes) if not metrics.get("multilabel") else []
+    k = len(classes)
+    height = max(3.2, 0.32 * max(k, len(pairs)) + 1.2)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [1, 1.1]})
+    y = np.arange(k)
+    ax.barh(y, recall, color=["tab:red" if c == worst else "tab:blue" for c in classes])
+    ax.set_yticks(y, [shorten(c, 18) for c in classes], fontsize=8 if k > 12 else 9)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.08), xlabel="recall (accuracy on the class)", title=f"Per-class accuracy (worst: {shorten(worst, 24)})")
+    for i, r in enumerate(recall):
+        ax.text(min(r + 0.01, 1.0), i, f"{100 * r:.1f}%", va="center", fontsize=7)
+    ax.axvline(metrics["accuracy"], color="gray", ls="--", lw=1, label=f"overall {100 * metrics['accuracy']:.2f}%")
+    ax.legend(loc="lower right", fontsize=8)
+    if pairs:
+        labels = [f"{shorten(t, 14)} \u2192 {shorten(p, 14)}" for t, p, _, _ in pairs]
+        ax2.barh(range(len(pairs)), [c for _, _, c, _ in pairs], color="tab:orange")
+        ax2.set_yticks(range(len(pairs)), labels, fontsize=8)
+        ax2.invert_yaxis()
+        for i, (_, _, c, share) in enumerate(pairs):
+            ax2.text(c, i, f" {c} ({100 * share:.1f}%)", va="center", fontsize=7)
+        ax2.set(xlabel="test images", title="Most-confused pairs (true \u2192 predicted)")
+        ax2.set_xlim(0, max(c for _, _, c, _ in pairs) * 1.3)
+    else:
+        ax2.axis("off")
+        ax2.text(0.5, 0.5, "no confusions" if not metrics.get("multilabel") else "multi-label: see the per-attribute table", ha="center", va="center")
+    fig.tight_layout()
+    return save(fig, path)

@@ -1,0 +1,167 @@
+"""A trained run read back from its checkpoint, its predictions on a split, and their metrics.
+
+`cnnlab evaluate`, `report` and `compare` (and later `predict`) share this: the model is rebuilt from
+the checkpoint's own config, classes and objective, and fed exactly as in training (the saved
+normalisation and preprocessing, batched by the same loaders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cnnlab.config import RunConfig, config_from_dict
+from cnnlab.data.base import ArraySplit, Dataset, Split
+from cnnlab.data.images import open_image, preprocess_transform, to_uint8_tensor
+from cnnlab.data.loader import _BatchLoader, make_loader
+from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.losses import Objective, Target, create_objective, model_outputs
+from cnnlab.errors import CnnlabError
+from cnnlab.metrics import multilabel_confusion, multilabel_metrics, prediction_metrics
+from cnnlab.models import create_model
+
+
+@dataclass
+class LoadedRun:
+    checkpoint: Path
+    run_dir: Path | None  # the run folder, where the checkpoint is inside one
+    ckpt: dict[str, Any]
+    cfg: RunConfig
+    model: nn.Module  # eval mode, on the CPU, with the checkpoint's weights (the EMA's, where there was one)
+    objective: Objective
+    classes: list[str]
+    mean: list
+    std: list
+    input_shape: tuple[int, int, int]
+    preprocess: list
+
+
+def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run folder or None) for a run folder or a checkpoint path."""
+    path = Path(source)
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        if not best.is_file():
+            has_config = (path / "config.yaml").is_file()
+            why = "its training was interrupted before the first epoch ended" if has_config else "it is not a run folder (no config.yaml)"
+            raise CnnlabError(f"{path} has no checkpoints/best.pt: {why}; give a run folder that cnnlab train finished, or a checkpoint file")
+        return best, path
+    if not path.exists():
+        raise CnnlabError(f"{path} does not exist; give a run folder (runs/<name>) or a checkpoint (.pt)")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() else None
+    return path, run_dir
+
+
+def load_run(source: str | Path) -> LoadedRun:
+    """Rebuild the model of a run folder (its best.pt) or of a checkpoint file."""
+    path, run_dir = find_checkpoint(source)
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("config", "classes", "model", "input_shape", "normalization") if k not in ckpt]
+    if missing:
+        raise CnnlabError(f"{path} lacks {', '.join(missing)}; it was not written by cnnlab train")
+    cfg = config_from_dict(ckpt["config"])
+    classes = list(ckpt["classes"])
+    multilabel = bool(ckpt.get("multilabel", isinstance(cfg.data.attributes, list) and len(cfg.data.attributes) > 1))
+    target = Target(len(classes), multilabel)
+    name = ckpt.get("objective", cfg.train.loss)
+    kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != "pretrained"}  # the weights come from the checkpoint
+    shape = tuple(ckpt["input_shape"])
+    model = create_model(cfg.model.name, num_classes=model_outputs(name, target), in_channels=shape[0], input_size=shape[1:], **kwargs)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CnnlabError(f"{path}: the weights do not fit model {cfg.model.name} ({str(e).splitlines()[0][:120]})") from None
+    model.eval()
+    with torch.no_grad():
+        outputs = model(torch.zeros(1, *shape)).shape[-1]
+    objective = create_objective(name, model, target, outputs)
+    norm = ckpt["normalization"]
+    return LoadedRun(path, run_dir, ckpt, cfg, model, objective, classes, norm["mean"], norm["std"], shape, list(ckpt.get("preprocess", [])))
+
+
+def split_loader(run: LoadedRun, split: Split, batch_size: int = 512) -> _BatchLoader:
+    """Batches of `split` fed as the run was validated: its normalisation and preprocessing, no augmentation."""
+    return make_loader(split, batch_size, input_shape=run.input_shape, preprocess=run.preprocess, max_pixels=run.cfg.data.max_pixels, workers=run.cfg.data.workers, mean=run.mean, std=run.std)
+
+
+def load_split(run: LoadedRun, name: str = "test", data: str | None = None) -> tuple[Dataset, Split]:
+    """The run's dataset (or `data`: a dataset name or folder in its place) and its `name` split
+    (test | val | auto: test where there is one, else val)."""
+    from cnnlab.data import DATASETS, load_dataset, resolve_data
+
+    dc = run.cfg.data
+    if data is not None:
+        dc = dataclasses.replace(dc, name=data, root=None) if data in DATASETS else dataclasses.replace(dc, root=data)
+        dc = resolve_data(dc)
+    dc = dataclasses.replace(dc, download=False)
+    ds = load_dataset(dc, run.cfg.train.seed)
+    if list(ds.classes) != run.classes:
+        raise CnnlabError(f"the data has classes {', '.join(ds.classes[:4])}, ...; the model was trained on {', '.join(run.classes[:4])}, ...; give data with the same classes")
+    if tuple(ds.input_shape) != run.input_shape:
+        raise CnnlabError(f"the data gives {'x'.join(map(str, ds.input_shape))} images; the model takes {'x'.join(map(str, run.input_shape))}")
+    if name == "auto":
+        name = "test" if ds.test is not None else "val"
+    split = getattr(ds, name)
+    if split is None:
+        raise CnnlabError(f"this dataset has no {name} part; use --split {'test' if name == 'val' else 'val'}")
+    return ds, split
+
+
+@dataclass
+class Predictions:
+    probs: torch.Tensor  # (N, K) class probabilities; (N, A) per attribute for multi-label
+    targets: torch.Tensor  # (N,) class ids; (N, A) 0/1 for multi-label
+    losses: torch.Tensor  # (N,) plain loss per sample (no smoothing; summed over attributes for multi-label)
+
+
+def probabilities(out: torch.Tensor, objective: Objective) -> torch.Tensor:
+    """Model outputs -> probabilities: softmax (cross-entropy), sigmoid (bce), as is (sigmoid-bce).
+    A one-output binary model gives (N, 2): [1 - p, p]."""
+    out = out.float()
+    if objective.name == "cross-entropy":
+        return out.softmax(1)
+    p = out if objective.name == "sigmoid-bce" else out.sigmoid()
+    return p if objective.multilabel else torch.cat([1 - p.reshape(-1, 1), p.reshape(-1, 1)], 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: _BatchLoader, objective: Objective, tta: bool = False) -> Predictions:
+    """Probabilities, targets and per-sample losses over `loader` (in its order), in fp32 eval mode."""
+    was_training = model.training
+    model.eval()
+    probs, targets, losses = [], [], []
+    for x, y in loader:
+        out = model(x).float()
+        if tta:
+            out = (out + model(torch.flip(x, dims=[3])).float()) / 2
+        probs.append(probabilities(out, objective))
+        targets.append(y)
+        losses.append(objective.sample_loss(out, y).double())
+    model.train(was_training)
+    if not probs:
+        raise CnnlabError("the split has no images to evaluate")
+    return Predictions(torch.cat(probs), torch.cat(targets), torch.cat(losses))
+
+
+def metrics_of(p: Predictions, classes: list[str], objective: Objective) -> dict[str, Any]:
+    """metrics.json's block for a split: every figure derived from the predictions."""
+    loss = float(p.losses.mean())
+    if objective.multilabel:
+        return multilabel_metrics(multilabel_confusion((p.probs > 0.5).long(), p.targets), classes, loss)
+    return prediction_metrics(p.probs, p.targets, classes, loss)
+
+
+def display_image(split: Split, i: int, preprocess: list, channels: int, max_pixels: int = 40_000_000) -> torch.Tensor:
+    """Image i of `split` as the model saw it before normalisation: (H, W, C) float in [0, 1]."""
+    if isinstance(split, ArraySplit):
+        x = split.images[i].float()
+        lo, hi = float(x.min()), float(x.max())
+        x = x / 255.0 if split.images.dtype == torch.uint8 else (x - lo) / max(hi - lo, 1e-12)
+    else:
+        x = to_uint8_tensor(open_image(split.paths[i], channels, max_pixels), preprocess_transform(preprocess)).float() / 255.0
+    return x.permute(1, 2, 0).clamp(0, 1)

@@ -1,0 +1,149 @@
+"""`cnnlab report RUN_DIR`: every figure of a run, and report.html with all of them on one page."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import yaml
+
+from cnnlab.data.base import Split
+from cnnlab.engine.losses import Objective
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import Predictions, display_image, load_run, load_split, predict, split_loader
+from cnnlab.report.gradcam import grad_cam
+from cnnlab.report.html import image_tag, metrics_tables, pct, render, table
+from cnnlab.report.images import plot_feature_maps, plot_filters, plot_gallery, plot_gradcam
+from cnnlab.report.plots import confused_pairs, plot_confusion, plot_lr, plot_per_class, plot_training_curves
+from cnnlab.runs import write_text
+
+GALLERY = 16  # worst misclassifications shown
+CAM_IMAGES = 12  # Grad-CAM examples
+
+
+@dataclass
+class ReportInputs:
+    """What the figures need beyond the run folder's files: the model and the test split it was scored on."""
+
+    model: nn.Module
+    objective: Objective
+    classes: list[str]
+    split: Split  # the part the figures show (test, else val)
+    split_name: str
+    batches: Callable[[Split], Any]  # split -> loader giving normalised batches as in evaluation
+    predictions: Predictions
+    preprocess: list
+    channels: int
+
+
+def inputs_from_run(run_dir: Path) -> ReportInputs:
+    """Rebuild everything from the run folder alone (its best.pt and its data)."""
+    run = load_run(run_dir)
+    ds, split = load_split(run, "auto")
+    name = "test" if split is ds.test else "val"
+    preds = predict(run.model, split_loader(run, split), run.objective, run.cfg.train.tta)
+    return ReportInputs(run.model, run.objective, run.classes, split, name, lambda s: split_loader(run, s, 64), preds, run.preprocess, run.input_shape[0])
+
+
+def _normalised(inp: ReportInputs, indices: list[int]) -> torch.Tensor:
+    xs = [x for x, _ in inp.batches(inp.split.subset(torch.tensor(indices, dtype=torch.long)))]
+    return torch.cat(xs).float()
+
+
+def _caption(inp: ReportInputs, i: int) -> tuple[str, str, float, bool]:
+    p = inp.predictions
+    truth = inp.classes[int(p.targets[i])]
+    k = int(p.probs[i].argmax())
+    return truth, inp.classes[k], float(p.probs[i, k]), k == int(p.targets[i])
+
+
+def write_figures(run_dir: Path, metrics: dict[str, Any], inp: ReportInputs | None) -> dict[str, Path | None]:
+    """plots/*.png: curves, lr, confusion, per-class, gallery, filters, feature maps, Grad-CAM."""
+    plots = run_dir / "plots"
+    figs: dict[str, Path | None] = {"curves": plot_training_curves(run_dir), "lr": plot_lr(run_dir)}
+    test = metrics.get("test") or metrics.get("val")
+    classes = list(test["per_class"]) if test else []
+    if test and not test.get("multilabel"):
+        figs["confusion"] = plot_confusion(test["confusion_matrix"], classes, plots / "confusion.png")
+    if test:
+        figs["per_class"] = plot_per_class(test, classes, plots / "per_class.png")
+    if inp is None:
+        return figs
+    multilabel = inp.objective.multilabel
+    show = lambda i: display_image(inp.split, i, inp.preprocess, inp.channels)  # noqa: E731
+    if not multilabel:
+        wrong = (inp.predictions.probs.argmax(1) != inp.predictions.targets).nonzero().flatten()
+        worst = wrong[inp.predictions.losses[wrong].argsort(descending=True)][:GALLERY].tolist()
+        captions = [_caption(inp, i) for i in worst]
+        figs["gallery"] = plot_gallery(
+            [show(i) for i in worst],
+            [f"true: {t}\npred: {p} ({100 * q:.0f}%)" for t, p, q, _ in captions],
+            ["darkred"] * len(worst),
+            plots / "worst.png",
+            f"The {len(worst)} misclassified test images with the highest loss",
+        ) if worst else None
+    figs["filters"] = plot_filters(inp.model, plots / "filters.png")
+    n = len(inp.split)
+    if n:
+        x0 = _normalised(inp, [0])
+        figs["feature_maps"] = plot_feature_maps(inp.model, x0, show(0), plots / "feature_maps.png")
+        ids = list(range(min(CAM_IMAGES, n)))
+        heats, explained = grad_cam(inp.model, _normalised(inp, ids))
+        titles = []
+        for j, i in enumerate(ids):
+            if multilabel:
+                titles.append(f"image {i}")
+            else:
+                t, p, q, _ = _caption(inp, i)
+                titles.append(f"true: {t}\npred: {p} ({100 * q:.0f}%)")
+        figs["gradcam"] = plot_gradcam([show(i) for i in ids], heats, titles, plots / "gradcam.png")
+    return figs
+
+
+def write_report(run_dir: str | Path, inputs: ReportInputs | None = None) -> Path:
+    """Write plots/*.png and report.html for `run_dir`. Without `inputs`, the model and test data are
+    rebuilt from the run folder (best.pt and its recipe's data)."""
+    run_dir = Path(run_dir)
+    for need in ("config.yaml", "history.csv"):
+        if not (run_dir / need).is_file():
+            raise CnnlabError(f"{run_dir} has no {need}: not a run folder that cnnlab train wrote (or it stopped before its first epoch)")
+    if not (run_dir / "metrics.json").is_file():
+        raise CnnlabError(f"{run_dir} has no metrics.json: its training was interrupted before the test evaluation; finish it with cnnlab train --resume {run_dir}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if inputs is None:
+        inputs = inputs_from_run(run_dir)
+    figs = write_figures(run_dir, metrics, inputs)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    test = metrics.get("test") or metrics.get("val") or {}
+    part = "test" if "test" in metrics else "validation"
+    classes = list(test.get("per_class", {}))
+    correct = round(test.get("accuracy", 0) * test.get("num_samples", 0))
+    cards = [
+        (f"{part} accuracy", f"{pct(test.get('accuracy'))} ({correct}/{test.get('num_samples', 0)})"),
+        ("worst class", f"{test.get('worst_class', '')} ({pct(test['per_class'][test['worst_class']]['recall'])})" if test.get("worst_class") else ""),
+        ("best epoch", f"{metrics.get('best_epoch')} of {metrics.get('epochs_run')}"),
+        ("model", f"{metrics.get('model')} ({metrics.get('num_parameters', 0):,} params)"),
+        ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
+    ]
+    pairs = confused_pairs(test["confusion_matrix"], classes, 8) if test and not test.get("multilabel") else []
+    pair_table = table(["true", "predicted as", "count", "share of the true class"], [[t, p, c, pct(s)] for t, p, c, s in pairs]) if pairs else ""
+    sections = [
+        ("curves", "Training curves", image_tag(figs.get("curves"), "loss and accuracy curves") + image_tag(figs.get("lr"), "learning rate")),
+        ("metrics", f"Metrics ({part})", metrics_tables(test, classes) if test else "<p>No evaluation.</p>"),
+        ("confusion", "Confusion matrix", image_tag(figs.get("confusion"), "confusion matrix")),
+        ("per-class", "Per-class accuracy and the most-confused pairs", image_tag(figs.get("per_class"), "per-class accuracy") + pair_table),
+        ("worst", "Worst misclassifications", image_tag(figs.get("gallery"), "worst misclassifications")),
+        ("layers", "What the layers see", image_tag(figs.get("filters"), "first-layer filters") + image_tag(figs.get("feature_maps"), "feature maps")),
+        ("gradcam", "Grad-CAM", image_tag(figs.get("gradcam"), "Grad-CAM overlays")),
+        ("config", "Configuration", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"),
+    ]
+    subtitle = f"data {metrics.get('data')} ({metrics.get('data_source', '')}), seed {metrics.get('seed')}, {metrics.get('device')} {metrics.get('precision')}, loss {metrics.get('loss', '')}"
+    page = render(f"Run {run_dir.name}", subtitle, cards, sections)
+    out = run_dir / "report.html"
+    write_text(out, page)
+    return out
