@@ -197,3 +197,27 @@ def write_npy_pairs(root: Path, parts: dict[str, tuple[np.ndarray, np.ndarray]],
         np.save(root / f"{prefix}_{part}_features.npy", x)
         np.save(root / f"{prefix}_{part}_targets.npy", y)
     return root
+
+
+# --- a real browser: Debian's chromium driven through its chromedriver (scripts/get-chromium.sh) ---
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through selenium; skipped (saying how to get it) where it is not installed."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (make test installs it)")
+    if not chromium or not driver_path:
+        pytest.skip("chromium and chromedriver are not installed: bash scripts/get-chromium.sh (needs root or sudo)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,2000"):
+        options.add_argument(arg)
+    options.binary_location = chromium
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()

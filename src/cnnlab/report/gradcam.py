@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al., 2017): where in the image the evidence for a class lies.
 
 Written here rather than taken from pytorch-grad-cam, which pulls in OpenCV (tens of MB) for what is
-a forward hook, one backward pass and a weighted sum: the last conv layer's activations A (C, h, w)
+a forward hook, one backward pass and a weighted sum: the last conv block's activations A (C, h, w)
 are weighted by the mean gradient of the class score over each channel, summed, passed through a
 ReLU and upsampled to the image.
 """
@@ -13,11 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def last_conv(model: nn.Module) -> nn.Conv2d:
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
+def target_layer(model: nn.Module) -> nn.Module:
+    """The block holding the last Conv2d (its output is that block's activated features, what the head
+    reads: fastnet's last block, a ResNet's last BasicBlock), or the conv itself at the top level."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
         raise ValueError("the model has no Conv2d layer for Grad-CAM")
-    return convs[-1]
+    parent = names[-1].rpartition(".")[0]
+    return model.get_submodule(parent) if parent else model.get_submodule(names[-1])
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None, layer: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +29,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = N
     `classes` defaults to the predicted ones. For a one-output model the score is that output; its
     evidence for the negative class is the negated score.
     """
-    layer = layer or last_conv(model)
+    layer = layer or target_layer(model)
     saved: dict[str, torch.Tensor] = {}
 
     def keep(_m, _inp, out):

@@ -1,0 +1,141 @@
+"""report.html in a real browser, the figures behind it, Grad-CAM checked against the objects'
+pixels, and cnnlab evaluate / report / compare from the command line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.cli import main
+from cnnlab.report.plots import shorten
+from conftest import QUICK, run_cli, write_image_folder
+
+SECTIONS = ["Training curves", "Metrics (test)", "Confusion matrix", "Per-class accuracy and the most-confused pairs",
+            "Worst misclassifications", "What the layers see", "Grad-CAM", "Configuration"]
+FIGURES = ["curves", "lr", "confusion", "per_class", "worst", "filters", "feature_maps", "gradcam"]
+
+
+@pytest.fixture(scope="module")
+def run(fashion_dir, tmp_path_factory):
+    """The default recipe (on the Fashion-MNIST fixture), as cnnlab train runs it: it writes the report."""
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "3", "--set", "data.val_size=64", "--set", "train.batch_size=64"]) == 0
+    return out
+
+
+def test_train_writes_the_report_with_every_figure(run):
+    assert (run / "report.html").is_file()
+    for name in FIGURES:
+        assert (run / "plots" / f"{name}.png").stat().st_size > 1000, name
+    page = (run / "report.html").read_text()
+    assert all(f">{h}</h2>" in page for h in SECTIONS)
+    assert "src=\"http" not in page and "src='http" not in page  # self-contained: images are data: URIs
+
+
+def test_the_report_in_headless_chromium(run, browser):
+    browser.get((run / "report.html").resolve().as_uri())
+    headings = [h.text for h in browser.find_elements("tag name", "h2")]
+    assert headings == SECTIONS
+    images = browser.execute_script("return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+    assert len(images) == len(FIGURES)
+    assert all(complete and w > 100 and h > 100 for _, complete, w, h in images), images
+    worst = browser.find_element("css selector", "tr.worst td").text
+    assert worst == json.loads((run / "metrics.json").read_text())["test"]["worst_class"]
+
+
+def test_report_redraws_from_the_folder_alone(run):
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file()
+
+
+def test_metrics_json_has_the_new_figures(run):
+    m = json.loads((run / "metrics.json").read_text())["test"]
+    assert set(m["top_k_accuracy"]) == {"1", "2", "3", "5"} and m["top_k_accuracy"]["1"] == m["accuracy"]
+    assert 0 <= m["balanced_accuracy"] <= 1
+
+
+def test_evaluate_reproduces_the_runs_test_figures(run, capsys):
+    assert main(["evaluate", str(run), "--batch-size", "37"]) == 0
+    out = capsys.readouterr().out
+    got = json.loads((run / "eval-test.json").read_text())
+    want = json.loads((run / "metrics.json").read_text())["test"]
+    assert got["accuracy"] == want["accuracy"] and got["confusion_matrix"] == want["confusion_matrix"]
+    assert f"({round(want['accuracy'] * 120)}/120)" in out and "<- worst" in out and want["worst_class"] in out
+
+
+def test_evaluate_val_with_tta_writes_its_own_file(run):
+    assert main(["evaluate", str(run), "--split", "val", "--tta"]) == 0
+    assert json.loads((run / "eval-val-tta.json").read_text())["num_samples"] == 64
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+def test_a_folder_that_is_not_a_run_says_what_is_missing(command, tmp_path):
+    r = run_cli(command, str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "not a run folder" in r.stderr
+
+
+def test_a_run_interrupted_before_evaluation_says_so(run, tmp_path):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(run, partial)
+    (partial / "metrics.json").unlink()
+    r = run_cli("report", str(partial))
+    assert r.returncode == 2 and "interrupted before the test evaluation" in r.stderr and "--resume" in r.stderr
+    (partial / "checkpoints" / "best.pt").unlink()
+    r = run_cli("evaluate", str(partial))
+    assert r.returncode == 2 and "interrupted before the first epoch" in r.stderr
+
+
+def test_compare_three_runs(run, fashion_dir, tmp_path, capsys):
+    others = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}"
+        assert main(["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--seed", str(seed)]) == 0
+        others.append(str(out))
+    capsys.readouterr()
+    figure = tmp_path / "preds.png"
+    assert main(["compare", str(run), *others, "--figure", str(figure), "--out", str(tmp_path / "t.md")]) == 0
+    text = capsys.readouterr().out
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 3  # header, separator, one row per run
+    for d in (run, *map(Path, others)):
+        m = json.loads((d / "metrics.json").read_text())["test"]
+        assert f"({round(m['accuracy'] * m['num_samples'])}/{m['num_samples']})" in text
+    assert figure.stat().st_size > 5000
+    assert main(["compare", str(run), *others, "--format", "csv", "--figure", str(figure)]) == 0
+    assert capsys.readouterr().out.startswith("run,model,data,parameters,best epoch,test accuracy")
+
+
+def test_long_class_names_are_shortened_in_the_figures(tmp_path):
+    names = {"a very long class name that would overlap its neighbours": 12, "another equally long class name here": 12, "short": 12}
+    folder = write_image_folder(tmp_path / "imgs", names, size=(16, 16))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(out), "--epochs", "1", "--set", "data.val_size=0"]) == 0
+    assert (out / "plots" / "confusion.png").is_file() and (out / "report.html").is_file()
+    assert all(len(shorten(n)) <= 14 for n in names) and shorten("short") == "short"
+
+
+def test_gradcam_heat_lies_on_the_garment_in_real_fashion_mnist(tmp_path):
+    """The default model trained briefly on the real Fashion-MNIST: over 50 test images, the mean
+    Grad-CAM heat on the garment's pixels (non-zero) exceeds the mean heat on the black background."""
+    from cnnlab.data import DATASETS
+    from cnnlab.config import DataConfig
+    from cnnlab.evaluation import load_run, load_split, split_loader
+    from cnnlab.report.gradcam import grad_cam
+    from cnnlab.report.images import heat_inside_ratio
+
+    if DATASETS.get("fashion-mnist").find(DataConfig(download=False)) is None:
+        pytest.skip("the real Fashion-MNIST is not installed (make bootstrap installs it)")
+    out = tmp_path / "run"
+    assert main(["train", "--data", "fashion-mnist", "--out", str(out), "--epochs", "2", "--set", "data.train_limit=12000", "--set", "data.test_limit=500"]) == 0
+    run = load_run(out)
+    _, split = load_split(run, "test")
+    subset = split.subset(torch.arange(50))
+    heats, _ = grad_cam(run.model, torch.cat([x for x, _ in split_loader(run, subset)]))
+    ratio = heat_inside_ratio(heats, subset.images[:, 0] > 0)
+    print(f"Grad-CAM heat on the garment / on the background: {ratio:.3f}")
+    assert ratio > 1.0
