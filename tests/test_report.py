@@ -139,3 +139,16 @@ def test_gradcam_heat_lies_on_the_garment_in_real_fashion_mnist(tmp_path):
     ratio = heat_inside_ratio(heats, subset.images[:, 0] > 0)
     print(f"Grad-CAM heat on the garment / on the background: {ratio:.3f}")
     assert ratio > 1.0
+
+
+def test_tensorboard_logging_is_an_option(fashion_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--set", "train.tensorboard=true"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    steps = len((out / "steps.csv").read_text().strip().splitlines()) - 1
+    assert len(events.Scalars("step/train_loss")) == steps and steps > 0
+    assert [e.step for e in events.Scalars("epoch/val_accuracy")] == [1]
+    assert (out / "history.csv").is_file()  # the CSV is written either way

@@ -19,7 +19,7 @@ from cnnlab.config import RunConfig, apply_overrides, config_from_dict
 from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, normalization_stats
-from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TimeLimit
+from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TensorBoardLogger, TimeLimit
 from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
 from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device
 from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdown
@@ -116,6 +116,11 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
         raise ConfigError(f"train.batch_size {tc.batch_size} is the global batch and must divide among the {world} processes; use a multiple of {world}")
     if tc.precision == "fp16" and device.type == "mps":
         raise ConfigError("train.precision fp16 needs a loss scaler, which torch has for cuda and cpu only; use bf16 or fp32 on mps")
+    if tc.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
     if tc.deterministic and tc.compile:
         raise ConfigError("train.deterministic and train.compile together are not supported; choose one")
 
@@ -349,6 +354,8 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         fit_callbacks.append(TimeLimit(tc.time_limit))
     fit_callbacks += list(callbacks)
     if dist.main:
+        if tc.tensorboard:
+            fit_callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
         fit_callbacks += [Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds, inside_epochs=not dist.enabled), HistoryWriter(run_dir), ProgressBar(progress, log)]
     if tc.early_stopping:
         fit_callbacks.append(EarlyStopping(tc.early_stopping, tc.monitor))

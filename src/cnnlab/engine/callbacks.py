@@ -211,6 +211,29 @@ class HistoryWriter(Callback):
         write_text(self.folder / "steps.csv", _csv_text(STEP_COLUMNS, state.steps))
 
 
+class TensorBoardLogger(Callback):
+    """TensorBoard event files in `folder` (train.tensorboard): the loss and lr per step, and the
+    epoch figures. history.csv and steps.csv are written either way."""
+
+    def __init__(self, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder))
+
+    def on_batch_end(self, state: FitState, loss: float) -> None:
+        self.writer.add_scalar("step/train_loss", loss, state.step)
+        self.writer.add_scalar("step/lr", state.lr, state.step)
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            if row[key] != "":
+                self.writer.add_scalar(f"epoch/{key}", row[key], state.epoch)
+        self.writer.flush()
+
+    def on_fit_end(self, state: FitState) -> None:
+        self.writer.close()
+
+
 class ProgressBar(Callback):
     """A tqdm bar per epoch (on a terminal), and one summary line per epoch (always; in log.txt too)."""
 
