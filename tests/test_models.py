@@ -145,6 +145,8 @@ def test_presets_train_through_the_cli(name, fashion_dir, tmp_path):
     r = run_cli("train", "--data", str(fashion_dir), "--model", name, "--out", str(tmp_path / "run"), *QUICK)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "run" / "metrics.json").is_file()
+    assert (tmp_path / "run" / "plots" / "gradcam.png").is_file() and (tmp_path / "run" / "report.html").is_file()
+    assert "warning" not in (tmp_path / "run" / "log.txt").read_text()
 
 
 def test_a_sigmoid_preset_is_refused_before_training(fashion_dir, tmp_path):

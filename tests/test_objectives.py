@@ -79,6 +79,7 @@ def test_auto_keeps_the_textbooks_sigmoid_and_bceloss(celeba_dir, tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["loss"] == "sigmoid-bce"
     m = json.loads((out / "metrics.json").read_text())
     assert m["loss"] == "sigmoid-bce" and m["test"]["num_samples"] == 8 and len(m["test"]["confusion_matrix"]) == 2
+    assert m["test"]["roc_auc"] is not None and (out / "plots" / "gradcam.png").is_file() and "warning" not in (out / "log.txt").read_text()
 
 
 def test_multilabel_run_reports_per_attribute_metrics(celeba_dir, tmp_path):
@@ -87,6 +88,7 @@ def test_multilabel_run_reports_per_attribute_metrics(celeba_dir, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["loss"] == "bce" and m["test"]["multilabel"] and set(m["test"]["per_class"]) == {"Smiling", "Young"}
     assert np.array(m["test"]["confusion_matrix"]).shape == (2, 2, 2)
+    assert (out / "report.html").is_file() and "warning" not in (out / "log.txt").read_text()
 
 
 @pytest.mark.parametrize(

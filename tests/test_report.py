@@ -152,3 +152,45 @@ def test_tensorboard_logging_is_an_option(fashion_dir, tmp_path):
     assert len(events.Scalars("step/train_loss")) == steps and steps > 0
     assert [e.step for e in events.Scalars("epoch/val_accuracy")] == [1]
     assert (out / "history.csv").is_file()  # the CSV is written either way
+
+
+def test_report_with_files_that_do_not_decode_keeps_images_and_captions_together(tmp_path):
+    """Data read lazily from disk: undecodable files have no prediction row; the figures still pair
+    each prediction with its own image."""
+    from cnnlab.evaluation import load_run, load_split, predict, split_loader
+    from conftest import write_corrupt_files
+
+    folder = tmp_path / "imgs"
+    write_image_folder(folder / "train", {"cat": 20, "dog": 20}, size=(16, 16))
+    write_image_folder(folder / "test", {"cat": 6, "dog": 6}, size=(16, 16), seed=1)
+    write_corrupt_files(folder / "test" / "cat")  # three files in the test part that will not decode
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(out), "--epochs", "1", "--set", "data.in_memory=false", "--set", "data.workers=0", "--set", "data.val_size=0"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test"]["num_samples"] == 12 and len(m["skipped_files"]) == 3
+    assert (out / "plots" / "gradcam.png").is_file() and (out / "plots" / "worst.png").is_file() and "warning" not in (out / "log.txt").read_text()
+    run = load_run(out)
+    _, split = load_split(run, "test")
+    p = predict(run.model, split_loader(run, split), run.objective)
+    assert len(split) == 15 and len(p.index) == 12
+    good = [i for i, path in enumerate(split.paths) if not path.endswith(("empty.jpg", "notes.png", "truncated.jpg"))]
+    assert p.index.tolist() == good
+
+
+def test_gradcam_of_a_squeezenet_is_not_flat():
+    """SqueezeNet's last conv is its classifier (1x1 maps): Grad-CAM must use the last conv of the body."""
+    from cnnlab.models import create_model
+    from cnnlab.report.gradcam import grad_cam
+
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=3, in_channels=3, input_size=(64, 64))
+    heats, _ = grad_cam(model, torch.randn(2, 3, 64, 64))
+    assert heats.shape == (2, 64, 64) and float(heats.std()) > 1e-3
+    assert all(p.grad is None for p in model.parameters())  # nothing left on the weights
+
+
+def test_evaluate_out_into_a_new_folder_and_a_file_that_is_not_a_checkpoint(run, tmp_path):
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "new" / "dir" / "m.json")]) == 0
+    assert (tmp_path / "new" / "dir" / "m.json").is_file()
+    r = run_cli("evaluate", str(run / "config.yaml"))
+    assert r.returncode == 2 and "is not a checkpoint file" in r.stderr

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
-    e.add_argument("--data", metavar="NAME|PATH", help="other data with the same classes (default: the run's own)")
+    e.add_argument("--data", metavar="NAME|PATH", help="another copy of the run's data (a name or folder, the same classes): its test or val part, split as the run's recipe says, is scored (default: the run's own data)")
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     e.add_argument("--batch-size", type=_positive_int, default=512, metavar="N")
@@ -328,8 +328,10 @@ def print_per_class(m: dict[str, Any]) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import json
+
     from cnnlab.evaluation import load_run, load_split, metrics_of, predict, split_loader
-    from cnnlab.runs import write_json
+    from cnnlab.runs import write_user_file
 
     run = load_run(args.source)
     _, split = load_split(run, args.split, args.data)
@@ -346,7 +348,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if extra:
         print("  " + ", ".join(extra))
     print_per_class(m)
-    write_json(out, m)
+    write_user_file(out, json.dumps(m, indent=2) + "\n")
     print(f"metrics written to {out}")
     return 0
 
@@ -362,12 +364,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnnlab.report.compare import format_table, predictions_figure, table_rows
-    from cnnlab.runs import write_text
+    from cnnlab.runs import write_user_file
 
     text = format_table(table_rows(args.runs), args.format)
     print(text, end="")
     if args.out:
-        write_text(Path(args.out), text)
+        write_user_file(args.out, text)
         print(f"table written to {args.out}")
     print(f"predictions figure written to {predictions_figure(args.runs, Path(args.figure), args.images)}")
     return 0

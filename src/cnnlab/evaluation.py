@@ -117,6 +117,8 @@ class Predictions:
     probs: torch.Tensor  # (N, K) class probabilities; (N, A) per attribute for multi-label
     targets: torch.Tensor  # (N,) class ids; (N, A) 0/1 for multi-label
     losses: torch.Tensor  # (N,) plain loss per sample (no smoothing; summed over attributes for multi-label)
+    scores: torch.Tensor  # the raw outputs (logits; probabilities for sigmoid-bce): rankings without saturation
+    index: torch.Tensor  # (N,) the split's index of each row (files that did not decode have no row)
 
 
 def probabilities(out: torch.Tensor, objective: Objective) -> torch.Tensor:
@@ -134,18 +136,25 @@ def predict(model: nn.Module, loader: _BatchLoader, objective: Objective, tta: b
     """Probabilities, targets and per-sample losses over `loader` (in its order), in fp32 eval mode."""
     was_training = model.training
     model.eval()
-    probs, targets, losses = [], [], []
+    probs, targets, losses, scores = [], [], [], []
     for x, y in loader:
         out = model(x).float()
         if tta:
             out = (out + model(torch.flip(x, dims=[3])).float()) / 2
-        probs.append(probabilities(out, objective))
-        targets.append(y)
-        losses.append(objective.sample_loss(out, y).double())
+        probs.append(probabilities(out, objective).cpu())
+        scores.append(out.cpu())
+        targets.append(y.cpu())
+        losses.append(objective.sample_loss(out, y).detach().cpu().double())
     model.train(was_training)
     if not probs:
         raise CnnlabError("the split has no images to evaluate")
-    return Predictions(torch.cat(probs), torch.cat(targets), torch.cat(losses))
+    split = loader.split
+    n = sum(len(t) for t in targets)
+    if n == len(split):
+        index = torch.arange(n)
+    else:  # the loader left out files that did not decode; the rest keep their order
+        index = torch.tensor([i for i, p in enumerate(split.paths) if p not in loader.skipped])  # type: ignore[union-attr]
+    return Predictions(torch.cat(probs), torch.cat(targets), torch.cat(losses), torch.cat(scores), index)
 
 
 def metrics_of(p: Predictions, classes: list[str], objective: Objective) -> dict[str, Any]:
@@ -153,7 +162,10 @@ def metrics_of(p: Predictions, classes: list[str], objective: Objective) -> dict
     loss = float(p.losses.mean())
     if objective.multilabel:
         return multilabel_metrics(multilabel_confusion((p.probs > 0.5).long(), p.targets), classes, loss)
-    return prediction_metrics(p.probs, p.targets, classes, loss)
+    scores = p.scores if objective.name != "sigmoid-bce" else None
+    if scores is not None and scores.shape[1] == 1:  # one logit: [-z, z] ranks like [1 - p, p]
+        scores = torch.cat([-scores, scores], 1)
+    return prediction_metrics(p.probs, p.targets, classes, loss, scores=scores)
 
 
 def display_image(split: Split, i: int, preprocess: list, channels: int, max_pixels: int = 40_000_000) -> torch.Tensor:

@@ -134,10 +134,11 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def prediction_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], loss: float | None = None, threshold: float = 0.5) -> dict[str, Any]:
+def prediction_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], loss: float | None = None, threshold: float = 0.5, scores: torch.Tensor | None = None) -> dict[str, Any]:
     """Every figure for single-label predictions: classification_metrics of the argmax's confusion
     matrix, plus top-k accuracy and, for two classes, the ROC-AUC of the positive class's score and
-    the threshold the predictions use."""
+    the threshold the predictions use. `scores` (logits, same shape) rank the classes for top-k and
+    ROC-AUC where given: float32 probabilities saturate at 1.0 and would tie."""
     probs, targets = probs.float().cpu(), targets.long().cpu()
     k = len(classes)
     if k == 2:
@@ -145,8 +146,9 @@ def prediction_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequ
     else:
         pred = probs.argmax(1)
     out = classification_metrics(confusion_matrix(pred, targets, k), classes, loss)
-    out["top_k_accuracy"] = top_k_accuracy(probs, targets)
+    ranking = scores.float().cpu() if scores is not None else probs
+    out["top_k_accuracy"] = top_k_accuracy(ranking, targets)
     if k == 2:
-        out["roc_auc"] = roc_auc(probs[:, 1], targets == 1)
+        out["roc_auc"] = roc_auc(ranking[:, 1] - ranking[:, 0] if scores is not None else probs[:, 1], targets == 1)
         out["threshold"] = threshold
     return out

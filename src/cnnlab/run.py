@@ -117,10 +117,10 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
     if tc.precision == "fp16" and device.type == "mps":
         raise ConfigError("train.precision fp16 needs a loss scaler, which torch has for cuda and cpu only; use bf16 or fp32 on mps")
     if tc.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("train.tensorboard needs the tensorboard package: pip install tensorboard")
     if tc.deterministic and tc.compile:
         raise ConfigError("train.deterministic and train.compile together are not supported; choose one")
 
@@ -389,7 +389,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         if split in final:
             predictions[split] = predict(eval_model, final[split], objective, tc.tta)
             metrics[split] = metrics_of(predictions[split], ds.classes, objective)
-    late = {p: r for ld in loaders.values() for p, r in ld.skipped.items()}  # found by decoding workers
+    late = {p: r for ld in [*loaders.values(), *final.values()] for p, r in ld.skipped.items()}  # found by decoding workers
     log_data_issues(log, sorted(late.items()), [])
     skipped = sorted(set(ds.skipped) | set(late.items()))
     metrics.update(
@@ -415,5 +415,8 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         shown = "test" if "test" in predictions else "val"
         fig_loader = lambda s: make_loader(s, 64, input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=cfg.data.max_pixels, workers=0, mean=mean, std=std, device=device)  # noqa: E731
         inputs = ReportInputs(eval_model, objective, list(ds.classes), getattr(ds, shown), shown, fig_loader, predictions[shown], list(ds.preprocess), ds.input_shape[0])
-        log.write(f"report: {write_report(run_dir, inputs)}", echo=False)
+        try:  # the run's results are written already: a figure that fails must not fail the run
+            log.write(f"report: {write_report(run_dir, inputs)}", echo=False)
+        except (CnnlabError, ValueError, RuntimeError) as e:
+            log.write(f"warning: report.html was not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); cnnlab report {run_dir} tries again")
     return RunResult(run_dir, metrics, state, metrics["total_seconds"])

@@ -37,6 +37,17 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def write_user_file(path: str | Path, text: str) -> Path:
+    """write_text to a path a user named (--out FILE): its folder is created; failures are one line."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}; choose a writable path") from None
+    return path
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 

@@ -222,7 +222,7 @@ class TensorBoardLogger(Callback):
 
     def on_batch_end(self, state: FitState, loss: float) -> None:
         self.writer.add_scalar("step/train_loss", loss, state.step)
-        self.writer.add_scalar("step/lr", state.lr, state.step)
+        self.writer.add_scalar("step/lr", state.steps[-1][3] if state.steps else state.lr, state.step)  # the step's own lr, as steps.csv
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):

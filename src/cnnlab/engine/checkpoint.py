@@ -47,6 +47,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"checkpoint {path} does not exist; give a run folder's checkpoints/best.pt")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save's zip, or a legacy pickle
+        raise CnnlabError(f"{path} is not a checkpoint file; give a run folder or its checkpoints/best.pt")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -35,7 +35,7 @@ class Objective:
     predict: Callable[[torch.Tensor], torch.Tensor]  # (B,) class ids, or (B, A) 0/1 for multi-label
 
     def sum_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.sample_loss(out, y).double().sum()
+        return self.sample_loss(out, y).detach().cpu().double().sum()  # on the CPU: mps has no float64
 
     def hits(self, out: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         """(correct, counted): samples, or sample-attribute pairs for multi-label."""

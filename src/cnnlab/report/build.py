@@ -19,7 +19,7 @@ from cnnlab.evaluation import Predictions, display_image, load_run, load_split, 
 from cnnlab.report.gradcam import grad_cam
 from cnnlab.report.html import image_tag, metrics_tables, pct, render, table
 from cnnlab.report.images import plot_feature_maps, plot_filters, plot_gallery, plot_gradcam
-from cnnlab.report.plots import confused_pairs, plot_confusion, plot_lr, plot_per_class, plot_training_curves
+from cnnlab.report.plots import confused_pairs, plot_confusion, plot_lr, plot_per_class, plot_training_curves, shorten
 from cnnlab.runs import write_text
 
 GALLERY = 16  # worst misclassifications shown
@@ -55,11 +55,11 @@ def _normalised(inp: ReportInputs, indices: list[int]) -> torch.Tensor:
     return torch.cat(xs).float()
 
 
-def _caption(inp: ReportInputs, i: int) -> tuple[str, str, float, bool]:
+def _caption(inp: ReportInputs, row: int) -> str:
+    """"true: X / pred: Y (93%)" for prediction row `row`, names shortened to fit under an image."""
     p = inp.predictions
-    truth = inp.classes[int(p.targets[i])]
-    k = int(p.probs[i].argmax())
-    return truth, inp.classes[k], float(p.probs[i, k]), k == int(p.targets[i])
+    k = int(p.probs[row].argmax())
+    return f"true: {shorten(inp.classes[int(p.targets[row])], 16)}\npred: {shorten(inp.classes[k], 16)} ({100 * float(p.probs[row, k]):.0f}%)"
 
 
 def write_figures(run_dir: Path, metrics: dict[str, Any], inp: ReportInputs | None) -> dict[str, Path | None]:
@@ -76,32 +76,24 @@ def write_figures(run_dir: Path, metrics: dict[str, Any], inp: ReportInputs | No
         return figs
     multilabel = inp.objective.multilabel
     show = lambda i: display_image(inp.split, i, inp.preprocess, inp.channels)  # noqa: E731
+    index = inp.predictions.index.tolist()  # prediction row -> split index (undecodable files have no row)
     if not multilabel:
         wrong = (inp.predictions.probs.argmax(1) != inp.predictions.targets).nonzero().flatten()
         worst = wrong[inp.predictions.losses[wrong].argsort(descending=True)][:GALLERY].tolist()
-        captions = [_caption(inp, i) for i in worst]
         figs["gallery"] = plot_gallery(
-            [show(i) for i in worst],
-            [f"true: {t}\npred: {p} ({100 * q:.0f}%)" for t, p, q, _ in captions],
+            [show(index[r]) for r in worst],
+            [_caption(inp, r) for r in worst],
             ["darkred"] * len(worst),
             plots / "worst.png",
-            f"The {len(worst)} misclassified test images with the highest loss",
+            f"The {len(worst)} misclassified {inp.split_name} images with the highest loss",
         ) if worst else None
     figs["filters"] = plot_filters(inp.model, plots / "filters.png")
-    n = len(inp.split)
-    if n:
-        x0 = _normalised(inp, [0])
-        figs["feature_maps"] = plot_feature_maps(inp.model, x0, show(0), plots / "feature_maps.png")
-        ids = list(range(min(CAM_IMAGES, n)))
-        heats, explained = grad_cam(inp.model, _normalised(inp, ids))
-        titles = []
-        for j, i in enumerate(ids):
-            if multilabel:
-                titles.append(f"image {i}")
-            else:
-                t, p, q, _ = _caption(inp, i)
-                titles.append(f"true: {t}\npred: {p} ({100 * q:.0f}%)")
-        figs["gradcam"] = plot_gradcam([show(i) for i in ids], heats, titles, plots / "gradcam.png")
+    if index:
+        figs["feature_maps"] = plot_feature_maps(inp.model, _normalised(inp, index[:1]), show(index[0]), plots / "feature_maps.png")
+        rows = list(range(min(CAM_IMAGES, len(index))))
+        heats, _ = grad_cam(inp.model, _normalised(inp, [index[r] for r in rows]))
+        titles = [f"image {index[r]}" if multilabel else _caption(inp, r) for r in rows]
+        figs["gradcam"] = plot_gradcam([show(index[r]) for r in rows], heats, titles, plots / "gradcam.png")
     return figs
 
 
@@ -114,7 +106,10 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None) -> Pat
             raise CnnlabError(f"{run_dir} has no {need}: not a run folder that cnnlab train wrote (or it stopped before its first epoch)")
     if not (run_dir / "metrics.json").is_file():
         raise CnnlabError(f"{run_dir} has no metrics.json: its training was interrupted before the test evaluation; finish it with cnnlab train --resume {run_dir}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CnnlabError(f"cannot read {run_dir / 'metrics.json'} ({e}); rerun the evaluation with cnnlab evaluate {run_dir}") from None
     if inputs is None:
         inputs = inputs_from_run(run_dir)
     figs = write_figures(run_dir, metrics, inputs)

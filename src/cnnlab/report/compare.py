@@ -88,6 +88,8 @@ def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 
         p = predict(run.model, split_loader(run, sub, 64), run.objective)
         if run.objective.multilabel:
             raise CnnlabError("the predictions figure is for single-label runs; the table above still compares them")
+        if len(p.index) != len(ids):
+            raise CnnlabError(f"some of the first {len(ids)} test images did not decode for {d}; cnnlab data check lists them")
         k = p.probs.argmax(1)
         rows.append((Path(d).name, [run.classes[int(i)] for i in k], [float(p.probs[j, k[j]]) for j in range(len(k))]))
     truths = [first.classes[int(y)] for y in subset.labels]

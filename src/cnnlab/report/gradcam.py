@@ -16,10 +16,18 @@ import torch.nn.functional as F
 def target_layer(model: nn.Module) -> nn.Module:
     """The block holding the last Conv2d (its output is that block's activated features, what the head
     reads: fastnet's last block, a ResNet's last BasicBlock), or the conv itself at the top level."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    from cnnlab.engine.optim import head_module
+
+    head = head_module(model)
+    in_head = {id(m) for m in head.modules()} if head is not None else set()
+    # convs of the head (SqueezeNet's classifier conv gives 1x1 maps) explain nothing spatial
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in in_head]
     if not names:
         raise ValueError("the model has no Conv2d layer for Grad-CAM")
     parent = names[-1].rpartition(".")[0]
+    # a ModuleList or ModuleDict is never called itself (its owner calls its members): go up past it
+    while parent and isinstance(model.get_submodule(parent), (nn.ModuleList, nn.ModuleDict)):
+        parent = parent.rpartition(".")[0]
     return model.get_submodule(parent) if parent else model.get_submodule(names[-1])
 
 
@@ -44,7 +52,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = N
             x = x.detach().float().requires_grad_(True)
             out = model(x).float()
             if out.shape[1] == 1:  # one sigmoid/logit output: class 1 is the output, class 0 its opposite
-                pred = (out[:, 0] > (0.5 if bool(((out >= 0) & (out <= 1)).all()) else 0.0)).long()
+                from cnnlab.engine.losses import ends_in_sigmoid
+
+                pred = (out[:, 0] > (0.5 if ends_in_sigmoid(model) else 0.0)).long()
                 classes = pred if classes is None else classes
                 score = torch.where(classes == 1, out[:, 0], -out[:, 0])
             else:
@@ -52,9 +62,12 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = N
                 score = out.gather(1, classes.view(-1, 1)).squeeze(1)
             model.zero_grad(set_to_none=True)
             score.sum().backward()
+        if "a" not in saved or saved["a"].grad is None:
+            raise ValueError(f"Grad-CAM's layer {type(layer).__name__} gave no activations or gradients for this model")
         a, g = saved["a"].detach(), saved["a"].grad.detach()
     finally:
         handle.remove()
+        model.zero_grad(set_to_none=True)  # no gradients left on the weights
         model.train(was_training)
     weights = g.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     cam = F.relu((weights * a).sum(1, keepdim=True))  # (B, 1, h, w)

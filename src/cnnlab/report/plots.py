@@ -121,7 +121,8 @@ def confused_pairs(cm: list, classes: list[str], n: int = 10) -> list[tuple[str,
 
 def plot_per_class(metrics: dict, classes: list[str], path: Path) -> Path:
     """Recall (per-class accuracy) per class with the worst one in red (left); the most-confused pairs (right)."""
-    recall = [metrics["per_class"][c]["recall"] for c in classes]
+    multilabel = bool(metrics.get("multilabel"))
+    recall = [metrics["per_class"][c]["accuracy" if multilabel else "recall"] for c in classes]
     worst = metrics["worst_class"]
     pairs = confused_pairs(metrics["confusion_matrix"], classes) if not metrics.get("multilabel") else []
     k = len(classes)
@@ -131,7 +132,7 @@ def plot_per_class(metrics: dict, classes: list[str], path: Path) -> Path:
     ax.barh(y, recall, color=["tab:red" if c == worst else "tab:blue" for c in classes])
     ax.set_yticks(y, [shorten(c, 18) for c in classes], fontsize=8 if k > 12 else 9)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1.08), xlabel="recall (accuracy on the class)", title=f"Per-class accuracy (worst: {shorten(worst, 24)})")
+    ax.set(xlim=(0, 1.08), xlabel="accuracy on the attribute" if multilabel else "recall (accuracy on the class)", title=f"Per-{'attribute' if multilabel else 'class'} accuracy (worst: {shorten(worst, 24)})")
     for i, r in enumerate(recall):
         ax.text(min(r + 0.01, 1.0), i, f"{100 * r:.1f}%", va="center", fontsize=7)
     ax.axvline(metrics["accuracy"], color="gray", ls="--", lw=1, label=f"overall {100 * metrics['accuracy']:.2f}%")
