@@ -44,8 +44,9 @@ def fashion_dir(tmp_path_factory) -> Path:
     return write_fashion_fixture(tmp_path_factory.mktemp("fashion"))
 
 
-# Keys a quick train on the fixture overrides, so a test run takes about a second.
-QUICK = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.eval_batch_size=128"]
+# Keys a quick train on the fixture overrides, so a test run takes about a second (the report's
+# figures, two seconds more, are drawn by the tests that look at them: tests/test_report.py).
+QUICK = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.eval_batch_size=128", "--set", "train.report=false"]
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from cnnlab.config import ScheduleConfig
 from cnnlab.engine.optim import create_scheduler
 from conftest import QUICK, run_cli
 
-TWO_STEPS = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320"]  # 256 images: 2 steps
+TWO_STEPS = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320", "--set", "train.report=false"]  # 256 images: 2 steps
 
 
 def _lrs(cfg, steps_per_epoch=10, epochs=6):
@@ -66,7 +66,7 @@ def test_gradient_clipping_bounds_the_update():
 def test_early_stopping_keeps_the_best(fashion_dir, tmp_path):
     out = tmp_path / "r"
     assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "30", "--lr", "0.3", "--set", "data.val_size=64",
-                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.min_steps=null"]) == 0
+                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.min_steps=null", "--set", "train.report=false"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs_run"] < 30 and "early stopping" in m["stop_reason"] and m["epochs_run"] - m["best_epoch"] == 2
 
@@ -76,7 +76,7 @@ def test_early_stopping_on_validation_loss_keeps_the_lowest(fashion_dir, tmp_pat
 
     out = tmp_path / "r"
     assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "30", "--lr", "0.3", "--set", "data.val_size=64",
-                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.monitor=val_loss"]) == 0
+                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.monitor=val_loss", "--set", "train.report=false"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     rows = list(csv.DictReader(open(out / "history.csv")))
     losses = [float(r["val_loss"]) for r in rows]

@@ -142,7 +142,7 @@ def test_summary_errors_are_one_line(args, needle):
 def test_presets_train_through_the_cli(name, fashion_dir, tmp_path):
     from conftest import QUICK
 
-    r = run_cli("train", "--data", str(fashion_dir), "--model", name, "--out", str(tmp_path / "run"), *QUICK)
+    r = run_cli("train", "--data", str(fashion_dir), "--model", name, "--out", str(tmp_path / "run"), *QUICK, "--set", "train.report=true")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / "plots" / "gradcam.png").is_file() and (tmp_path / "run" / "report.html").is_file()

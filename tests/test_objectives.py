@@ -54,7 +54,7 @@ def test_every_component_runs_two_steps(key, name, how, fashion_dir, celeba_dir,
     kind, model = LOSS_SETUP[name] if key == "train.loss" else ("classes", "fastnet")
     values = _data(kind, fashion_dir, celeba_dir)
     values.update(name="knob", model={"name": model})
-    values["train"].update(epochs=1, min_steps=None)
+    values["train"].update(epochs=1, min_steps=None, report=False)
     values["optim"] = {"lr": 0.01}
     values["schedule"] = {"patience": 0}
     section, field = key.split(".")
@@ -199,7 +199,7 @@ def test_mixup_is_a_convex_mix_and_cutmix_weighs_the_pasted_area():
 def test_regularisers_and_precisions_run(sets, fashion_dir, tmp_path):
     out = tmp_path / "run"
     args = [x for s in sets for x in ("--set", s)]
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "2", "--set", "data.val_size=64", "--set", "train.batch_size=64", *args]) == 0
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "2", "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.report=false", *args]) == 0
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     m = json.loads((out / "metrics.json").read_text())
     assert 0 <= m["test"]["accuracy"] <= 1 and m["epochs_run"] == 2
@@ -212,6 +212,6 @@ def test_regularisers_and_precisions_run(sets, fashion_dir, tmp_path):
 
 def test_compile_runs(fashion_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--compile", "--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320"]) == 0
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--compile", "--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320", "--set", "train.report=false"]) == 0
     ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # saved as the plain model

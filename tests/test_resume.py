@@ -17,7 +17,7 @@ from conftest import run_cli, write_image_folder
 # steps inside epochs. Augmentation (flip+translate), mixup (global RNG) and an EMA are on, so every
 # saved stream matters.
 ARGS = ["--epochs", "3", "--lr", "0.05", "--set", "data.val_size=64", "--set", "train.batch_size=32", "--set", "train.eval_batch_size=128",
-        "--set", "train.checkpoint_steps=3", "--set", "data.augment=flip-translate", "--set", "train.mixup=0.2", "--set", "train.ema=0.9"]
+        "--set", "train.checkpoint_steps=3", "--set", "data.augment=flip-translate", "--set", "train.mixup=0.2", "--set", "train.ema=0.9", "--set", "train.report=false"]
 
 # Runs cnnlab train in-process with one extra callback that kills this process at a chosen point:
 # `batch N` after optimizer step N (before that step's checkpoint), `epoch N` after epoch N's
@@ -121,7 +121,7 @@ def test_sigkill_inside_an_epoch_read_from_files_by_workers(tmp_path):
     the cache, so this also checks that reading files leaves the random streams alone."""
     folder = write_image_folder(tmp_path / "pets", {"cat": 30, "dog": 30, "fox": 30}, size=(16, 16))
     args = ["--epochs", "2", "--lr", "0.05", "--set", "data.in_memory=false", "--set", "data.workers=2", "--set", "data.val_size=9",
-            "--set", "train.batch_size=8", "--set", "train.checkpoint_steps=2", "--set", "data.augment=flip-translate"]
+            "--set", "train.batch_size=8", "--set", "train.checkpoint_steps=2", "--set", "data.augment=flip-translate", "--set", "train.report=false"]
     straight = tmp_path / "straight"
     assert run_cli("train", "--data", str(folder), "--out", str(straight), *args, timeout=180).returncode == 0
     out = tmp_path / "run"
@@ -146,7 +146,7 @@ def test_ctrl_c_saves_the_position_and_exits_cleanly(straight, fashion_dir, tmp_
 def test_periods_continue_a_finished_run(fashion_dir, tmp_path):
     """Three epochs, then --resume --epochs 5: two more, history continued, the schedule stretched."""
     out = tmp_path / "run"
-    base = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant"]
+    base = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--set", "train.report=false"]
     assert run_cli("train", "--out", str(out), "--epochs", "3", *base).returncode == 0
     r = run_cli("train", "--resume", str(out), "--epochs", "5")
     assert r.returncode == 0, r.stderr
@@ -156,6 +156,14 @@ def test_periods_continue_a_finished_run(fashion_dir, tmp_path):
     # a finished run without more epochs is refused, saying how to train more
     r = run_cli("train", "--resume", str(out))
     assert r.returncode == 2 and "--epochs" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(fashion_dir, tmp_path_factory):
+    """A finished 2-epoch run; each refusal test works on a copy."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run_cli("train", "--out", str(out), "--data", str(fashion_dir), "--epochs", "2", "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.report=false").returncode == 0
+    return out
 
 
 @pytest.mark.parametrize(
@@ -168,9 +176,11 @@ def test_periods_continue_a_finished_run(fashion_dir, tmp_path):
         (["--epochs", "1", "--set", "train.min_steps=null"], None),  # fewer epochs than done: refused too
     ],
 )
-def test_resume_refuses_a_different_model_or_data_saying_what_differs(extra, needle, fashion_dir, tmp_path):
+def test_resume_refuses_a_different_model_or_data_saying_what_differs(extra, needle, finished, tmp_path):
+    import shutil
+
     out = tmp_path / "run"
-    assert run_cli("train", "--out", str(out), "--data", str(fashion_dir), "--epochs", "2", "--set", "data.val_size=64", "--set", "train.batch_size=64").returncode == 0
+    shutil.copytree(finished, out)
     before = (out / "checkpoints" / "last.pt").read_bytes()
     r = run_cli("train", "--resume", str(out), *extra)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

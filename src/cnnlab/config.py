@@ -105,6 +105,7 @@ class TrainConfig:
     cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 is off (with both, each batch picks one)
     ema: float | None = None  # keep an exponential moving average of the weights with this decay (e.g. 0.999); it is what gets evaluated and saved
     tta: bool = False  # evaluate on each image and its mirror image, averaged (not for digits or text)
+    report: bool = True  # draw plots/ and report.html at the end (false: plots/curves.png only; cnnlab report draws the rest later)
     tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard/ (needs the tensorboard package)
     checkpoint_steps: int | None = None  # also save last.pt inside epochs every N steps (exact resume from there)
     checkpoint_seconds: float | None = 120.0  # ... and every this many seconds of training

@@ -33,6 +33,7 @@ from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
 from cnnlab.report.build import ReportInputs, write_report
+from cnnlab.report.plots import plot_training_curves
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
 
 
@@ -411,7 +412,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     )
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 3)
     write_json(run_dir / "metrics.json", metrics)
-    if predictions:
+    if not tc.report:
+        plot_training_curves(run_dir)
+    elif predictions:
         shown = "test" if "test" in predictions else "val"
         fig_loader = lambda s: make_loader(s, 64, input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=cfg.data.max_pixels, workers=0, mean=mean, std=std, device=device)  # noqa: E731
         inputs = ReportInputs(eval_model, objective, list(ds.classes), getattr(ds, shown), shown, fig_loader, predictions[shown], list(ds.preprocess), ds.input_shape[0])

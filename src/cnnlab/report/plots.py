@@ -65,7 +65,7 @@ def save(fig, path: Path, dpi: int = 110) -> Path:
     """Write `fig` as a PNG atomically and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"), mode="wb")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi), mode="wb")
     plt.close(fig)
     return path
 
