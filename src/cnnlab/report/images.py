@@ -119,7 +119,8 @@ def plot_gradcam(images: Sequence[torch.Tensor], heats: torch.Tensor, titles: Se
 def plot_predictions_grid(images: Sequence[torch.Tensor], truths: Sequence[str], rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], path: Path) -> Path:
     """Several runs' predictions for the same images: one row per run, green when right, red when wrong."""
     cols = len(images)
-    fig, axes = plt.subplots(len(rows) + 1, cols, figsize=(1.7 * cols, 1.75 * (len(rows) + 1) + 0.3), squeeze=False)
+    heights = [1.0] + [0.4] * len(rows)  # the images, then one short row of predictions per run
+    fig, axes = plt.subplots(len(rows) + 1, cols, figsize=(1.7 * cols, 1.75 * sum(heights) + 0.4), squeeze=False, gridspec_kw={"height_ratios": heights})
     for c, (img, truth) in enumerate(zip(images, truths)):
         _show(axes[0][c], img)
         axes[0][c].set_title(f"true: {shorten(truth, 12)}", fontsize=7)
