@@ -194,3 +194,18 @@ def test_evaluate_out_into_a_new_folder_and_a_file_that_is_not_a_checkpoint(run,
     assert (tmp_path / "new" / "dir" / "m.json").is_file()
     r = run_cli("evaluate", str(run / "config.yaml"))
     assert r.returncode == 2 and "is not a checkpoint file" in r.stderr
+
+
+def test_report_without_the_data_still_draws_the_numbers(fashion_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fashion_dir, data)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), *QUICK]) == 0
+    shutil.rmtree(data)  # the data is gone: moved, or on another machine
+    assert main(["report", str(out)]) == 0
+    assert "image figures are left out" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert all(f">{h}</h2>" in page for h in SECTIONS) and "Not drawn" in page
+    assert (out / "plots" / "confusion.png").is_file() and (out / "plots" / "per_class.png").is_file()

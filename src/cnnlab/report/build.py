@@ -14,7 +14,7 @@ import yaml
 
 from cnnlab.data.base import Split
 from cnnlab.engine.losses import Objective
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, DataError
 from cnnlab.evaluation import Predictions, display_image, load_run, load_split, predict, split_loader
 from cnnlab.report.gradcam import grad_cam
 from cnnlab.report.html import image_tag, metrics_tables, pct, render, table
@@ -97,9 +97,10 @@ def write_figures(run_dir: Path, metrics: dict[str, Any], inp: ReportInputs | No
     return figs
 
 
-def write_report(run_dir: str | Path, inputs: ReportInputs | None = None) -> Path:
+def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=print) -> Path:
     """Write plots/*.png and report.html for `run_dir`. Without `inputs`, the model and test data are
-    rebuilt from the run folder (best.pt and its recipe's data)."""
+    rebuilt from the run folder (best.pt and its recipe's data); where the data is not here, the page
+    has the figures drawn from the run's files alone, and `log` says what is missing."""
     run_dir = Path(run_dir)
     for need in ("config.yaml", "history.csv"):
         if not (run_dir / need).is_file():
@@ -110,8 +111,13 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None) -> Pat
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError) as e:
         raise CnnlabError(f"cannot read {run_dir / 'metrics.json'} ({e}); rerun the evaluation with cnnlab evaluate {run_dir}") from None
+    missing = ""
     if inputs is None:
-        inputs = inputs_from_run(run_dir)
+        try:
+            inputs = inputs_from_run(run_dir)
+        except DataError as e:  # the data moved or is on another machine: the numbers still draw
+            missing = str(e).splitlines()[0]
+            log(f"note: without the run's data ({missing}), the image figures are left out")
     figs = write_figures(run_dir, metrics, inputs)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     test = metrics.get("test") or metrics.get("val") or {}
@@ -137,6 +143,10 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None) -> Pat
         ("gradcam", "Grad-CAM", image_tag(figs.get("gradcam"), "Grad-CAM overlays")),
         ("config", "Configuration", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"),
     ]
+    if missing:
+        for i, (anchor, head, _) in enumerate(sections):
+            if anchor in ("worst", "layers", "gradcam"):
+                sections[i] = (anchor, head, f"<p><em>Not drawn: the run's data was not found when this page was written ({html.escape(missing)}).</em></p>")
     subtitle = f"data {metrics.get('data')} ({metrics.get('data_source', '')}), seed {metrics.get('seed')}, {metrics.get('device')} {metrics.get('precision')}, loss {metrics.get('loss', '')}"
     page = render(f"Run {run_dir.name}", subtitle, cards, sections)
     out = run_dir / "report.html"
