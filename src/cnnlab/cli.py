@@ -230,11 +230,14 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "train.deterministic": args.deterministic,
         "train.compile": args.compile,
     }
-    if args.data is not None:
-        flags[_data_key(args.data)] = args.data
-    out = {k: v for k, v in flags.items() if v is not None}
-    if args.epochs is not None:
-        out["train.min_steps"] = None  # --epochs N trains exactly N epochs, whatever the dataset's size
+    return {**{k: v for k, v in flags.items() if v is not None}, **_data_epochs_overrides(args.data, args.epochs)}
+
+
+def _data_epochs_overrides(data: str | None, epochs: int | None) -> dict[str, Any]:
+    """--data NAME|PATH and --epochs N as recipe keys (train and sweep share them)."""
+    out: dict[str, Any] = {_data_key(data): data} if data is not None else {}
+    if epochs is not None:
+        out.update({"train.epochs": epochs, "train.min_steps": None})  # --epochs N trains exactly N epochs, whatever the dataset's size
     return out
 
 
@@ -387,11 +390,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from cnnlab.config import apply_overrides, load_recipe, parse_set
     from cnnlab.sweep import parse_grid, run_sweep, table_text
 
-    overrides = parse_set(args.set)
-    if args.data is not None:
-        overrides[_data_key(args.data)] = args.data
-    if args.epochs is not None:
-        overrides.update({"train.epochs": args.epochs, "train.min_steps": None})
+    overrides = {**parse_set(args.set), **_data_epochs_overrides(args.data, args.epochs)}
     cfg = apply_overrides(load_recipe(args.recipe), overrides)
     out = Path(args.out or f"runs/sweep-{cfg.name}")
     rows = run_sweep(cfg, parse_grid(args.grid), seeds=args.seeds, out=out, cumulative=args.cumulative, metric=args.metric)

@@ -20,6 +20,7 @@ from cnnlab.data.base import ArraySplit, Dataset, Split
 from cnnlab.data.images import open_image, preprocess_transform, to_uint8_tensor
 from cnnlab.data.loader import _BatchLoader, make_loader
 from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.loop import eval_outputs
 from cnnlab.engine.losses import Objective, Target, create_objective, model_outputs
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import multilabel_confusion, multilabel_metrics, prediction_metrics
@@ -138,9 +139,7 @@ def predict(model: nn.Module, loader: _BatchLoader, objective: Objective, tta: b
     model.eval()
     probs, targets, losses, scores = [], [], [], []
     for x, y in loader:
-        out = model(x).float()
-        if tta:
-            out = (out + model(torch.flip(x, dims=[3])).float()) / 2
+        out = eval_outputs(model, x, tta)
         probs.append(probabilities(out, objective).cpu())
         scores.append(out.cpu())
         targets.append(y.cpu())

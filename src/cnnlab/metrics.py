@@ -104,11 +104,6 @@ def multilabel_metrics(cm: torch.Tensor | Sequence, attributes: Sequence[str], l
     return out
 
 
-def evaluation_metrics(cm: torch.Tensor, classes: Sequence[str], loss: float | None = None) -> dict[str, Any]:
-    """classification_metrics for a (K, K) confusion matrix, multilabel_metrics for an (A, 2, 2) one."""
-    return multilabel_metrics(cm, classes, loss) if cm.ndim == 3 else classification_metrics(cm, classes, loss)
-
-
 def top_k_accuracy(probs: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 2, 3, 5)) -> dict[str, float]:
     """{"k": share of samples whose true class is among the k highest scores}, for each k below the class count."""
     n, num_classes = probs.shape

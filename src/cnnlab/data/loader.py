@@ -23,6 +23,14 @@ from cnnlab.data.splits import class_counts
 from cnnlab.errors import DataError
 
 
+def stream_seed(seed: int, epoch: int, rank: int | None = None) -> int:
+    """The seed of a run's random stream for one epoch (and, under torchrun, one process): a pure
+    function of (seed, epoch, rank), so a run repeats and a resumed run continues exactly. The large
+    odd multipliers keep nearby seeds' streams apart."""
+    base = seed * 1_000_003 + epoch
+    return base % (2**63) if rank is None else base * 1_009 + rank + 1
+
+
 class _BatchLoader:
     """What both loaders share: the order of an epoch, augmentation and normalisation.
 
@@ -108,8 +116,7 @@ class _BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _generator(self) -> torch.Generator:
-        # One stream per (seed, epoch); the large odd multiplier keeps nearby seeds' streams apart.
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
+        return torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
 
     def _order(self, g: torch.Generator) -> torch.Tensor | None:
         """Sample indices for one epoch; None means the split's own order."""
@@ -130,7 +137,7 @@ class _BatchLoader:
         g = self._generator()
         indices = self._indices(self._order(g))
         if self.world > 1:  # every process its own augmentation stream
-            g.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank + 1)
+            g.manual_seed(stream_seed(self.seed, self.epoch, self.rank))
         start, resume, self._resume = 0, self._resume, None
         if resume is not None and resume.get("batches"):
             start = int(resume["batches"])
@@ -211,7 +218,7 @@ class FileLoader(_BatchLoader):
         # A generator of its own: otherwise each DataLoader iterator draws its workers' base seed from
         # torch's global stream, so reading files would shift the model's initialisation, dropout
         # and mixing (and a resumed run, which starts one more iterator, would drift from the original).
-        own = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        own = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
         loader = DataLoader(self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda", generator=own)
         for x, y, bad in loader:
             self.skipped.update(bad)

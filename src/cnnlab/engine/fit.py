@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from cnnlab.data.loader import _BatchLoader
+from cnnlab.data.loader import _BatchLoader, stream_seed
 from cnnlab.engine.callbacks import Callback, FitState
 from cnnlab.engine.distributed import Dist
 from cnnlab.engine.loop import EpochProgress, TrainStep, evaluate, train_one_epoch
@@ -109,7 +109,7 @@ def fit(
                     state.progress, state.epoch_lr = EpochProgress(), state.lr
                 state.epoch, state.loader = epoch, None
                 if dist.enabled:  # each process's own dropout and mixing stream, a function of (seed, epoch, rank)
-                    torch.manual_seed((train_loader.seed * 1_000_003 + epoch) * 1_009 + dist.rank + 1)
+                    torch.manual_seed(stream_seed(train_loader.seed, epoch, dist.rank))
                 train_loader.set_epoch(epoch, resume)
                 hook("on_epoch_start")
                 p = train_one_epoch(train_loader, step, progress=state.progress, on_batch_end=after_batch)

@@ -117,6 +117,12 @@ def train_one_epoch(
     return p
 
 
+def eval_outputs(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """The model's fp32 outputs for `x`; with `tta`, averaged with those of the mirror images."""
+    out = model(x).float()
+    return out if not tta else (out + model(torch.flip(x, dims=[3])).float()) / 2
+
+
 @dataclass
 class EvalResult:
     loss: float  # mean plain loss per sample (no label smoothing)
@@ -150,9 +156,7 @@ def evaluate(
     cm = torch.zeros(shape, dtype=torch.long)
     for x, y in loader:
         with autocast():
-            out = model(x)
-            flipped = model(torch.flip(x, dims=[3])) if tta else None
-        out = out.float() if flipped is None else (out.float() + flipped.float()) / 2
+            out = eval_outputs(model, x, tta)
         loss_sum += float(objective.sum_loss(out, y))
         pred = objective.predict(out).cpu()
         cm += multilabel_confusion(pred, y.cpu()) if objective.multilabel else confusion_matrix(pred, y.cpu(), num_classes)
