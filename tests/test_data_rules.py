@@ -1,8 +1,6 @@
 """Rules of the data pipeline that a user relies on: bad keys refused early, nothing silently ignored,
 subsets and carved parts that keep every class, float arrays kept on their own scale."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from cnnlab.data.base import ArraySplit
 from cnnlab.data.images import open_image
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.data.splits import carve
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import DataError
 from conftest import QUICK, run_cli, write_image_folder, write_npy_pairs
 
 
@@ -33,11 +31,40 @@ def test_one_number_list_resizes_the_shorter_side(tmp_path):
     assert ds.input_shape == (3, 8, 10) and tuple(ds.train.images.shape[1:]) == (3, 8, 10)
 
 
-@pytest.mark.parametrize("key, value, needle", [("data.preprocess", "[{resize: 32}]", "data.preprocess"), ("data.attributes", "Smiling", "data.attributes"), ("data.jitter", "1.5", "data.jitter"), ("data.workers", "-1", "data.workers")])
+@pytest.mark.parametrize("key, value, needle", [("data.attributes", "Smiling", "data.attributes"), ("data.jitter", "1.5", "data.jitter"), ("data.workers", "-1", "data.workers")])
 def test_keys_the_dataset_would_ignore_are_refused(fashion_dir, tmp_path, key, value, needle):
     r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK, "--set", f"{key}={value}")
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_preprocess_pads_or_resizes_arrays_and_is_recorded(fashion_dir, tmp_path):
+    """[{center_crop: 32}] pads 28x28 arrays with zeros (LeNet's geometry, what the KTH study's 7x7
+    kernels need); a resize interpolates. The steps go into the checkpoint for new images."""
+    plain = load_dataset(DataConfig(root=str(fashion_dir), val_size=8), 0)
+    padded = load_dataset(DataConfig(root=str(fashion_dir), val_size=8, preprocess=[{"center_crop": 32}]), 0)
+    assert padded.input_shape == (1, 32, 32) and tuple(padded.test.images.shape[1:]) == (1, 32, 32)
+    assert torch.equal(padded.train.images[:, :, 2:30, 2:30], plain.train.images)
+    assert padded.train.images[:, :, :2].sum() == 0 and padded.train.images[:, :, :, 30:].sum() == 0
+    resized = load_dataset(DataConfig(root=str(fashion_dir), val_size=8, preprocess=[{"resize": 20}]), 0)
+    assert tuple(resized.val.images.shape[1:]) == (1, 20, 20) and resized.val.images.dtype == torch.uint8
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--model", "kth-default", "--set", "data.preprocess=[{center_crop: 32}]"]) == 0
+    ckpt = torch.load(out / "checkpoints/best.pt", weights_only=True)
+    assert ckpt["input_shape"] == [1, 32, 32] and ckpt["preprocess"] == [{"center_crop": 32}]
+
+
+def test_a_folder_held_in_memory_is_preprocessed_once(tmp_path):
+    """Files are resized as they are decoded; the array pass is for arrays only (twice would zoom in)."""
+    from cnnlab.data.images import preprocess_transform, to_uint8_tensor
+
+    write_image_folder(tmp_path / "d", {"a": 3, "b": 3}, size=(20, 16))
+    steps = [{"resize": 16}, {"center_crop": 12}]
+    ds = load_dataset(DataConfig(root=str(tmp_path / "d"), val_size=0, test_size=2, preprocess=steps, split="first"), 0)
+    assert isinstance(ds.train, ArraySplit) and ds.input_shape == (3, 12, 12)
+    path = sorted((tmp_path / "d" / "a").iterdir())[0]
+    want = to_uint8_tensor(open_image(path, 3, 10**8), preprocess_transform(steps))
+    assert any(torch.equal(want, img) for img in ds.train.images) or any(torch.equal(want, img) for img in ds.test.images)
 
 
 def test_channels_converts_arrays_and_is_recorded(fashion_dir, tmp_path):

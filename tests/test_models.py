@@ -156,28 +156,22 @@ def test_a_sigmoid_preset_is_refused_before_training(fashion_dir, tmp_path):
     assert r.returncode == 2 and "sigmoid" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "run").exists()
 
 
-def _kth_variants():
-    import yaml
-    from importlib import resources
-
-    return yaml.safe_load((resources.files("cnnlab") / "models" / "kth_variants.yaml").read_text())
-
-
 # Counted by hand from the layers (weights + biases, BN: 2 per channel), 3x32x32 input, 10 classes.
 KTH_COUNTS = [256_058, 903_818, 965_642, 708_106, 708_106, 708_106, 708_490, 708_490, 708_490, 708_490]
 
 
 def test_kth_variants_are_cumulative_yaml_overrides_with_their_counts():
-    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.config import apply_overrides, load_recipe
+    from cnnlab.reproduce import load_study
 
-    spec = _kth_variants()
-    cfg = apply_overrides(RunConfig(), spec["base"])
-    assert len(spec["variants"]) == 10  # the default and the nine variants
-    for variant, want in zip(spec["variants"], KTH_COUNTS):
-        cfg = apply_overrides(cfg, variant["set"])  # each applied to the best configuration so far
+    study = load_study("kth-cifar10")
+    cfg = load_recipe("kth-cifar10")
+    assert study.cumulative and len(study.rows) == 10  # the default and the nine variants
+    for row, want in zip(study.rows, KTH_COUNTS):
+        cfg = apply_overrides(cfg, row.set)  # each applied to the best configuration so far
         model = create_model(cfg.model.name, num_classes=10, in_channels=3, input_size=(32, 32), **cfg.model.kwargs)
-        print(f"{variant['name']:<36} {num_parameters(model):>9,}  (reported recall {variant['reported']})")
-        assert num_parameters(model) == want, variant["name"]
+        print(f"{row.name:<36} {num_parameters(model):>9,}  (reported recall {row.figures[0].reported})")
+        assert num_parameters(model) == want, row.name
     assert cfg.train.batch_size == 256 and cfg.optim.lr == 0.1 and cfg.data.shuffle is True
 
 

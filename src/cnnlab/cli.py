@@ -198,6 +198,27 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run")
     w.set_defaults(func=cmd_sweep)
 
+    rp = sub.add_parser(
+        "reproduce",
+        help="rerun a source report's system from its recipe; our figures beside the report's",
+        description="Train the rows of a source report's study (recipes/NAME.yaml, its reproduce: block), each over --seeds seeds, "
+        "and write reproduction.md, reproduction.json and reproduction.html (with reproduction.png) in the output folder: each "
+        "figure the report printed, ours as mean ± std, the difference, the data and the epochs. A run on stand-in data or with "
+        "fewer epochs than the report says so in its row. Rerunning the same command resumes a reproduction that stopped.",
+        epilog="examples:\n  cnnlab reproduce uw-lab-fashion\n  cnnlab reproduce textbook-mnist --data mnist-5k\n"
+        "  cnnlab reproduce kth-cifar10 --data ~/datasets/cifar10 --seeds 3\n  cnnlab reproduce kth-cifar10 --data fashion-mnist --epochs 3 --seeds 3   # a stand-in\n"
+        "  cnnlab reproduce hanoi-animals --data ~/animals --rows Scratch,ResNet34\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rp.add_argument("name", metavar="NAME", help="a report's recipe: textbook-mnist, textbook-celeba-smile, uw-lab-mnist, uw-lab-fashion, cifar10-comprehensive, kth-cifar10, hanoi-animals")
+    rp.add_argument("--data", metavar="NAME|PATH", help="the report's data (a folder in its standard layout), or a stand-in dataset name; default: where the recipe's dataset is found")
+    rp.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs per run (per period, for a study trained in periods); default: the report's")
+    rp.add_argument("--seeds", type=_positive_int, default=1, metavar="N", help="seeds per row: the recipe's seed, +1, ... (default 1)")
+    rp.add_argument("--rows", metavar="A,B", help="only these rows (names as in the table; not for a cumulative study)")
+    rp.add_argument("--out", metavar="DIR", help="the output folder (default runs/reproduce-<NAME>); the same folder resumes")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run")
+    rp.set_defaults(func=cmd_reproduce)
+
     c = sub.add_parser(
         "compare",
         help="one table across runs, and their predictions for the same test images",
@@ -397,6 +418,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print()
     print(table_text(rows, args.metric, args.cumulative), end="")
     print(f"tables written to {out}/sweep.md, sweep.csv and sweep.json")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from cnnlab.config import parse_set
+    from cnnlab.reproduce import HEADER, markdown_table, per_class_text, run_reproduction, table_rows
+
+    only = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    res = run_reproduction(args.name, data=args.data, epochs=args.epochs, seeds=args.seeds, out=args.out, sets=parse_set(args.set), only=only)
+    print()
+    print(markdown_table(HEADER, table_rows(res)), end="")
+    if res.study.per_class:
+        print()
+        print(per_class_text(res), end="")
+    print(f"\n{sum(len(r.runs) for r in res.rows)} run(s), {res.wall_seconds:.0f} s; written: {res.out}/reproduction.md, reproduction.json and reproduction.html")
     return 0
 
 

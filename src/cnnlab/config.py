@@ -36,7 +36,7 @@ class DataConfig:
     val_limit: int | None = None
     test_limit: int | None = None
     # What the model sees
-    preprocess: list[dict[str, Any]] | None = None  # e.g. [{resize: 256}, {center_crop: 224}]; None: auto
+    preprocess: list[dict[str, Any]] | None = None  # e.g. [{resize: 256}, {center_crop: 224}]; [{center_crop: 32}] pads 28x28 arrays; None: auto
     channels: int | None = None  # 1 or 3: convert images (grayscale <-> RGB); None keeps the dataset's
     attributes: str | int | list[Any] | None = None  # CelebA target: a name or index, or a list (multi-label)
     normalize: str = "auto"  # auto (train-split mean/std) | none | half | cifar10 | imagenet | standard-scaler
@@ -336,4 +336,5 @@ def load_recipe(name_or_path: str | None = None) -> RunConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {path} must be a mapping of keys (data:, model:, train:, ...)")
     values.setdefault("name", path.stem)
+    values.pop("reproduce", None)  # the study around the recipe: cnnlab reproduce reads it (reproduce.py)
     return config_from_dict(values)

@@ -78,6 +78,8 @@ class Row:
     parameters: int = 0
     seconds: float = 0.0  # training time summed over the seeds
     kept: bool | None = None  # cumulative: did this configuration become the best so far
+    metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)  # each seed's metrics.json (the last period's)
+    periods: list[list[dict[str, Any]]] = field(default_factory=list, repr=False)  # each seed's metrics after each period
 
     @property
     def mean(self) -> float:
@@ -98,11 +100,14 @@ def _mean_std(values: list[float]) -> str:
 Train = Callable[..., Any]  # cnnlab.run.train_run
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
 def _one_run(cfg: RunConfig, folder: Path, train: Train) -> dict[str, Any]:
     """metrics.json of the run in `folder`: read back when finished, resumed when interrupted, else trained."""
-    metrics = folder / "metrics.json"
-    if metrics.is_file():
-        return json.loads(metrics.read_text())
+    if (folder / "metrics.json").is_file():
+        return _read_json(folder / "metrics.json")
     if (folder / "checkpoints" / "last.pt").is_file() and (folder / "config.yaml").is_file():
         return train(None, resume=folder).metrics
     if folder.exists():
@@ -110,18 +115,51 @@ def _one_run(cfg: RunConfig, folder: Path, train: Train) -> dict[str, Any]:
     return train(cfg, out=str(folder)).metrics
 
 
-def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int, metric: str, folder: Path, train: Train, log: Callable[[str], None]) -> Row:
+def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: Train) -> list[dict[str, Any]]:
+    """One run trained in periods (e.g. 10, 20, 30 epochs), each period a `--resume --epochs N` of the
+    last; metrics-period-K.json keeps what the run scored after period K. Returns them in order.
+
+    A period is done when metrics.json says the run reached its end (epochs_run), or stopped early
+    (early stopping, a time limit) with the period's end configured; a run stopped early is not
+    trained further: its later periods repeat its last figures."""
+    out: list[dict[str, Any]] = []
+    for k, end in enumerate(periods, 1):
+        snap = folder / f"metrics-period-{k}.json"
+        if not snap.is_file():
+            if out and out[-1].get("stop_reason"):
+                write_text(snap, json.dumps(out[-1], indent=2) + "\n")
+                out.append(out[-1])
+                continue
+            m = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
+            configured = yaml.safe_load((folder / "config.yaml").read_text())["train"]["epochs"] if (folder / "config.yaml").is_file() else None
+            done = m is not None and (m.get("epochs_run") == end or (bool(m.get("stop_reason")) and configured == end))
+            if not done:
+                if k == 1:
+                    _one_run(apply_overrides(cfg, {"train.epochs": end}), folder, train)
+                else:
+                    train(None, resume=folder, overrides={"train.epochs": end, "train.min_steps": None})
+            write_text(snap, (folder / "metrics.json").read_text())
+        out.append(_read_json(snap))
+    return out
+
+
+def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int, metric: str, folder: Path, train: Train, log: Callable[[str], None], periods: list[int] | None = None) -> Row:
     row = Row(label, dict(overrides))
     for s in range(seeds):
         seed = base.train.seed + s
         cfg = apply_overrides(base, {**overrides, "train.seed": seed})
         run_dir = folder / f"seed-{seed}"
-        log(f"sweep: {label} (seed {seed}) -> {run_dir}")
-        m = _one_run(cfg, run_dir, train)
+        log(f"{label} (seed {seed}) -> {run_dir}")
+        if periods:
+            row.periods.append(_period_runs(cfg, run_dir, periods, train))
+            m = row.periods[-1][-1]
+        else:
+            m = _one_run(cfg, run_dir, train)
         part = m.get("test") or m.get("val") or {}
         if metric not in part:
             raise ConfigError(f"--metric {metric} is not in {run_dir}/metrics.json; use one of {', '.join(k for k in METRICS if k in part)}")
         row.runs.append(str(run_dir))
+        row.metrics.append(m)
         row.metric.append(float(part[metric]))
         row.accuracy.append(float(part["accuracy"]))
         row.parameters = int(m.get("num_parameters", 0))
@@ -129,10 +167,58 @@ def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int,
     return row
 
 
-def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int, out: Path, cumulative: bool = False, metric: str = "accuracy", train: Train | None = None, log: Callable[[str], None] = print) -> list[Row]:
-    """Train the grid over `seeds` seeds under `out`; returns the rows and writes the tables."""
+def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def guard_plan(out: Path, name: str, plan: dict[str, Any], what: str) -> None:
+    """Write the plan of a sweep (or reproduction) as out/NAME; refuse a folder that holds another plan,
+    naming the first key that differs."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(plan, sort_keys=False)
+    saved = out / name
+    if saved.is_file() and saved.read_text() != text:
+        try:
+            old, new = _flat(yaml.safe_load(saved.read_text())), _flat(plan)
+            key = next(k for k in list(new) + list(old) if old.get(k, "(unset)") != new.get(k, "(unset)"))
+            detail = f": {key} is {old.get(key, '(unset)')!r} there and {new.get(key, '(unset)')!r} here"
+        except (StopIteration, yaml.YAMLError, AttributeError):
+            detail = ""
+        raise ConfigError(f"{out} holds another {what} ({name} differs{detail}); give another --out, or rerun that {what}'s own command to resume it")
+    write_text(saved, text)
+
+
+def run_rows(base: RunConfig, steps: list[tuple[str, dict[str, Any], str]], *, seeds: int, out: Path, cumulative: bool = False, metric: str = "accuracy", periods: list[int] | None = None, train: Train | None = None, log: Callable[[str], None] = print) -> list[Row]:
+    """Train each step (label, overrides, folder name) over `seeds` seeds, one folder each under `out`.
+
+    Plain: each step's overrides apply to `base`. Cumulative: the first step is the starting point and
+    each later step applies to the best row so far, kept where its mean beats it; a step that leaves
+    the best configuration as it is is skipped (it has no row)."""
     if train is None:
         from cnnlab.run import train_run as train
+    if seeds < 1:
+        raise ConfigError("--seeds must be at least 1")
+    rows: list[Row] = []
+    best: Row | None = None
+    for label, delta, folder in steps:
+        overrides = {**best.overrides, **delta} if cumulative and best is not None else dict(delta)
+        if cumulative and best is not None and apply_overrides(base, overrides).to_dict() == apply_overrides(base, best.overrides).to_dict():
+            continue  # the best configuration already has this value
+        row = _run_row(base, label, overrides, seeds, metric, out / folder, train, log, periods)
+        if cumulative:
+            row.kept = best is None or row.mean > best.mean
+            best = row if row.kept else best
+        rows.append(row)
+    return rows
+
+
+def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int, out: Path, cumulative: bool = False, metric: str = "accuracy", train: Train | None = None, log: Callable[[str], None] = print) -> list[Row]:
+    """Train the grid over `seeds` seeds under `out`; returns the rows and writes the tables."""
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
     if seeds < 1:
@@ -141,34 +227,14 @@ def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int,
         for v in values:
             apply_overrides(base, {key: v}).validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plan = yaml.safe_dump({"recipe": base.to_dict(), "grid": [[k, v] for k, v in grid], "seeds": seeds, "cumulative": cumulative, "metric": metric}, sort_keys=False)
-    saved = out / "sweep.yaml"
-    if saved.is_file() and saved.read_text() != plan:
-        raise ConfigError(f"{out} holds another sweep (its sweep.yaml differs); give another --out, or rerun that sweep's own command to resume it")
-    write_text(saved, plan)
-    rows: list[Row] = []
+    guard_plan(out, "sweep.yaml", {"recipe": base.to_dict(), "grid": [[k, v] for k, v in grid], "seeds": seeds, "cumulative": cumulative, "metric": metric}, "sweep")
     if cumulative:
-        best = _run_row(base, "base", {}, seeds, metric, out / "00-base", train, log)
-        best.kept = True
-        rows.append(best)
-        for key, values in grid:
-            for v in values:
-                trial = {**best.overrides, key: v}
-                if trial == best.overrides:
-                    continue
-                row = _run_row(base, f"{key}={v}", trial, seeds, metric, out / f"{len(rows):02d}-{_slug({key: v})}", train, log)
-                row.kept = row.mean > max(r.mean for r in rows if r.kept)
-                rows.append(row)
-                if row.kept:
-                    best = row
+        changes = [{}] + [{key: v} for key, values in grid for v in values]
     else:
         keys = [k for k, _ in grid]
-        combos = list(itertools.product(*(vs for _, vs in grid))) if grid else [()]
-        for i, combo in enumerate(combos):
-            overrides = dict(zip(keys, combo))
-            label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base"
-            rows.append(_run_row(base, label, overrides, seeds, metric, out / f"{i:02d}-{_slug(overrides)}", train, log))
+        changes = [dict(zip(keys, combo)) for combo in (itertools.product(*(vs for _, vs in grid)) if grid else [()])]
+    steps = [(", ".join(f"{k}={v}" for k, v in c.items()) or "base", c, f"{i:02d}-{_slug(c)}") for i, c in enumerate(changes)]
+    rows = run_rows(base, steps, seeds=seeds, out=out, cumulative=cumulative, metric=metric, train=train, log=lambda m: log(f"sweep: {m}"))
     write_tables(rows, out, metric, cumulative)
     return rows
 
@@ -195,5 +261,5 @@ def table_text(rows: list[Row], metric: str, cumulative: bool, fmt: str = "md") 
 def write_tables(rows: list[Row], out: Path, metric: str, cumulative: bool) -> None:
     write_text(out / "sweep.md", table_text(rows, metric, cumulative))
     write_text(out / "sweep.csv", table_text(rows, metric, cumulative, "csv"))
-    payload = [{**asdict(r), "mean": r.mean, "std": r.std} for r in rows]
+    payload = [{**{k: v for k, v in asdict(r).items() if k not in ("metrics", "periods")}, "mean": r.mean, "std": r.std} for r in rows]
     write_text(out / "sweep.json", json.dumps({"metric": metric, "cumulative": cumulative, "rows": payload}, indent=2) + "\n")

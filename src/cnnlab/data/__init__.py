@@ -76,11 +76,29 @@ def to_channels(split, channels: int | None):
     return ArraySplit(gray.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else gray, split.labels)
 
 
+ARRAY_BYTES = 2 * 1024**3  # the most data.preprocess may make of in-memory arrays
+
+
+def resize_arrays(split, steps: list):
+    """An in-memory split through the preprocess steps, once, in chunks (torchvision's v2 transforms
+    take (N, C, H, W)): e.g. [{center_crop: 32}] pads 28x28 digits to 32x32 with zeros."""
+    if not steps or not isinstance(split, ArraySplit) or len(split) == 0:
+        return split
+    from cnnlab.data.images import preprocess_transform
+
+    transform = preprocess_transform(steps)
+    first = transform(split.images[:1])
+    size = first.element_size() * first[0].numel() * len(split)
+    if size > ARRAY_BYTES:
+        raise ConfigError(f"data.preprocess {steps} makes {len(split)} images of {tuple(first.shape[1:])}: {size / 1024**3:.1f} GiB in memory; choose a smaller size")
+    out = torch.empty((len(split), *first.shape[1:]), dtype=first.dtype)
+    for i in range(0, len(split), 4096):
+        out[i : i + 4096] = transform(split.images[i : i + 4096])
+    return ArraySplit(out, split.labels)
+
+
 def check_keys(cfg: DataConfig) -> None:
     """Refuse data keys the chosen source would silently ignore."""
-    source = DATASETS.get(cfg.name)
-    if cfg.preprocess and not source.reads_files:
-        raise ConfigError(f"data.preprocess resizes image files as they are read; {cfg.name} is held as arrays of one size, so leave it unset")
     if cfg.attributes is not None and cfg.name != "celeba":
         raise ConfigError(f"data.attributes picks CelebA's target attribute; {cfg.name} has class labels, so leave it unset")
 
@@ -109,7 +127,11 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     test = _limit(test, cfg.test_limit, cfg.split_seed, cfg.split)
     train, val, test = (to_channels(s, cfg.channels) for s in (train, val, test))
     shape = ds.input_shape if cfg.channels is None else (cfg.channels, *ds.input_shape[1:])  # type: ignore[index]
-    out = dataclasses.replace(ds, train=train, val=val, test=test, input_shape=shape, warnings=list(ds.warnings))
+    preprocess = ds.preprocess
+    if cfg.preprocess and not DATASETS.get(cfg.name).reads_files:  # files are resized as they are decoded; arrays here
+        train, val, test = (resize_arrays(s, cfg.preprocess) for s in (train, val, test))
+        shape, preprocess = (shape[0], *train.images.shape[2:]), list(cfg.preprocess)
+    out = dataclasses.replace(ds, train=train, val=val, test=test, input_shape=shape, preprocess=preprocess, warnings=list(ds.warnings))
     k = len(ds.classes)
     for name, split in out.splits().items():
         empty = [ds.classes[i] for i, c in enumerate(class_counts(split, k).tolist()) if c == 0]

@@ -113,7 +113,7 @@ class DataSource:
     generic = False  # True for a layout most folders match (tried last when detecting --data PATH)
     needs_root = False  # True where there is no usual place to look: only --data PATH finds it
     default_augment = "flip-translate"  # what data.augment=auto means here
-    reads_files = False  # True where images are files decoded on load (data.preprocess applies)
+    reads_files = False  # True where images are files: data.preprocess runs as each is decoded (else once on the arrays)
 
     def find(self, cfg: DataConfig) -> Path | None:
         """Where the data is on this machine (cheap: no decoding), or None."""

@@ -1,0 +1,423 @@
+"""`cnnlab reproduce NAME`: rerun a source report's system from its recipe and set our figures beside its own.
+
+A recipe's `reproduce:` block is the study, as data (see recipes/kth-cifar10.yaml):
+- `report`, `data` (the report's dataset: any other is a stand-in) and optional `epochs` (the
+  report's, where the recipe trains fewer by default);
+- `rows`: the configurations trained, each a few recipe keys (`set`) over the recipe, and its
+  `figures`: what the report printed and where ours comes from (`value`: test.X or val.X of
+  metrics.json, or history.X at an `epoch`, or test.X after a `period`). A figure's `reported` is a
+  number, or a [low, high] range; `goal: true` makes it a target to beat; `relative_to: ROW` compares
+  the difference from that row (an ablation);
+- `cumulative: true`: each row after the first is applied to the best configuration so far (on the
+  `metric`), as the KTH study did; `periods: [10, 20, 30]`: each run trained in periods, resumed;
+- `stand_ins`: recipe keys for data that is not the report's (e.g. mnist-5k's smaller split);
+- `per_class: true`: print each row's per-class accuracy and its worst class.
+
+Runs are the sweep's (sweep.run_rows): one folder per row and seed, a stopped reproduction resumes.
+The results go to reproduction.md, reproduction.json and reproduction.html (with reproduction.png).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from cnnlab.config import RunConfig, apply_overrides, load_recipe, recipe_dir, recipe_names
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.runs import write_text
+from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
+
+# keys that do not change what a run computes: a reproduction resumes whatever they are
+PLAN_FREE = {"data.root", "data.workers", "data.download", "train.device", "train.eval_batch_size", "train.checkpoint_steps", "train.checkpoint_seconds", "train.report", "train.tensorboard"}
+VALUE = re.compile(r"^(test|val)\.(accuracy|balanced_accuracy|loss)$|^history\.(train_accuracy|val_accuracy|train_loss|val_loss)$")
+
+
+@dataclass
+class Figure:
+    value: str  # test.accuracy | val.balanced_accuracy | history.val_accuracy (with epoch) ...
+    reported: float | list[float]  # a number, or a [low, high] range
+    label: str = ""  # what the report calls it, e.g. "epoch 10 val accuracy"
+    epoch: int | None = None  # history.* figures: the epoch the report printed it at
+    period: int | None = None  # a periods study: test.* after this period (1-based)
+    goal: bool = False  # the report's figure is a target to beat, not a result
+    relative_to: str | None = None  # ours is this row's figure minus that row's (same seeds)
+
+
+@dataclass
+class StudyRow:
+    name: str
+    set: dict[str, Any]
+    figures: list[Figure]
+
+
+@dataclass
+class Study:
+    name: str
+    report: str
+    data: str
+    rows: list[StudyRow]
+    epochs: int | None = None  # the report's epochs, where the recipe's differ
+    cumulative: bool = False
+    metric: str = "accuracy"  # what ranks a cumulative study's rows (test part)
+    periods: list[int] = field(default_factory=list)
+    stand_ins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_class: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def study_names() -> list[str]:
+    """The recipes that have a `reproduce:` block."""
+    return [n for n in recipe_names() if "reproduce" in (yaml.safe_load((recipe_dir() / f"{n}.yaml").read_text()) or {})]
+
+
+def _figure(raw: Any, default_value: str | None, where: str) -> Figure:
+    if not isinstance(raw, dict):
+        raw = {"reported": raw}
+    raw = {"value": default_value, **raw}
+    unknown = set(raw) - {f for f in Figure.__dataclass_fields__}
+    if unknown:
+        raise ConfigError(f"{where}: unknown figure key(s) {', '.join(sorted(unknown))}")
+    f = Figure(**raw)
+    if not isinstance(f.value, str) or not VALUE.match(f.value):
+        raise ConfigError(f"{where}: value {f.value!r} is not test.X, val.X (X accuracy, balanced_accuracy or loss) or history.X")
+    if f.value.startswith("history.") and f.epoch is None:
+        raise ConfigError(f"{where}: {f.value} needs the epoch the report printed it at")
+    rep = f.reported
+    if not (isinstance(rep, (int, float)) or (isinstance(rep, list) and len(rep) == 2 and all(isinstance(v, (int, float)) for v in rep))):
+        raise ConfigError(f"{where}: reported must be a number or [low, high], got {rep!r}")
+    return f
+
+
+def load_study(name: str) -> Study:
+    """The `reproduce:` block of recipe NAME, checked."""
+    known = study_names()
+    if name not in known:
+        raise ConfigError(f"unknown report {name!r}; cnnlab reproduce knows: {', '.join(known)}")
+    raw = yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text())["reproduce"]
+    where = f"recipes/{name}.yaml reproduce"
+    if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list) or not all(isinstance(r, dict) for r in raw["rows"]):
+        raise ConfigError(f"{where}: must be a mapping with a list of rows, each a mapping (name, set, figures)")
+    default_value = raw.pop("value", None)
+    rows = []
+    for i, r in enumerate(raw.pop("rows")):
+        figs = r.get("figures", [r["reported"]] if "reported" in r else [])
+        rows.append(StudyRow(str(r.get("name", f"row {i}")), dict(r.get("set") or {}), [_figure(f, default_value, f"{where} row {r.get('name', i)}") for f in figs]))
+    if not rows or not all(r.figures for r in rows):
+        raise ConfigError(f"{where}: every row needs a figure the report printed")
+    unknown = set(raw) - set(Study.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    study = Study(name=name, rows=rows, **raw)
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: row names must differ (each names a row of the table and its folder)")
+    if study.metric not in METRICS:
+        raise ConfigError(f"{where}: metric {study.metric!r} is not one of {', '.join(METRICS)}")
+    for r in rows:
+        for f in r.figures:
+            if f.relative_to is not None and f.relative_to not in names:
+                raise ConfigError(f"{where} row {r.name}: relative_to {f.relative_to!r} is not a row")
+            if f.period is not None and not 1 <= f.period <= len(study.periods):
+                has = f"periods: {study.periods}" if study.periods else "no periods:"
+                raise ConfigError(f"{where} row {r.name}: period {f.period} is not one of the study's ({has})")
+    return study
+
+
+# --- the runs ------------------------------------------------------------------------------------------
+
+
+def _data_read(cfg: RunConfig) -> str:
+    """The dataset name cfg reads (the layout --data PATH holds, where a path is given)."""
+    from cnnlab.data import resolve_data
+
+    return resolve_data(cfg.data).name
+
+
+def _check_data(cfg: RunConfig, study: Study) -> None:
+    """Fail before the first run where the data is not here, with the source's own word on where it
+    looked (it downloads where a network exists), and the study's stand-ins."""
+    from cnnlab.data import DATASETS, resolve_data
+
+    data = resolve_data(cfg.data)
+    source = DATASETS.get(data.name)
+    if data.root is not None:
+        source.root_folder(data)  # a missing or wrong --data folder says so now, not after the first row
+    elif source.find(data) is None:
+        try:
+            source(data)
+        except DataError as e:
+            hint = f"; or run it on a stand-in here: --data {' or --data '.join(study.stand_ins)}" if study.stand_ins else ""
+            raise DataError(f"{study.name} needs {study.data}: {e}{hint}") from None
+
+
+@dataclass
+class Result:
+    study: Study
+    rows: list[Row]  # as trained, in the study's order (a cumulative row that changes nothing has none)
+    names: list[str]  # the study row each Row is
+    data: str  # what was read
+    stand_in: str | None
+    epochs: int  # what the recipe's runs trained (the last period's end)
+    report_epochs: int
+    periods: list[int]  # each period's last epoch, as trained (empty: one period)
+    row_epochs: list[tuple[int, int]]  # each row's (epochs trained, the report's), as a row may set its own
+    seeds: int
+    wall_seconds: float
+    out: Path
+
+
+def run_reproduction(name: str, *, data: str | None = None, epochs: int | None = None, seeds: int = 1, out: str | Path | None = None, sets: dict[str, Any] | None = None, only: list[str] | None = None, train: Train | None = None, log: Callable[[str], None] = print) -> Result:
+    """Train study NAME's rows (over `seeds` seeds) and write the reproduction files under `out`."""
+    t0 = time.perf_counter()
+    study = load_study(name)
+    rows = study.rows  # --rows A,B: those, and the rows their figures are relative to
+    if only:
+        missing = [o for o in only if o not in [r.name for r in rows]]
+        if missing:
+            raise ConfigError(f"--rows {missing[0]!r} is not a row of {name}; its rows: {', '.join(r.name for r in rows)}")
+        if study.cumulative:
+            raise ConfigError(f"{name} is cumulative (each row builds on the best so far): run all its rows")
+        needed = set(only) | {f.relative_to for r in rows if r.name in only for f in r.figures if f.relative_to}
+        rows = [r for r in rows if r.name in needed]
+    recipe = load_recipe(name)
+    overrides = dict(sets or {})
+    if data is not None:
+        from cnnlab.data import DATASETS
+
+        overrides["data.name" if data in DATASETS else "data.root"] = data
+    cfg = apply_overrides(recipe, overrides)
+    read = _data_read(cfg)
+    stand_in = None if read == study.data else read
+    if stand_in is not None and stand_in in study.stand_ins:
+        cfg = apply_overrides(cfg, {**study.stand_ins[stand_in], **overrides})  # the user's keys win
+    _check_data(cfg, study)
+    report_epochs = study.epochs or (study.periods[-1] if study.periods else recipe.train.epochs)
+    periods = list(study.periods)
+    epoch_keys: dict[str, Any] = {}
+    if epochs is not None:  # --epochs N: N per period where the study trains in periods; over a row's own too
+        periods = [epochs * (k + 1) for k in range(len(periods))]
+        epoch_keys = {"train.epochs": epochs, "train.min_steps": None}
+        cfg = apply_overrides(cfg, epoch_keys)
+    from cnnlab.data import resolve_data
+    from cnnlab.run import check_names
+
+    user = dict(sets or {})  # the user's --set keys win over a row's own
+    for r in rows:  # every row's keys and names are checked before the first run
+        row_cfg = apply_overrides(cfg, {**r.set, **epoch_keys, **user}).validate()
+        check_names(dataclasses.replace(row_cfg, data=resolve_data(row_cfg.data)))
+    out = Path(out or f"runs/reproduce-{name}")
+    plan = {"study": name, "recipe": {sec: {k: v for k, v in vals.items() if f"{sec}.{k}" not in PLAN_FREE} if isinstance(vals, dict) else vals for sec, vals in cfg.to_dict().items()},
+            "rows": [[r.name, r.set] for r in study.rows], "periods": periods}
+    guard_plan(out, "reproduce.yaml", plan, "reproduction")
+    index = {r.name: i for i, r in enumerate(study.rows)}  # folders by the study's row number, so --rows runs are reused
+    steps = [(r.name, {**r.set, **epoch_keys, **user}, f"{index[r.name]:02d}-{_slug(r.name)}") for r in rows]
+    trained = run_rows(cfg, steps, seeds=seeds, out=out, cumulative=study.cumulative, metric=study.metric, periods=periods or None, train=train, log=lambda m: log(f"reproduce {name}: {m}"))
+    by_label = {r.label: r for r in trained}
+    kept_rows = [r for r in rows if r.name in by_label]
+    ran = periods[-1] if periods else cfg.train.epochs
+    row_epochs = [(ran, report_epochs) if periods else (epochs or int(r.set.get("train.epochs", ran)), int(r.set.get("train.epochs", report_epochs))) for r in kept_rows]
+    result = Result(study, [by_label[r.name] for r in kept_rows], [r.name for r in kept_rows], read if cfg.data.root is None else f"{read} at {cfg.data.root}", stand_in, ran, report_epochs, periods, row_epochs, seeds, time.perf_counter() - t0, out)
+    write_reproduction(result)
+    return result
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "row"
+
+
+# --- the figures ---------------------------------------------------------------------------------------
+
+
+def _history_value(run_dir: str, column: str, epoch: int) -> tuple[float, int] | None:
+    """`column` of history.csv at `epoch`, or at the last epoch run where the run is shorter."""
+    import csv
+
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return None
+    rows = [r for r in csv.DictReader(path.open()) if r.get(column) not in (None, "")]
+    if not rows:
+        return None
+    at = [r for r in rows if int(r["epoch"]) == epoch] or [rows[-1]]
+    return float(at[0][column]), int(at[0]["epoch"])
+
+
+def seed_values(row: Row, f: Figure) -> tuple[list[float | None], int | None]:
+    """This figure of each seed's run (None where a run lacks it), and the fewest epochs a value was
+    read after (history figures: the epoch read; period figures: the epochs the period ran)."""
+    kind, _, key = f.value.partition(".")
+    if kind == "history":
+        got = [_history_value(r, key, f.epoch) for r in row.runs]  # type: ignore[arg-type]
+        epochs = [g[1] for g in got if g is not None]
+        return [g[0] if g is not None else None for g in got], (min(epochs) if epochs else None)
+    sources = [p[f.period - 1] for p in row.periods] if f.period else row.metrics
+    values = [float(m[kind][key]) if key in (m.get(kind) or {}) else None for m in sources]
+    epochs = [int(m["epochs_run"]) for m in sources if "epochs_run" in m] if f.period else []
+    return values, (min(epochs) if epochs else None)
+
+
+@dataclass
+class Line:
+    row: str
+    figure: str
+    reported: str
+    ours: str
+    difference: str
+    notes: str
+    reported_value: float | list[float]
+    mean: float | None
+    std: float | None
+    scale: float  # 100 for fractions shown as %, 1 for losses
+    relative: bool  # a change from another row, in points
+
+
+def _fmt(v: float, scale: float) -> str:
+    return f"{v * scale:.2f}{'%' if scale == 100 else ''}"
+
+
+def figure_lines(res: Result) -> list[Line]:
+    by_name = dict(zip(res.names, res.rows))
+    lines = []
+    for name, row, (ran, report_epochs) in zip(res.names, res.rows, res.row_epochs):
+        study_row = next(r for r in res.study.rows if r.name == name)
+        for f in study_row.figures:
+            got_values, at_epoch = seed_values(row, f)
+            scale = 1.0 if f.value.endswith("loss") else 100.0
+            if f.relative_to:  # paired by seed: this row's run minus the reference row's run of the same seed
+                base_values, _ = seed_values(by_name[f.relative_to], Figure(f.value, 0, epoch=f.epoch, period=f.period))
+                got_values = [a - b if a is not None and b is not None else None for a, b in zip(got_values, base_values)]
+            values = [v for v in got_values if v is not None]
+            label = f.label or (f"{_pretty(f.value)} at epoch {f.epoch}" if f.epoch else f"{_pretty(f.value)} after period {f.period} ({_period_end(res, f.period)} epochs)" if f.period else _pretty(f.value))
+            if f.relative_to:
+                label += f" (change from {f.relative_to})"
+            notes = []
+            if res.stand_in:
+                notes.append(f"stand-in data ({res.stand_in}, not {res.study.data})")
+            wanted = f.epoch if f.epoch else (res.study.periods[f.period - 1] if f.period else report_epochs)
+            got = at_epoch if (f.epoch or f.period) else ran
+            if got is not None and got < wanted:
+                notes.append(f"fewer epochs ({got} of {wanted})")
+            if row.kept is not None:
+                notes.append("kept" if row.kept else "not kept")
+            mean = statistics.fmean(values) if values else None
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            rep = f.reported
+            unit = " pts" if f.relative_to else ""
+            if isinstance(rep, list):
+                lo, hi = sorted(rep)
+                rep_text = f"{lo * scale:+.1f} to {hi * scale:+.1f}{unit or ' pts'}" if f.relative_to else f"{_fmt(lo, scale)} to {_fmt(hi, scale)}"
+            else:
+                rep_text = (f"> {_fmt(rep, scale)} (goal)" if f.goal else f"{rep * scale:+.2f}{unit}" if f.relative_to else _fmt(rep, scale))
+            if mean is None:
+                ours, diff = "no value", ""
+            else:
+                spread = f" ± {std * scale:.2f}" if len(values) > 1 else ""
+                ours = (f"{mean * scale:+.2f}{spread} pts" if f.relative_to else f"{_fmt(mean, scale)}{spread}") + f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+                if isinstance(rep, list):
+                    lo, hi = sorted(rep)
+                    d = 0.0 if lo <= mean <= hi else (mean - hi if mean > hi else mean - lo)
+                    diff = "within the range" if d == 0 else f"{d * scale:+.2f} pts outside"
+                else:
+                    diff = f"{(mean - rep) * scale:+.2f} pts" + ((" (met)" if mean > rep else " (not met)") if f.goal else "")
+            lines.append(Line(name, label, rep_text, ours, diff, "; ".join(notes), rep, mean, std, scale, bool(f.relative_to)))
+    return lines
+
+
+def _pretty(value: str) -> str:
+    """test.balanced_accuracy -> "test mean per-class recall"; history.val_loss -> "val loss"."""
+    kind, _, key = value.partition(".")
+    key = key.replace("balanced_accuracy", "mean per-class recall").replace("_", " ")
+    return key if kind == "history" else f"{kind} {key}"
+
+
+def _period_end(res: Result, period: int) -> int:
+    return res.periods[period - 1]
+
+
+def per_class_accuracy(row: Row) -> dict[str, float]:
+    """Each class's test accuracy (its recall), the mean over the row's seeds."""
+    tests = [m["test"]["per_class"] for m in row.metrics if "test" in m]
+    return {c: statistics.fmean(t[c]["recall"] for t in tests) for c in tests[0]} if tests else {}
+
+
+# --- the files -----------------------------------------------------------------------------------------
+
+HEADER = ["configuration", "figure", "report", "ours (mean ± std)", "difference", "data", "epochs", "notes"]
+
+
+def table_rows(res: Result) -> list[list[str]]:
+    epochs = {name: f"{ran}" + (f" of the report's {ref}" if ran < ref else "") for name, (ran, ref) in zip(res.names, res.row_epochs)}
+    return [[ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes] for ln in figure_lines(res)]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(esc(v) for v in r) + " |" for r in rows]) + "\n"
+
+
+def epochs_text(res: Result) -> str:
+    """The epochs the runs trained: one number, or each row's where rows set their own."""
+    ran = [e for e, _ in res.row_epochs]
+    if len(set(ran)) <= 1:
+        return str(ran[0] if ran else res.epochs)
+    return ", ".join(f"{e} ({n})" for n, e in zip(res.names, ran))
+
+
+def _summary_lines(res: Result) -> list[str]:
+    s = res.study
+    out = [f"Report: {s.report}", f"Data: {res.data}" + (f" (a stand-in for {s.data})" if res.stand_in else ""), f"Seeds: {res.seeds} per row; epochs: {epochs_text(res)}" + (f" (the report: {res.report_epochs})" if res.epochs != res.report_epochs else "")]
+    if s.periods:
+        out.append(f"Trained in {len(res.periods)} periods, each resumed from the last: up to " + ", ".join(map(str, res.periods)) + " epochs")
+    if s.cumulative:
+        out.append(f"Cumulative: each row is applied to the best configuration so far, kept where it beats it (on the {_pretty('test.' + s.metric)})")
+    train = sum(r.seconds for r in res.rows)
+    runs = sum(m.get("total_seconds", 0.0) for r in res.rows for m in r.metrics)  # each run's own wall time
+    out.append(f"Time: {train:.0f} s of training, {runs:.0f} s in all over {sum(len(r.runs) for r in res.rows)} runs (each run's wall time, summed); this command took {res.wall_seconds:.0f} s (runs read back from an earlier one take none)")
+    return out + list(s.notes)
+
+
+def per_class_text(res: Result) -> str:
+    out = []
+    for name, row in zip(res.names, res.rows):
+        acc = per_class_accuracy(row)
+        if not acc:
+            continue
+        worst = min(acc, key=acc.get)  # type: ignore[arg-type]
+        out.append(f"Per-class test accuracy, {name}:")
+        w = max(len(c) for c in acc)
+        out += [f"  {c:<{w}}  {100 * a:6.2f}%" + ("  <- worst" if c == worst else "") for c, a in acc.items()]
+        out.append(f"  worst class: {worst} ({100 * acc[worst]:.2f}%)")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def run_link(res: Result, run_dir: str) -> str:
+    """A run's report.html relative to the reproduction folder, or the folder where it has none."""
+    rel = Path(run_dir).relative_to(res.out)
+    return f"{rel}/report.html" if (Path(run_dir) / "report.html").is_file() else f"{rel}/"
+
+
+def write_reproduction(res: Result) -> None:
+    rows = table_rows(res)
+    md = [f"# Reproduction: {res.study.name}", "", *[f"- {x}" for x in _summary_lines(res)], "", markdown_table(HEADER, rows)]
+    if res.study.per_class:
+        md += ["```", per_class_text(res).rstrip(), "```", ""]
+    md += ["Run folders: " + ", ".join(f"[{Path(r).relative_to(res.out)}]({run_link(res, r)})" for row in res.rows for r in row.runs), ""]
+    write_text(res.out / "reproduction.md", "\n".join(md))
+    payload = {
+        "study": res.study.name, "report": res.study.report, "data": res.data, "stand_in": res.stand_in, "epochs": res.epochs, "report_epochs": res.report_epochs,
+        "seeds": res.seeds, "wall_seconds": res.wall_seconds, "train_seconds": sum(r.seconds for r in res.rows),
+        "figures": [{"row": ln.row, "figure": ln.figure, "reported": ln.reported_value, "mean": ln.mean, "std": ln.std, "notes": ln.notes} for ln in figure_lines(res)],
+        "rows": [{"name": n, "runs": r.runs, "kept": r.kept, "parameters": r.parameters, "train_seconds": r.seconds, **({"per_class_accuracy": per_class_accuracy(r)} if res.study.per_class else {})} for n, r in zip(res.names, res.rows)],
+    }
+    write_text(res.out / "reproduction.json", json.dumps(payload, indent=2) + "\n")
+    from cnnlab.report.reproduction import write_html
+
+    write_html(res, rows, HEADER)

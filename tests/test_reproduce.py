@@ -1,0 +1,196 @@
+"""cnnlab reproduce: each report's study runs from its recipe on a fixture in the data's exact format,
+and writes our figures beside the report's (reproduction.md, .json, .html)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+import torch
+
+from cnnlab.cli import main
+from cnnlab.config import recipe_names
+from cnnlab.reproduce import figure_lines, load_study, run_reproduction, study_names
+from conftest import run_cli, write_cifar_fixture, write_fashion_fixture, write_image_folder
+
+FAST = ["--set", "train.report=false", "--set", "train.eval_batch_size=64"]
+
+
+def _table_rows(out):
+    """The body rows of reproduction.md's table."""
+    lines = [ln for ln in (out / "reproduction.md").read_text().splitlines() if ln.startswith("| ")]
+    return lines[1:]
+
+
+def test_every_report_recipe_has_a_study():
+    assert set(study_names()) == set(recipe_names()) - {"fashion-mnist-fast"}  # every recipe but the default is a report's
+    for name in study_names():
+        study = load_study(name)
+        assert study.rows and all(r.figures for r in study.rows)
+
+
+def test_unknown_name_lists_the_known_ones():
+    r = run_cli("reproduce", "kth-cifar100")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    for name in study_names():
+        assert name in r.stderr
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    env = {"CNNLAB_DATA": str(tmp_path / "nothing")}
+    r = run_cli("reproduce", "kth-cifar10", "--out", str(tmp_path / "out"), cwd=tmp_path, env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "CNNLAB_DATA" in r.stderr and "--data" in r.stderr and "fashion-mnist" in r.stderr  # where it looked, how to fix, a stand-in
+    assert not (tmp_path / "out" / "00-default").exists()
+
+
+def test_kth_study_with_two_seeds_gives_all_ten_rows(tmp_path):
+    write_cifar_fixture(tmp_path / "cifar", n_per_batch=8, n_test=10)
+    out = tmp_path / "kth"
+    args = ["reproduce", "kth-cifar10", "--data", str(tmp_path / "cifar"), "--epochs", "1", "--seeds", "2", "--out", str(out), *FAST]
+    assert main(args) == 0
+    rows = _table_rows(out)
+    assert len(rows) == 10
+    study = load_study("kth-cifar10")
+    payload = json.loads((out / "reproduction.json").read_text())
+    assert len(payload["rows"]) == 10 and all(len(r["runs"]) == 2 for r in payload["rows"])
+    for row, want, got in zip(rows, study.rows, payload["rows"]):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == want.name and cells[2] == f"{100 * want.figures[0].reported:.2f}%"
+        assert "(2 seeds)" in cells[3] and cells[4].endswith("pts") and "1 of the report's 300" in cells[6]
+        assert "fewer epochs (1 of 300)" in cells[7] and cells[7].endswith("; kept" if got["kept"] else "; not kept")
+    assert payload["rows"][0]["kept"] is True
+    # cumulative: each row's runs carry every key kept before it, and its own
+    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}  # noqa: E731
+    kept: dict = {}
+    for i, (want, got) in enumerate(zip(study.rows, payload["rows"])):
+        cfg = flat(yaml.safe_load((Path(got["runs"][0]) / "config.yaml").read_text()))
+        for k, v in {**kept, **want.set}.items():
+            assert cfg[k] == v, (want.name, k)
+        if got["kept"]:
+            kept.update(want.set)
+    html = (out / "reproduction.html").read_text()
+    assert "batch 256" in html and "data:image/png;base64," in html
+
+
+def test_cifar10_ablation_gives_its_six_rows_as_changes(tmp_path):
+    write_cifar_fixture(tmp_path / "cifar", n_per_batch=8, n_test=10)
+    out = tmp_path / "abl"
+    assert main(["reproduce", "cifar10-comprehensive", "--data", str(tmp_path / "cifar"), "--epochs", "1", "--out", str(out), "--set", "data.val_size=8", "--set", "train.batch_size=8", *FAST]) == 0
+    rows = _table_rows(out)
+    assert len(rows) == 7  # the full model and the six ablations
+    assert "75.00% to 85.00%" in rows[0]
+    ablations = rows[1:]
+    assert [r.split("|")[1].strip() for r in ablations] == ["no BatchNorm", "no dropout", "no augmentation", "half the channels", "double the channels", "SGD instead of Adam"]
+    assert all("change from full model" in r and " pts" in r for r in ablations)
+    assert "-10.0 to -5.0 pts" in ablations[0] and "+1.0 to +3.0 pts" in ablations[4]
+    # the changes are this row's run minus the full model's, seed by seed
+    res_rows = json.loads((out / "reproduction.json").read_text())["figures"]
+    seed_dir = next((out / "00-full-model").iterdir())
+    full = json.loads((seed_dir / "metrics.json").read_text())["test"]["accuracy"]
+    nobn = json.loads((next((out / "01-no-batchnorm").iterdir()) / "metrics.json").read_text())["test"]["accuracy"]
+    assert res_rows[1]["mean"] == pytest.approx(nobn - full)
+
+
+def test_stand_in_split_and_markers_on_mnist_5k(tmp_path):
+    """textbook-mnist's 10,000-image validation part becomes the first sixth on the 5k stand-in."""
+    out = tmp_path / "tb"
+    assert main(["reproduce", "textbook-mnist", "--data", "mnist-5k", "--epochs", "1", "--out", str(out), "--set", "data.train_limit=256", *FAST]) == 0
+    m = json.loads((next((out / "00-textbook-mnist-cnn").iterdir()) / "metrics.json").read_text())
+    assert m["val"]["num_samples"] == 667  # 4,000 / 6
+    rows = _table_rows(out)
+    assert len(rows) == 6 and all("stand-in data (mnist-5k, not mnist)" in r for r in rows)
+    assert "99.09%" in rows[5] and "fewer epochs (1 of 20)" in rows[5] and "epoch 20 validation accuracy" in rows[5]
+
+
+def _fake_hub_weights(torch_home, name, filename):
+    """A state_dict of torchvision's architecture in the torch hub cache, under the file name its
+    weights enum downloads to: what a machine with the ImageNet weights has."""
+    import torchvision.models as tvm
+
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(tvm.get_model(name, weights=None).state_dict(), folder / filename)
+
+
+def test_hanoi_models_train_in_three_periods(tmp_path, monkeypatch):
+    import torchvision.models as tvm
+
+    url = tvm.get_model_weights("squeezenet1_0")["IMAGENET1K_V1"].url
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _fake_hub_weights(tmp_path / "torch", "squeezenet1_0", url.rsplit("/", 1)[1])
+    data = write_image_folder(tmp_path / "animals", {f"animal{i}": 6 for i in range(4)}, size=(40, 30))
+    out = tmp_path / "hanoi"
+    args = ["reproduce", "hanoi-animals", "--data", str(data), "--epochs", "1", "--rows", "Scratch,SqueezeNet", "--out", str(out),
+            "--set", "train.batch_size=4", "--set", "data.workers=0", "--set", "data.preprocess=[{resize: 64}]", *FAST]
+    assert main(args) == 0
+    for row in ("00-scratch", "03-squeezenet"):  # folders by the study's row number
+        run = next((out / row).iterdir())
+        periods = [json.loads((run / f"metrics-period-{k}.json").read_text()) for k in (1, 2, 3)]
+        assert [p["epochs_run"] for p in periods] == [1, 2, 3] and periods[-1]["sessions"] == 3
+        assert len((run / "history.csv").read_text().splitlines()) == 4  # three epochs, one per period
+    rows = _table_rows(out)
+    assert len(rows) == 8  # two models x (accuracy, loss) x (after period 1, after period 3)
+    assert sum("SqueezeNet" in r for r in rows) == 4 and "93.05%" in rows[4]
+    # a second run of the same command reads everything back
+    trained = []
+    res = run_reproduction("hanoi-animals", data=str(data), epochs=1, out=out, only=["Scratch", "SqueezeNet"],
+                           sets={"train.batch_size": 4, "data.workers": 0, "data.preprocess": [{"resize": 64}], "train.report": False, "train.eval_batch_size": 64},
+                           train=lambda *a, **k: trained.append(1))
+    assert not trained and len(figure_lines(res)) == 8
+
+
+def test_a_period_interrupted_midway_is_resumed_not_mistaken_for_done(fashion_dir, tmp_path):
+    """A run stopped inside period 2 has period 1's metrics.json and a config.yaml already saying
+    period 2's end: the rerun must train period 2, not record period 1's figures as period 2's."""
+    from cnnlab.config import apply_overrides, load_recipe
+    from cnnlab.run import train_run
+    from cnnlab.sweep import _period_runs
+
+    cfg = apply_overrides(load_recipe("uw-lab-fashion"), {"data.root": str(fashion_dir), "data.val_size": 64, "train.batch_size": 64, "train.report": False})
+    run = tmp_path / "run"
+    _period_runs(cfg, run, [1], train_run)
+    cfg_text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(cfg_text.replace("epochs: 1\n", "epochs: 2\n", 1))  # what a resume writes before it trains
+    periods = _period_runs(cfg, run, [1, 2, 3], train_run)
+    assert [p["epochs_run"] for p in periods] == [1, 2, 3]
+    assert json.loads((run / "metrics-period-2.json").read_text())["epochs_run"] == 2
+
+
+def test_a_stopped_reproduction_resumes_only_what_is_missing(fashion_dir, tmp_path):
+    from cnnlab.run import train_run
+
+    calls = []
+
+    def counting(cfg, **kw):
+        calls.append(kw)
+        return train_run(cfg, **kw)
+
+    sets = {"data.val_size": 64, "train.batch_size": 64, "train.report": False}
+    out = tmp_path / "uw"
+    run_reproduction("uw-lab-fashion", data=str(fashion_dir), epochs=1, seeds=2, out=out, sets=sets, train=counting)
+    assert len(calls) == 4
+    (next((out / "01-cnnlab-fastnet").iterdir()) / "metrics.json").unlink()  # as if stopped before the end
+    calls.clear()
+    run_reproduction("uw-lab-fashion", data=str(fashion_dir), epochs=1, seeds=2, out=out, sets=sets, train=counting)
+    assert len(calls) == 1 and calls[0].get("resume") is not None
+    r = run_cli("reproduce", "uw-lab-fashion", "--data", str(fashion_dir), "--epochs", "2", "--out", str(out))
+    assert r.returncode == 2 and "another reproduction" in r.stderr
+
+
+def test_uw_lab_fashion_prints_per_class_accuracy_and_the_goals(tmp_path, capsys):
+    data = write_fashion_fixture(tmp_path / "idx")
+    out = tmp_path / "uw"
+    assert main(["reproduce", "uw-lab-fashion", "--data", str(data), "--epochs", "1", "--out", str(out), "--set", "data.val_size=64", "--set", "train.batch_size=64", *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "> 89.00% (goal)" in text and "> 83.50% (goal)" in text
+    assert "Per-class test accuracy" in text and "worst class:" in text and "Ankle boot" in text
+    assert "met)" in text  # each goal says met or not met
+
+
+def test_bad_rows_and_rows_of_a_cumulative_study_are_refused(tmp_path):
+    r = run_cli("reproduce", "hanoi-animals", "--rows", "Scratch,GoogLeNet", "--data", str(tmp_path))
+    assert r.returncode == 2 and "GoogLeNet" in r.stderr and "ResNet34" in r.stderr and "Traceback" not in r.stderr
+    write_cifar_fixture(tmp_path / "cifar", n_per_batch=8, n_test=10)
+    r = run_cli("reproduce", "kth-cifar10", "--rows", "default", "--data", str(tmp_path / "cifar"))
+    assert r.returncode == 2 and "cumulative" in r.stderr
