@@ -19,7 +19,7 @@ def plot_figures(res: Any, path: Path) -> Path | None:
     if not lines:
         return None
     panels = [ln.relative for ln in lines]
-    groups = [(False, "accuracy (%)"), (True, "change (points)")]
+    groups = [(False, "percent"), (True, "change (points)")]
     groups = [(rel, xlabel) for rel, xlabel in groups if rel in panels]
     fig, axes = plt.subplots(1, len(groups), figsize=(8.0 * len(groups), 0.5 * len(lines) + 1.6), squeeze=False)
     for ax, (rel, xlabel) in zip(axes[0], groups):
