@@ -94,3 +94,34 @@ def test_a_loss_that_goes_nan_stops_with_one_line_and_keeps_the_last_good_epoch(
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)  # loadable, and finite
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert "last good weights" in r.stderr and str(out / "checkpoints" / "last.pt") in r.stderr
+
+
+def test_threads_are_the_physical_cores_shared_by_local_processes(tmp_path, monkeypatch):
+    from cnnlab.engine import device
+
+    for cpu, siblings in enumerate(["0,2", "1,3", "0,2", "1,3"]):  # 2 cores with 2 hyperthreads each
+        (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    monkeypatch.setattr(device, "CPU_SYS", tmp_path)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    before = torch.get_num_threads()
+    try:
+        assert device.physical_cores() == 2
+        assert device.set_threads(None) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this machine: a core each
+        assert device.set_threads(None) == 1 and torch.get_num_threads() == 1
+        assert device.set_threads(3) == 3 and torch.get_num_threads() == 3  # train.threads wins
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_train_threads_is_applied_and_recorded(fashion_dir, tmp_path):
+    before = torch.get_num_threads()
+    out = tmp_path / "run"
+    try:
+        assert main(["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--set", "train.threads=1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((out / "metrics.json").read_text())["threads"] == 1
+    r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "bad"), *QUICK, "--set", "train.threads=0")
+    assert r.returncode == 2 and "train.threads" in r.stderr and "Traceback" not in r.stderr

@@ -476,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from cnnlab.engine.device import set_threads
+
+        set_threads(None)  # the physical cores; a training run then applies its train.threads
         return args.func(args)
     except CnnlabError as e:
         print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)

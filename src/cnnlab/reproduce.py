@@ -36,7 +36,7 @@ from cnnlab.runs import write_text
 from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
 
 # keys that do not change what a run computes: a reproduction resumes whatever they are
-PLAN_FREE = {"data.root", "data.workers", "data.download", "train.device", "train.eval_batch_size", "train.checkpoint_steps", "train.checkpoint_seconds", "train.report", "train.tensorboard"}
+PLAN_FREE = {"data.root", "data.workers", "data.download", "train.device", "train.threads", "train.eval_batch_size", "train.checkpoint_steps", "train.checkpoint_seconds", "train.report", "train.tensorboard"}
 VALUE = re.compile(r"^(test|val)\.(accuracy|balanced_accuracy|loss)$|^history\.(train_accuracy|val_accuracy|train_loss|val_loss)$")
 
 

@@ -21,7 +21,7 @@ from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TensorBoardLogger, TimeLimit
 from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
-from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device
+from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device, set_threads
 from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdown
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.fit import fit
@@ -132,6 +132,7 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
     check_names(cfg)
     device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.threads)
     check_combination(cfg, device, world)
     seed_everything(cfg.train.seed)
     ds = load_dataset(cfg.data, cfg.train.seed)
@@ -166,7 +167,7 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
 # keys a resumed run may change; anything else that differs from the run's config is refused
 RESUME_FREE = (
     "name", "train.epochs", "train.min_steps", "train.time_limit", "train.early_stopping", "train.checkpoint_steps",
-    "train.checkpoint_seconds", "train.device", "train.eval_batch_size", "train.tta", "train.clip_grad_norm",
+    "train.checkpoint_seconds", "train.device", "train.threads", "train.eval_batch_size", "train.tta", "train.clip_grad_norm",
     "data.root", "data.workers", "data.download",
 )
 
@@ -405,6 +406,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         data_source=ds.source,
         seed=tc.seed,
         device=str(device),
+        threads=torch.get_num_threads(),
         precision=str(amp_dtype or torch.float32).replace("torch.", ""),
         loss=objective.name,
         processes=dist.world,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
@@ -58,3 +60,32 @@ def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callabl
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+CPU_SYS = Path("/sys/devices/system/cpu")
+
+
+def physical_cores() -> int:
+    """The cores this process may run on, a core's hyperthreads counted once (Linux's topology files;
+    os.cpu_count() where there are none). More threads than cores slow small convolutions down."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        try:
+            cores.add((CPU_SYS / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads: `threads`, or the physical cores shared among the processes
+    torchrun starts on this machine (LOCAL_WORLD_SIZE). Returns the number set."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    n = threads or max(1, physical_cores() // max(1, local))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

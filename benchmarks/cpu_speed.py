@@ -1,0 +1,313 @@
+"""CPU speed: cnnlab's engine against the reports' plain PyTorch loop, measured side by side in one run.
+
+    python benchmarks/cpu_speed.py                # every section, 3 runs each (about 13 minutes here)
+    python benchmarks/cpu_speed.py --quick        # 1 run each, 1 epoch of the reports' loop, 1 seed
+    python benchmarks/cpu_speed.py --only a,c,d   # some sections
+
+Sections (each figure a median over --runs runs; the two sides of a comparison alternate, so a
+slower or faster spell of the machine hits both):
+  (a) throughput: the textbook MNIST network trained by the reports' loop (torchvision dataset,
+      per-sample ToTensor, DataLoader, fp32) and by cnnlab's engine (in-memory uint8 batches,
+      bf16 autocast where the CPU has it, channels_last), same batch size and optimizer: images/s.
+  (b) time to accuracy: the reports' loop with the textbook network and Adam, test accuracy after
+      each epoch against wall seconds; and `cnnlab train` (the default recipe) as a whole process,
+      from its start to metrics.json written, over seeds 0, 1, 2.
+  (c) efficiency: GFLOP/s of the default model's training step (FLOPs counted by
+      torch.utils.flop_counter, forward and backward) against a bf16 matmul on the same cores.
+  (d) batch inference of the default model (batch 256): images/s.
+Prints a table and writes JSON (default benchmarks/results/cpu_speed.json). Fashion-MNIST must be
+here (make data, or the Debian package dataset-fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from cnnlab.config import DataConfig  # noqa: E402
+from cnnlab.data import DATASETS, load_dataset  # noqa: E402
+from cnnlab.data.loader import TensorLoader  # noqa: E402
+from cnnlab.engine.device import autocast_dtype, autocast_factory, set_threads  # noqa: E402
+from cnnlab.engine.loop import TrainStep  # noqa: E402
+from cnnlab.engine.losses import cross_entropy  # noqa: E402
+from cnnlab.models import create_model  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+# --- the reports' loop -------------------------------------------------------------------------------
+
+
+def torchvision_fashion(tmp: Path):
+    """torchvision's FashionMNIST over the IDX files found here (unpacked into its raw/ layout), with
+    the reports' per-sample transforms.ToTensor()."""
+    import torchvision
+    from torchvision import transforms
+
+    found = DATASETS.get("fashion-mnist").find(DataConfig(name="fashion-mnist"))
+    if found is None:
+        raise SystemExit("Fashion-MNIST is not here: run `make data` (or apt-get install dataset-fashion-mnist) first")
+    raw = tmp / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        src = next((p for p in (found / stem, found / f"{stem}.gz") if p.is_file()), None)
+        if src is None:
+            raise SystemExit(f"{found} has no {stem}[.gz]")
+        if not (raw / stem).is_file():
+            with (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as f, open(raw / stem, "wb") as out:
+                shutil.copyfileobj(f, out)
+    t = transforms.ToTensor()
+    return (torchvision.datasets.FashionMNIST(str(tmp), train=True, transform=t, download=False),
+            torchvision.datasets.FashionMNIST(str(tmp), train=False, transform=t, download=False))
+
+
+def textbook_model() -> nn.Module:
+    return create_model("textbook-mnist", num_classes=10, in_channels=1, input_size=(28, 28))
+
+
+def plain_throughput(train_set, batch: int, steps: int, warmup: int = 10) -> float:
+    """images/s of the reports' loop: DataLoader over the torchvision dataset, fp32, Adam."""
+    torch.manual_seed(0)
+    model = textbook_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True)
+    model.train()
+    it = iter(loader)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        x, y = next(it)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def engine_parts(model: nn.Module, lr: float, optimizer: str = "adam") -> tuple[nn.Module, TrainStep]:
+    """The model as cnnlab trains it (channels_last, bf16 autocast where the CPU has it) and its step."""
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    step = TrainStep(model, opt, cross_entropy(0.0), autocast=autocast_factory(CPU, autocast_dtype(CPU, "auto")))
+    return model, step
+
+
+def engine_throughput(ds, batch: int, steps: int, warmup: int = 10) -> float:
+    """images/s of cnnlab's engine on the same network, batch and optimizer: in-memory batches."""
+    torch.manual_seed(0)
+    model, step = engine_parts(textbook_model(), 1e-3)
+    model.train()
+    loader = TensorLoader(ds.train, batch, shuffle=True, seed=0, mean=[0.0], std=[1.0], device=CPU, channels_last=True)
+    loader.set_epoch(1)
+    it = iter(loader)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        x, y = next(it)
+        step(x, y)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def plain_time_to_accuracy(train_set, test_set, epochs: int, batch: int = 64) -> list[tuple[float, float]]:
+    """(wall seconds since the start, test accuracy) after each of `epochs` epochs of the reports'
+    loop; the clock includes building the loaders, as a script's would."""
+    t0 = time.perf_counter()
+    torch.manual_seed(1)
+    model = textbook_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    train = torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True)
+    test = torch.utils.data.DataLoader(test_set, batch_size=1000)
+    points = []
+    for _ in range(epochs):
+        model.train()
+        for x, y in train:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in test:
+                correct += int((model(x).argmax(1) == y).sum())
+        points.append((time.perf_counter() - t0, correct / len(test_set)))
+    return points
+
+
+def cnnlab_train(seed: int, tmp: Path, recipe: str | None = None) -> dict[str, float]:
+    """`cnnlab train` as a user runs it, a new process: the wall seconds from its start until
+    metrics.json is written (the report drawn after that is not counted), and until it exits."""
+    out = tmp / f"run-{recipe or 'default'}-{seed}-{time.monotonic_ns()}"
+    cmd = [sys.executable, "-m", "cnnlab", "train", *([recipe] if recipe else []), "--seed", str(seed), "--out", str(out)]
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+    exited = time.time() - t0
+    m = json.loads((out / "metrics.json").read_text())
+    written = (out / "metrics.json").stat().st_mtime - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": written, "exit_seconds": exited, "accuracy": m["test"]["accuracy"], "train_seconds": m["train_seconds"]}
+
+
+# --- efficiency and inference ------------------------------------------------------------------------
+
+
+def default_model() -> nn.Module:
+    return create_model("fastnet", num_classes=10, in_channels=1, input_size=(28, 28))
+
+
+def step_flops(model: nn.Module, batch: int) -> int:
+    """FLOPs of one training step (forward and backward) at `batch`, as torch's flop counter counts
+    them (convolutions and matmuls: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def train_step_gflops(batch: int, steps: int) -> tuple[float, float]:
+    """(GFLOP/s, images/s) of the default model's training step as cnnlab runs it."""
+    torch.manual_seed(0)
+    flops = step_flops(default_model(), batch)
+    model, step = engine_parts(default_model(), 0.05, "sgd")
+    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for _ in range(5):
+        step(x, y)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(x, y)
+    dt = (time.perf_counter() - t0) / steps
+    return flops / dt / 1e9, batch / dt
+
+
+def matmul_gflops(n: int = 2048, reps: int = 20) -> float:
+    """GFLOP/s of an n x n by n x n bf16 matmul on these cores: the ceiling of (c)."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def inference_throughput(batch: int, batches: int) -> float:
+    """images/s of the default model predicting in-memory batches (eval, bf16 autocast, channels_last)."""
+    torch.manual_seed(0)
+    model = default_model().eval().to(memory_format=torch.channels_last)
+    autocast = autocast_factory(CPU, autocast_dtype(CPU, "auto"))
+    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast():
+        for _ in range(3):
+            model(x)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            model(x).argmax(1)
+        return batches * batch / (time.perf_counter() - t0)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+
+def timed(runs: int, fns: list[Callable[[], Any]]) -> list[list[Any]]:
+    """Each function `runs` times, interleaved (f1, f2, f1, f2, ...)."""
+    results: list[list[Any]] = [[] for _ in fns]
+    for _ in range(runs):
+        for i, fn in enumerate(fns):
+            results[i].append(fn())
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
+    p.add_argument("--quick", action="store_true", help="1 run each; 1 epoch of the reports' loop and 1 seed in (b)")
+    p.add_argument("--only", default="a,b,c,d", help="sections to run, e.g. a,c")
+    p.add_argument("--race-epochs", type=int, default=3, help="(b): epochs of the reports' loop (about 50 s each here)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_speed.json"))
+    args = p.parse_args(argv)
+    set_threads(None)  # as cnnlab does: the physical cores
+    runs = 1 if args.quick else args.runs
+    race = 1 if args.quick else args.race_epochs
+    only = set(args.only.split(","))
+    result: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "bf16_autocast": str(autocast_dtype(CPU, "auto")), "python": platform.python_version()},
+        "runs": runs,
+    }
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if "a" in only or "b" in only:
+            train_set, test_set = torchvision_fashion(tmp)
+            ds = load_dataset(DataConfig(name="fashion-mnist", val_size=0, normalize="none"), 0)
+        if "a" in only:
+            batch = 64
+            plain, engine = timed(runs, [lambda: plain_throughput(train_set, batch, 150), lambda: engine_throughput(ds, batch, 150)])
+            result["a_throughput"] = {"batch": batch, "plain_img_s": plain, "engine_img_s": engine, "ratio": median(engine) / median(plain)}
+            rows += [("(a) throughput, textbook-mnist, batch 64: reports' loop", f"{median(plain):,.0f} img/s", "fp32, per-sample ToTensor, DataLoader"),
+                     ("(a) throughput, same network: cnnlab engine", f"{median(engine):,.0f} img/s", f"x{median(engine) / median(plain):.2f} the reports' loop (goal x3)")]
+        if "b" in only:
+            plain_runs = [plain_time_to_accuracy(train_set, test_set, race) for _ in range(runs)]
+            cnn_runs = [cnnlab_train(seed, tmp) for seed in range(3 if not args.quick else 1)]
+            result["b_time_to_accuracy"] = {"plain_epochs": plain_runs, "cnnlab_default": cnn_runs}
+            best = max(range(race), key=lambda e: plain_runs[0][e][1])  # the seed is fixed: every run gives the same accuracies
+            rows += [("(b) reports' loop, textbook net + Adam, best epoch", f"{100 * plain_runs[0][best][1]:.2f}%", f"after {median([r[best][0] for r in plain_runs]):.0f} s (epoch {best + 1} of {race})"),
+                     ("(b) cnnlab train (default recipe), whole process", f"{100 * median([r['accuracy'] for r in cnn_runs]):.2f}%", f"in {median([r['seconds'] for r in cnn_runs]):.0f} s to metrics.json (median of seeds {', '.join(str(s) for s in range(len(cnn_runs)))}; goal 92% in 60 s)")]
+        if "c" in only:
+            batch = 256
+            measured = timed(runs, [lambda: train_step_gflops(batch, 30), lambda: matmul_gflops()])
+            step_gf = median([g for g, _ in measured[0]])
+            mm = median(measured[1])
+            result["c_efficiency"] = {"batch": batch, "flops_per_step": step_flops(default_model(), batch), "step_gflops": [g for g, _ in measured[0]], "step_img_s": [i for _, i in measured[0]], "matmul_bf16_gflops": measured[1], "fraction": step_gf / mm}
+            rows += [("(c) default model's training step, batch 256", f"{step_gf:.1f} GFLOP/s", f"{100 * step_gf / mm:.1f}% of the bf16 matmul's {mm:.0f} GFLOP/s (goal 50%)")]
+        if "d" in only:
+            batch = 256  # faster here than 1024 (about 16,000 against 9,400 img/s): the activations stay in cache
+            inf = timed(runs, [lambda: inference_throughput(batch, 80)])[0]
+            result["d_inference"] = {"batch": batch, "img_s": inf}
+            rows += [(f"(d) batch inference, default model, batch {batch}", f"{median(inf):,.0f} img/s", "bf16, channels_last (goal 20,000 img/s)")]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    m = result["machine"]
+    print(f"\ncnnlab CPU speed, {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads, autocast {m['bf16_autocast']}), median of {runs} run(s)\n")
+    for name, value, note in rows:
+        print(f"{name:<{w0}}  {value:>{w1}}  {note}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
