@@ -103,7 +103,11 @@ def test_threads_are_the_physical_cores_shared_by_local_processes(tmp_path, monk
         (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
         (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
     monkeypatch.setattr(device, "CPU_SYS", tmp_path)
+    monkeypatch.setattr(device, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
     monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     before = torch.get_num_threads()
     try:
         assert device.physical_cores() == 2
@@ -111,6 +115,12 @@ def test_threads_are_the_physical_cores_shared_by_local_processes(tmp_path, monk
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this machine: a core each
         assert device.set_threads(None) == 1 and torch.get_num_threads() == 1
         assert device.set_threads(3) == 3 and torch.get_num_threads() == 3  # train.threads wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's (or torchrun's) choice is kept
+        assert device.set_threads(None) == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        (tmp_path / "cpu.max").write_text("100000 100000\n")  # a container limited to one CPU
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        assert device.physical_cores() == 1
     finally:
         torch.set_num_threads(before)
 
