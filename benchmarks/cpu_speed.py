@@ -87,24 +87,31 @@ def textbook_model() -> nn.Module:
     return create_model("textbook-mnist", num_classes=10, in_channels=1, input_size=(28, 28))
 
 
+def _images_per_second(batches, train_on: Callable[[torch.Tensor, torch.Tensor], Any], batch: int, steps: int, warmup: int) -> float:
+    """Train on `warmup` batches, then time `steps` more (fetching each batch counts)."""
+    it = iter(batches)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        train_on(*next(it))
+    return steps * batch / (time.perf_counter() - t0)
+
+
 def plain_throughput(train_set, batch: int, steps: int, warmup: int = 10) -> float:
     """images/s of the reports' loop: DataLoader over the torchvision dataset, fp32, Adam."""
     torch.manual_seed(0)
     model = textbook_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    loader = torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True)
     model.train()
-    it = iter(loader)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        x, y = next(it)
+
+    def train_on(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-    return steps * batch / (time.perf_counter() - t0)
+
+    return _images_per_second(torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True), train_on, batch, steps, warmup)
 
 
 def engine_parts(model: nn.Module, lr: float, optimizer: str = "adam") -> tuple[nn.Module, TrainStep]:
@@ -122,14 +129,7 @@ def engine_throughput(ds, batch: int, steps: int, warmup: int = 10) -> float:
     model.train()
     loader = TensorLoader(ds.train, batch, shuffle=True, seed=0, mean=[0.0], std=[1.0], device=CPU, channels_last=True)
     loader.set_epoch(1)
-    it = iter(loader)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        x, y = next(it)
-        step(x, y)
-    return steps * batch / (time.perf_counter() - t0)
+    return _images_per_second(loader, step, batch, steps, warmup)
 
 
 def plain_time_to_accuracy(train_set, test_set, epochs: int, batch: int = 64) -> list[tuple[float, float]]:
