@@ -256,7 +256,9 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _data_epochs_overrides(data: str | None, epochs: int | None) -> dict[str, Any]:
     """--data NAME|PATH and --epochs N as recipe keys (train and sweep share them)."""
-    out: dict[str, Any] = {_data_key(data): data} if data is not None else {}
+    from cnnlab.data import data_key
+
+    out: dict[str, Any] = {data_key(data): data} if data is not None else {}
     if epochs is not None:
         out.update({"train.epochs": epochs, "train.min_steps": None})  # --epochs N trains exactly N epochs, whatever the dataset's size
     return out
@@ -280,23 +282,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_key(data: str) -> str:
-    """--data NAME|PATH sets data.name for a registered dataset, else data.root (a folder)."""
-    from cnnlab.data import DATASETS
-
-    return "data.name" if data in DATASETS else "data.root"
-
-
 def _data_config(data: str, sets: list[str]):
     """The DataConfig for `data` (a name or a folder) with --set data.* overrides."""
     from cnnlab.config import RunConfig, apply_overrides, parse_set
+    from cnnlab.data import data_key
     from cnnlab.errors import ConfigError
 
     overrides = parse_set(sets)
     bad = [k for k in overrides if not k.startswith("data.")]
     if bad:
         raise ConfigError(f"--set {bad[0]}: only data.* keys apply to data check")
-    overrides[_data_key(data)] = data
+    overrides[data_key(data)] = data
     overrides.setdefault("data.download", False)  # a check reads what is here
     return apply_overrides(RunConfig(), overrides).validate().data
 
@@ -423,7 +419,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from cnnlab.config import parse_set
-    from cnnlab.reproduce import HEADER, markdown_table, per_class_text, run_reproduction, table_rows
+    from cnnlab.report.tables import markdown_table
+    from cnnlab.reproduce import HEADER, per_class_text, run_reproduction, table_rows
 
     only = [r.strip() for r in args.rows.split(",")] if args.rows else None
     res = run_reproduction(args.name, data=args.data, epochs=args.epochs, seeds=args.seeds, out=args.out, sets=parse_set(args.set), only=only)

@@ -290,6 +290,18 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return config_from_dict(values)
 
 
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys ({"train": {"epochs": 3}} -> {"train.epochs": 3}); a model's
+    kwargs stay one value."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _is_open_mapping(path: list[str]) -> bool:
     """Mappings whose keys are free (a model builder's keyword arguments)."""
     return path == ["model", "kwargs"]

@@ -25,6 +25,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ import yaml
 
 from cnnlab.config import RunConfig, apply_overrides, load_recipe, recipe_dir, recipe_names
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.report.tables import markdown_table
 from cnnlab.runs import write_text
 from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
 
@@ -173,6 +175,12 @@ class Result:
     wall_seconds: float
     out: Path
 
+    @cached_property
+    def lines(self) -> list["Line"]:
+        """figure_lines(self), worked out once (it reads every run's history.csv): the table, the JSON
+        and the figure all show these."""
+        return figure_lines(self)
+
 
 def run_reproduction(name: str, *, data: str | None = None, epochs: int | None = None, seeds: int = 1, out: str | Path | None = None, sets: dict[str, Any] | None = None, only: list[str] | None = None, train: Train | None = None, log: Callable[[str], None] = print) -> Result:
     """Train study NAME's rows (over `seeds` seeds) and write the reproduction files under `out`."""
@@ -190,9 +198,9 @@ def run_reproduction(name: str, *, data: str | None = None, epochs: int | None =
     recipe = load_recipe(name)
     overrides = dict(sets or {})
     if data is not None:
-        from cnnlab.data import DATASETS
+        from cnnlab.data import data_key
 
-        overrides["data.name" if data in DATASETS else "data.root"] = data
+        overrides[data_key(data)] = data
     cfg = apply_overrides(recipe, overrides)
     read = _data_read(cfg)
     stand_in = None if read == study.data else read
@@ -238,12 +246,12 @@ def _slug(text: str) -> str:
 
 def _history_value(run_dir: str, column: str, epoch: int) -> tuple[float, int] | None:
     """`column` of history.csv at `epoch`, or at the last epoch run where the run is shorter."""
-    import csv
+    from cnnlab.report.plots import read_csv
 
     path = Path(run_dir) / "history.csv"
     if not path.is_file():
         return None
-    rows = [r for r in csv.DictReader(path.open()) if r.get(column) not in (None, "")]
+    rows = [r for r in read_csv(path) if r.get(column) not in (None, "")]
     if not rows:
         return None
     at = [r for r in rows if int(r["epoch"]) == epoch] or [rows[-1]]
@@ -355,12 +363,7 @@ HEADER = ["configuration", "figure", "report", "ours (mean ± std)", "difference
 
 def table_rows(res: Result) -> list[list[str]]:
     epochs = {name: f"{ran}" + (f" of the report's {ref}" if ran < ref else "") for name, (ran, ref) in zip(res.names, res.row_epochs)}
-    return [[ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes] for ln in figure_lines(res)]
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(esc(v) for v in r) + " |" for r in rows]) + "\n"
+    return [[ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes] for ln in res.lines]
 
 
 def epochs_text(res: Result) -> str:
@@ -414,7 +417,7 @@ def write_reproduction(res: Result) -> None:
     payload = {
         "study": res.study.name, "report": res.study.report, "data": res.data, "stand_in": res.stand_in, "epochs": res.epochs, "report_epochs": res.report_epochs,
         "seeds": res.seeds, "wall_seconds": res.wall_seconds, "train_seconds": sum(r.seconds for r in res.rows),
-        "figures": [{"row": ln.row, "figure": ln.figure, "reported": ln.reported_value, "mean": ln.mean, "std": ln.std, "notes": ln.notes} for ln in figure_lines(res)],
+        "figures": [{"row": ln.row, "figure": ln.figure, "reported": ln.reported_value, "mean": ln.mean, "std": ln.std, "notes": ln.notes} for ln in res.lines],
         "rows": [{"name": n, "runs": r.runs, "kept": r.kept, "parameters": r.parameters, "train_seconds": r.seconds, **({"per_class_accuracy": per_class_accuracy(r)} if res.study.per_class else {})} for n, r in zip(res.names, res.rows)],
     }
     write_text(res.out / "reproduction.json", json.dumps(payload, indent=2) + "\n")

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from cnnlab.config import RunConfig, apply_overrides, config_from_dict
+from cnnlab.config import RunConfig, apply_overrides, config_from_dict, flatten
 from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, normalization_stats
@@ -172,16 +172,6 @@ RESUME_FREE = (
 )
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _epochs_reported(run_dir: Path) -> int | None:
     """epochs_run of the run's metrics.json (written when its test evaluation finished), or None."""
     try:
@@ -203,7 +193,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunCo
         raise CnnlabError(f"--resume {run_dir}: its last.pt was written by an older cnnlab without the training state; start a new run (--init-from {run_dir} keeps the weights)")
     saved = config_from_dict(ckpt["config"])
     cfg = apply_overrides(saved, overrides)
-    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    old, new = flatten(saved.to_dict()), flatten(cfg.to_dict())
     changed = [k for k in new if new[k] != old.get(k)]
     fixed = [k for k in changed if k not in RESUME_FREE]
     if fixed:

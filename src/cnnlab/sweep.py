@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 import yaml
 
-from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.config import RunConfig, apply_overrides, flatten
 from cnnlab.errors import ConfigError
+from cnnlab.report.tables import markdown_table
 from cnnlab.runs import write_text
 
 METRICS = ("accuracy", "balanced_accuracy")
@@ -167,15 +168,6 @@ def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int,
     return row
 
 
-def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(values, dict):
-        return {prefix: values}
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def guard_plan(out: Path, name: str, plan: dict[str, Any], what: str) -> None:
     """Write the plan of a sweep (or reproduction) as out/NAME; refuse a folder that holds another plan,
     naming the first key that differs."""
@@ -184,7 +176,7 @@ def guard_plan(out: Path, name: str, plan: dict[str, Any], what: str) -> None:
     saved = out / name
     if saved.is_file() and saved.read_text() != text:
         try:
-            old, new = _flat(yaml.safe_load(saved.read_text())), _flat(plan)
+            old, new = flatten(yaml.safe_load(saved.read_text())), flatten(plan)
             key = next(k for k in list(new) + list(old) if old.get(k, "(unset)") != new.get(k, "(unset)"))
             detail = f": {key} is {old.get(key, '(unset)')!r} there and {new.get(key, '(unset)')!r} here"
         except (StopIteration, yaml.YAMLError, AttributeError):
@@ -253,9 +245,7 @@ def table_text(rows: list[Row], metric: str, cumulative: bool, fmt: str = "md") 
         w.writerow(header)
         w.writerows(body)
         return buf.getvalue()
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    fmt_line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([fmt_line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt_line, body)]) + "\n"
+    return markdown_table(header, body)
 
 
 def write_tables(rows: list[Row], out: Path, metric: str, cumulative: bool) -> None:

@@ -22,6 +22,11 @@ from cnnlab.data import folder  # noqa: E402,F401
 from cnnlab.data.splits import carve, class_counts  # noqa: E402
 
 
+def data_key(data: str) -> str:
+    """The recipe key --data NAME|PATH sets: data.name for a registered dataset, else data.root (a folder)."""
+    return "data.name" if data in DATASETS else "data.root"
+
+
 def detection_order() -> list[str]:
     """Registered sources, the specific layouts first and the generic ones (any image folder) last."""
     return sorted(DATASETS.registration_order(), key=lambda n: DATASETS.get(n).generic)
@@ -142,4 +147,4 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     return out
 
 
-__all__ = ["DATASETS", "ArraySplit", "DataSource", "Dataset", "FileSplit", "detect", "load_dataset", "resolve_data"]
+__all__ = ["DATASETS", "data_key", "ArraySplit", "DataSource", "Dataset", "FileSplit", "detect", "load_dataset", "resolve_data"]

@@ -14,6 +14,7 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import display_image, load_run, load_split, predict, split_loader
 from cnnlab.report.images import plot_predictions_grid
+from cnnlab.report.tables import markdown_table
 
 COLUMNS = ["run", "model", "data", "parameters", "best epoch", "test accuracy", "test loss", "train time"]
 
@@ -62,10 +63,7 @@ def format_table(rows: list[dict[str, str]], fmt: str = "md") -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in rows)
         return f"<table>\n<tr>{head}</tr>\n{body}\n</table>\n"
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
-    line = lambda vals: "| " + " | ".join(v.ljust(widths[c]) for c, v in zip(COLUMNS, vals)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (widths[c] + 2) for c in COLUMNS) + "|"
-    return "\n".join([line(COLUMNS), sep, *(line([r[c] for c in COLUMNS]) for r in rows)]) + "\n"
+    return markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
 
 
 def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 8) -> Path:

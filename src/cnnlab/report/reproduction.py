@@ -13,9 +13,7 @@ from cnnlab.report.plots import plt, save, shorten
 def plot_figures(res: Any, path: Path) -> Path | None:
     """Each figure as a row: the report's value (a diamond, or a band for a range) and ours (mean,
     a bar of ± one std over the seeds). Percentages on one panel, changes in points on another."""
-    from cnnlab.reproduce import figure_lines
-
-    lines = [ln for ln in figure_lines(res) if ln.mean is not None and ln.scale == 100]
+    lines = [ln for ln in res.lines if ln.mean is not None and ln.scale == 100]
     if not lines:
         return None
     panels = [ln.relative for ln in lines]
