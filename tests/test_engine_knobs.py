@@ -135,3 +135,20 @@ def test_train_threads_is_applied_and_recorded(fashion_dir, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["threads"] == 1
     r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "bad"), *QUICK, "--set", "train.threads=0")
     assert r.returncode == 2 and "train.threads" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("augment, data, expected", [("auto", "fashion", True), ("translate", "fashion", False), ("flip+rotate", "fashion", True), ("auto", "mnist-5k", False)])
+def test_tta_auto_mirrors_at_test_time_only_where_training_flips(fashion_dir, augment, data, expected):
+    from cnnlab.config import apply_overrides, load_recipe
+    from cnnlab.run import prepare
+
+    source = {"data.root": str(fashion_dir)} if data == "fashion" else {"data.name": "mnist-5k"}
+    cfg = apply_overrides(load_recipe(None), {**source, "data.augment": augment, "data.val_size": 64, "train.tta": "auto"})
+    assert prepare(cfg).cfg.train.tta is expected
+
+
+def test_tta_takes_true_false_or_auto(fashion_dir, tmp_path):
+    r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), "--set", "train.tta=sometimes")
+    assert r.returncode == 2 and "train.tta is 'sometimes'; it must be true, false or auto" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("train", "--data", "mnist-5k", "--out", str(tmp_path / "m"), "--set", "train.tta=true")
+    assert r.returncode == 2 and "changes digits" in r.stderr

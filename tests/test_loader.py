@@ -62,6 +62,19 @@ def test_translate_shifts_whole_images_and_fills_with_zeros():
     assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # shifts differ per image
 
 
+def test_cutout_blanks_one_square_per_image_and_keeps_the_rest():
+    x = torch.full((200, 2, 20, 20), 7, dtype=torch.uint8)
+    out = AUGMENTATIONS.get("cutout")(x, torch.Generator().manual_seed(0), AugmentParams(cutout=6))
+    blank = out[:, 0] == 0
+    assert torch.equal(blank, out[:, 1] == 0) and torch.equal(out[~blank.unsqueeze(1).expand_as(out)], x[~blank.unsqueeze(1).expand_as(x)])
+    counts = blank.sum((1, 2))
+    assert counts.max() == 36 and counts.min() > 0  # a whole 6x6 square inside; cut by an edge elsewhere
+    for img in blank:  # each blank area is one rectangle: its bounding box is all blank
+        r, c = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        assert img[r.min(): r.max() + 1, c.min(): c.max() + 1].all() and len(r) <= 6 and len(c) <= 6
+    assert len({tuple(img.nonzero()[0].tolist()) for img in blank}) > 50  # placed per image
+
+
 def test_batches_cover_the_split_once_and_are_normalised():
     split = _split()
     mean, std = (t.tolist() for t in compute_stats("auto", split, 1))

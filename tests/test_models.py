@@ -184,3 +184,36 @@ def test_bad_spec_values_name_the_key(key, value):
 def test_summary_of_an_input_too_small_is_one_line():
     r = run_cli("summary", "alexnet", "--input", "3x32x32")
     assert r.returncode == 2 and "cannot take a 3x32x32 input" in r.stderr and r.stdout == "" and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_inference_path_gives_the_training_paths_outputs(name):
+    """Layers with a faster no-grad forward (fastnet's pooling) give exactly what the autograd path gives."""
+    torch.manual_seed(0)
+    (c, h, w), classes = _input(name), DEFAULT_INPUTS[name][1]
+    model = create_model(name, num_classes=classes, in_channels=c, input_size=(h, w)).eval()
+    x = torch.randn(3, c, h, w)
+    with torch.no_grad():
+        fast = model(x)
+    assert torch.equal(fast, model(x.requires_grad_()).detach())
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 9), (1, 4, 3, 3), (2, 2, 1, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fastnet_pool_is_max_pool2d_without_grad(shape, dtype, channels_last):
+    from cnnlab.models.fastnet import MaxPool2x2
+
+    torch.manual_seed(0)
+    x = torch.randn(shape).to(dtype)
+    x[0, 0, 0, :2] = float("nan")
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    if min(shape[2:]) < 2:  # too small to pool: torch's error either way
+        with pytest.raises(RuntimeError), torch.no_grad():
+            MaxPool2x2()(x)
+        return
+    with torch.no_grad():
+        fast = MaxPool2x2()(x)
+    ref = torch.nn.functional.max_pool2d(x, 2)
+    assert fast.shape == ref.shape and fast.dtype == ref.dtype
+    assert torch.equal(fast.nan_to_num(7.0), ref.nan_to_num(7.0)) and torch.equal(fast.isnan(), ref.isnan())

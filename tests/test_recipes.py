@@ -41,6 +41,7 @@ def _folder(tmp_path):
 # recipe -> (fixture writer, overrides that fit the recipe's sizes to the fixture)
 FIXTURES = {
     "fashion-mnist-fast": (_idx, []),
+    "fashion-mnist-best": (_idx, []),
     "textbook-mnist": (_idx, ["data.name=mnist", "data.val_size=64"]),
     "textbook-celeba-smile": (_celeba, ["train.batch_size=4"]),
     "uw-lab-mnist": (_npy, ["data.val_size=20", "train.batch_size=20"]),

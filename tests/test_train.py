@@ -75,7 +75,7 @@ def test_best_checkpoint_restores_the_reported_model(run_dir):
     model.load_state_dict(ckpt["model"])
     ds = load_dataset(cfg.data, cfg.train.seed)
     norm = ckpt["normalization"]
-    result = evaluate(model, TensorLoader(ds.test, 100, mean=norm["mean"], std=norm["std"]), len(ckpt["classes"]))
+    result = evaluate(model, TensorLoader(ds.test, 100, mean=norm["mean"], std=norm["std"]), len(ckpt["classes"]), tta=cfg.train.tta)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert result.accuracy == m["test"]["accuracy"]
     assert result.confusion.tolist() == m["test"]["confusion_matrix"]

@@ -46,6 +46,7 @@ class DataConfig:
     rotate: float = 15.0  # max rotation in degrees (rotate)
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength (jitter)
     crop_scale: float = 0.35  # smallest area fraction kept by resized-crop
+    cutout: int = 8  # side in pixels of the black square cutout blanks (cutout)
     shuffle: bool = True  # a new order every epoch (the KTH default trains in file order: false)
     sampler: str = "shuffle"  # shuffle | balanced (classes drawn equally often)
     in_memory: bool | None = None  # image folders: decode all into memory; None: when it fits in 2 GiB
@@ -105,7 +106,7 @@ class TrainConfig:
     mixup: float = 0.0  # mixup's Beta(alpha, alpha); 0 is off
     cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 is off (with both, each batch picks one)
     ema: float | None = None  # keep an exponential moving average of the weights with this decay (e.g. 0.999); it is what gets evaluated and saved
-    tta: bool = False  # evaluate on each image and its mirror image, averaged (not for digits or text)
+    tta: bool | str = False  # evaluate on each image and its mirror image, averaged (not for digits or text); auto: when training flips images
     report: bool = True  # draw plots/ and report.html at the end (false: plots/curves.png only; cnnlab report draws the rest later)
     tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard/ (needs the tensorboard package)
     checkpoint_steps: int | None = None  # also save last.pt inside epochs every N steps (exact resume from there)
@@ -168,7 +169,9 @@ class RunConfig:
             (0 <= d.jitter < 1, "data.jitter", d.jitter, "in [0, 1)"),
             (d.workers is None or d.workers >= 0, "data.workers", d.workers, "zero or positive, or null"),
             (t.class_weights in (None, "auto"), "train.class_weights", t.class_weights, "auto or null"),
+            (t.tta in (True, False, "auto"), "train.tta", t.tta, "true, false or auto (on when training flips images)"),
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
+            (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
             (d.test_limit is None or d.test_limit >= 1, "data.test_limit", d.test_limit, "at least 1"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", t.precision, "auto, fp32, bf16 or fp16"),
@@ -275,8 +278,13 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Return a copy of `cfg` with dotted keys replaced, e.g. {"train.epochs": 3}."""
+    """Return a copy of `cfg` with dotted keys replaced, e.g. {"train.epochs": 3}.
+
+    A different model.name drops the recipe's model.kwargs (they were its own model's arguments);
+    model.kwargs.* overrides then apply to the new model."""
     values = cfg.to_dict()
+    if overrides.get("model.name", cfg.model.name) != cfg.model.name:
+        values["model"]["kwargs"] = {}
     for dotted, value in overrides.items():
         node = values
         parts = dotted.split(".")

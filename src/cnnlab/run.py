@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from cnnlab.config import RunConfig, apply_overrides, config_from_dict, flatten
 from cnnlab.data import Dataset, load_dataset, resolve_data
+from cnnlab.data.augment import parse_augment
 from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TensorBoardLogger, TimeLimit
@@ -32,8 +33,6 @@ from cnnlab.engine.optim import create_optimizer, create_scheduler
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
-from cnnlab.report.build import ReportInputs, write_report
-from cnnlab.report.plots import plot_training_curves
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
 
 
@@ -130,6 +129,8 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     """Validate and resolve `cfg`, read the data and its statistics, and build the model and objective."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
+    if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta="flip" in parse_augment(cfg.data.augment)))
     check_names(cfg)
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)
@@ -404,6 +405,10 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     )
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 3)
     write_json(run_dir / "metrics.json", metrics)
+    # imported here, after metrics.json: matplotlib's import (about 0.6 s) is not on the way to the results
+    from cnnlab.report.build import ReportInputs, write_report
+    from cnnlab.report.plots import plot_training_curves
+
     if not tc.report:
         plot_training_curves(run_dir)
     elif predictions:

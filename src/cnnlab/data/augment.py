@@ -42,6 +42,7 @@ class AugmentParams:
     rotate: float = 15.0  # max rotation in degrees
     jitter: float = 0.2  # brightness/contrast/saturation factors drawn from [1 - j, 1 + j]
     crop_scale: float = 0.35  # smallest area fraction resized-crop keeps
+    cutout: int = 8  # side in pixels of cutout's square
     value_max: float | None = 255.0  # the pixel range [0, value_max] of x; None: float data on its own scale
 
 
@@ -104,6 +105,20 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, params: Aug
     theta = torch.stack([torch.stack([cw, zeros, cx], 1), torch.stack([zeros, ch, cy], 1)], 1)
     # border: the outermost sample points of a crop at the edge lie up to half a pixel outside
     return _warp(x, theta, padding="border")
+
+
+@AUGMENTATIONS.register("cutout")
+def random_cutout(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """Blank a square of side `cutout` (zeros: black) centred at a random pixel of each image; near an
+    edge part of the square falls outside (DeVries & Taylor's cutout)."""
+    b, _, h, w = x.shape
+    side = params.cutout
+    top = (torch.randint(0, h, (b,), generator=generator) - side // 2).to(x.device).view(b, 1, 1, 1)
+    left = (torch.randint(0, w, (b,), generator=generator) - side // 2).to(x.device).view(b, 1, 1, 1)
+    rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    return x.masked_fill(inside, 0)
 
 
 @AUGMENTATIONS.register("jitter")

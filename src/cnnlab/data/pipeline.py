@@ -42,7 +42,7 @@ def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: tor
     )
     # float arrays keep their own scale: no range to clamp the colour jitter to
     clamp = value_max if value_max == 255.0 else None
-    params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, value_max=clamp)
+    params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, cutout=data.cutout, value_max=clamp)
     loaders = {
         "train": make_loader(ds.train, train.batch_size // world, shuffle=data.shuffle, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size or world > 1, seed=train.seed, **common)
     }

@@ -15,10 +15,31 @@ import torch.nn as nn
 from cnnlab.models import MODELS
 
 
+class MaxPool2x2(nn.MaxPool2d):
+    """nn.MaxPool2d(2), with a faster forward where no gradient is wanted (evaluation, predict).
+
+    On the CPU, torch's max_pool2d always computes the argmax indices, and for bf16 channels_last
+    tensors that makes it about a quarter of the default model's inference time. The max of the four
+    strided 2x2 sub-grids gives the same values, bit for bit, at about twice the speed (measured at
+    batch 256 on the 2-core CPU); its backward written by hand was slower than torch's, so training
+    keeps torch's pooling. It has no parameters: checkpoints are the same either way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and x.requires_grad) or min(x.shape[-2:]) < 2:
+            return super().forward(x)  # torch's, and its error for a map too small to pool
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor, as max_pool2d does
+        x = x[..., :h, :w]
+        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
 def conv_bn(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
     if pool:
-        layers.append(nn.MaxPool2d(2))
+        layers.append(MaxPool2x2())
     layers += [nn.BatchNorm2d(c_out), nn.GELU()]
     return nn.Sequential(*layers)
 
@@ -38,6 +59,7 @@ class FastNet(nn.Module):
         stem_width: int = 0,
         extra_convs: int = 0,
         head_scale: float = 1.0,
+        pool_grid: int = 1,
     ) -> None:
         super().__init__()
         # An optional full-resolution stem conv; costly at 28x28, so off by default.
@@ -48,8 +70,10 @@ class FastNet(nn.Module):
             layers += [conv_bn(w, w, pool=False) for _ in range(extra_convs)]
             c = w
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.head = nn.Linear(c, num_classes, bias=False)
+        # max-pooled to a pool_grid x pool_grid grid: 1 is a global pool; more keeps where a feature
+        # was (a sleeve's length, a collar) for the head to see
+        self.pool = nn.AdaptiveMaxPool2d(pool_grid)
+        self.head = nn.Linear(c * pool_grid * pool_grid, num_classes, bias=False)
         self.head_scale = head_scale  # logits are scaled down: calmer early training with a high lr
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
