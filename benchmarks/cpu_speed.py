@@ -271,7 +271,7 @@ def timed(runs: int, fns: list[Callable[[], Any]]) -> list[list[Any]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
-    p.add_argument("--quick", action="store_true", help="1 run each; 1 epoch of the reports' loop and 1 seed in (b)")
+    p.add_argument("--quick", action="store_true", help="1 run each; 1 epoch of the reports' loop, and 1 seed in (b) and (e)")
     p.add_argument("--only", default="a,b,c,d,e", help="sections to run, e.g. a,c")
     p.add_argument("--race-epochs", type=int, default=3, help="(b): epochs of the reports' loop (about 50 s each here)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_speed.json"))

@@ -137,7 +137,7 @@ def test_train_threads_is_applied_and_recorded(fashion_dir, tmp_path):
     assert r.returncode == 2 and "train.threads" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("augment, data, expected", [("auto", "fashion", True), ("translate", "fashion", False), ("flip+rotate", "fashion", True), ("auto", "mnist-5k", False)])
+@pytest.mark.parametrize("augment, data, expected", [("auto", "fashion", True), ("translate", "fashion", False), ("flip+rotate", "fashion", True), ("auto", "mnist-5k", False), ("flip-translate", "mnist-5k", False)])
 def test_tta_auto_mirrors_at_test_time_only_where_training_flips(fashion_dir, augment, data, expected):
     from cnnlab.config import apply_overrides, load_recipe
     from cnnlab.run import prepare

@@ -68,6 +68,8 @@ def test_evaluate_reproduces_the_runs_test_figures(run, capsys):
 def test_evaluate_val_with_tta_writes_its_own_file(run):
     assert main(["evaluate", str(run), "--split", "val", "--tta"]) == 0
     assert json.loads((run / "eval-val-tta.json").read_text())["num_samples"] == 64
+    assert main(["evaluate", str(run), "--split", "val", "--no-tta"]) == 0
+    assert json.loads((run / "eval-val-no-tta.json").read_text())["tta"] is False
 
 
 @pytest.mark.parametrize("command", ["evaluate", "report"])

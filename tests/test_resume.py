@@ -191,3 +191,17 @@ def test_resume_refuses_a_different_model_or_data_saying_what_differs(extra, nee
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
     r = run_cli("train", "--resume", str(tmp_path))
     assert r.returncode == 2 and "not a run folder" in r.stderr
+
+
+def test_fused_adam_resumes_exactly(fashion_dir, tmp_path):
+    """Adam runs fused on the CPU (engine/optim.py); its saved state, step count included, resumes exactly."""
+    args = [*ARGS, "--optimizer", "adam", "--lr", "0.001"]
+    straight = tmp_path / "straight"
+    r = run_cli("train", "--data", str(fashion_dir), "--out", str(straight), *args, timeout=180)
+    assert r.returncode == 0, r.stderr
+    saved = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["optimizer"]["param_groups"][0].get("fused") is True
+    out = tmp_path / "run"
+    assert _drive("batch", 5, fashion_dir, out, args).returncode == -signal.SIGKILL
+    assert run_cli("train", "--resume", str(out), timeout=180).returncode == 0
+    _assert_same_run(out, straight)

@@ -90,3 +90,38 @@ def test_a_bad_grid_value_fails_before_any_run(fashion_dir, tmp_path):
     with pytest.raises(ConfigError, match="optim.lr"):
         run_sweep(_base(fashion_dir), parse_grid(["optim.lr=0.1,-1"]), seeds=1, out=tmp_path / "s", log=lambda _: None)
     assert not list(tmp_path.glob("s/*/seed-*"))
+
+
+def test_a_plan_from_before_a_new_config_key_still_resumes_but_a_new_kwarg_is_refused(tmp_path):
+    import yaml
+
+    from cnnlab.config import RunConfig
+    from cnnlab.sweep import guard_plan
+
+    plan = {"recipe": RunConfig().to_dict(), "seeds": 1}
+    older = yaml.safe_load(yaml.safe_dump(plan))
+    del older["recipe"]["data"]["cutout"]  # written by a cnnlab that had no data.cutout
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    guard_plan(tmp_path, "sweep.yaml", plan, "sweep")  # the new key at its default: the same plan
+    changed = {"recipe": {**plan["recipe"], "model": {"name": "fastnet", "kwargs": {"pool_grid": 3}, "init_from": None}}, "seeds": 1}
+    with pytest.raises(ConfigError, match="recipe.model.kwargs is {} there and {'pool_grid': 3} here"):
+        guard_plan(tmp_path, "sweep.yaml", changed, "sweep")
+    cut = {"recipe": {**plan["recipe"], "data": {**plan["recipe"]["data"], "cutout": 4}}, "seeds": 1}
+    with pytest.raises(ConfigError, match="recipe.data.cutout"):
+        guard_plan(tmp_path, "sweep.yaml", cut, "sweep")
+
+
+def test_a_grid_over_models_keeps_the_users_model_kwargs(fashion_dir, tmp_path):
+    from cnnlab.run import train_run
+
+    seen = []
+
+    def recording(cfg, **kw):
+        if cfg is not None:
+            seen.append((cfg.model.name, dict(cfg.model.kwargs)))
+        return train_run(cfg, **kw)
+
+    sets = {**FAST, "data.root": str(fashion_dir), "model.kwargs.act": "gelu"}
+    base = apply_overrides(load_recipe("uw-lab-fashion"), sets)
+    run_sweep(base, parse_grid(["model.name=uw-lab,lenet5"]), seeds=1, out=tmp_path / "s", train=recording, log=lambda _: None, sets=sets)
+    assert seen == [("uw-lab", {"act": "gelu"}), ("lenet5", {"act": "gelu"})]  # the recipe's kwargs (none here) dropped, the user's kept

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("recipe", nargs="?", metavar="RECIPE", help="a recipe name (see src/cnnlab/recipes/) or a path to a .yaml file")
     t.add_argument("--data", metavar="NAME|PATH", help="a dataset name (cnnlab data list), or a folder: IDX files, cifar-10-batches-py, CelebA, *_features.npy pairs or class sub-folders")
-    t.add_argument("--model", metavar="NAME", help="a registered model name")
+    t.add_argument("--model", metavar="NAME", help="a registered model name (cnnlab models list); the recipe's model.kwargs, meant for its own model, are dropped")
     t.add_argument("--epochs", type=_positive_int, metavar="N")
     t.add_argument("--batch-size", type=_positive_int, metavar="N")
     t.add_argument("--lr", type=_positive_float, metavar="X", help="peak learning rate")
@@ -154,14 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a trained run on its test (or val) part and print the per-class table",
         description="Rebuild the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, score it on a part of its "
         "data (or of --data, with the same classes), print accuracy, the per-class table and the averages, and write the metrics as JSON.",
-        epilog="examples:\n  cnnlab evaluate runs/fashion-mnist-fast-1\n  cnnlab evaluate runs/fashion-mnist-fast-1 --split val --tta\n"
+        epilog="examples:\n  cnnlab evaluate runs/fashion-mnist-fast-1\n  cnnlab evaluate runs/fashion-mnist-fast-1 --split val --no-tta\n"
         "  cnnlab evaluate runs/pets-1/checkpoints/last.pt --data ~/photos/pets-new --out new.json\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     e.add_argument("--data", metavar="NAME|PATH", help="another copy of the run's data (a name or folder, the same classes): its test or val part, split as the run's recipe says, is scored (default: the run's own data)")
     e.add_argument("--split", choices=["test", "val"], default="test")
-    e.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested, its train.tta)")
     e.add_argument("--batch-size", type=_positive_int, default=512, metavar="N")
     e.add_argument("--out", metavar="FILE", help="where to write the metrics JSON (default: RUN_DIR/eval-<split>.json, or beside the checkpoint)")
     e.set_defaults(func=cmd_evaluate)
@@ -376,13 +376,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = load_run(args.source)
     _, split = load_split(run, args.split, args.data)
-    preds = predict(run.model, split_loader(run, split, args.batch_size), run.objective, tta=args.tta)
+    tta = bool(run.cfg.train.tta) if args.tta is None else args.tta  # by default the run's own, so metrics.json's figures come back
+    preds = predict(run.model, split_loader(run, split, args.batch_size), run.objective, tta=tta)
     m = metrics_of(preds, run.classes, run.objective)
-    m.update(checkpoint=str(run.checkpoint), split=args.split, data=args.data or run.cfg.data.name, tta=args.tta)
-    suffix = f"eval-{args.split}{'-tta' if args.tta else ''}.json"
+    m.update(checkpoint=str(run.checkpoint), split=args.split, data=args.data or run.cfg.data.name, tta=tta)
+    suffix = f"eval-{args.split}{'' if args.tta is None else '-tta' if tta else '-no-tta'}.json"  # the run's own way: eval-test.json
     out = Path(args.out) if args.out else (run.run_dir / suffix if run.run_dir else run.checkpoint.with_suffix(f".{suffix}"))
     correct = round(m["accuracy"] * m["num_samples"])
-    print(f"{run.cfg.model.name} on {m['data']} {args.split}{' (flip TTA)' if args.tta else ''}: accuracy {100 * m['accuracy']:.2f}% ({correct}/{m['num_samples']}), loss {m['loss']:.4f}")
+    print(f"{run.cfg.model.name} on {m['data']} {args.split}{' (flip TTA)' if tta else ''}: accuracy {100 * m['accuracy']:.2f}% ({correct}/{m['num_samples']}), loss {m['loss']:.4f}")
     extra = [f"mean per-class recall {100 * m['balanced_accuracy']:.2f}%"] if "balanced_accuracy" in m else []
     extra += [f"top-{k} {100 * v:.2f}%" for k, v in (m.get("top_k_accuracy") or {}).items() if k != "1"]
     extra += [f"ROC-AUC {m['roc_auc']:.4f} (threshold {m['threshold']})"] if m.get("roc_auc") is not None else []
@@ -410,7 +411,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = {**parse_set(args.set), **_data_epochs_overrides(args.data, args.epochs)}
     cfg = apply_overrides(load_recipe(args.recipe), overrides)
     out = Path(args.out or f"runs/sweep-{cfg.name}")
-    rows = run_sweep(cfg, parse_grid(args.grid), seeds=args.seeds, out=out, cumulative=args.cumulative, metric=args.metric)
+    rows = run_sweep(cfg, parse_grid(args.grid), seeds=args.seeds, out=out, cumulative=args.cumulative, metric=args.metric, sets=overrides)
     print()
     print(table_text(rows, args.metric, args.cumulative), end="")
     print(f"tables written to {out}/sweep.md, sweep.csv and sweep.json")

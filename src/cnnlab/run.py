@@ -125,12 +125,16 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
         raise ConfigError("train.deterministic and train.compile together are not supported; choose one")
 
 
+DIGITS = ("mnist", "mnist-5k")  # no mirror-image test-time augmentation: a mirrored digit is another digit or none
+
+
 def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     """Validate and resolve `cfg`, read the data and its statistics, and build the model and objective."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
-    if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta="flip" in parse_augment(cfg.data.augment)))
+    if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images (never digits)
+        flips = "flip" in parse_augment(cfg.data.augment) and cfg.data.name not in DIGITS
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta=flips))
     check_names(cfg)
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)
@@ -143,7 +147,7 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     model: nn.Module = create_model(cfg.model.name, num_classes=model_outputs(cfg.train.loss, target), in_channels=ds.input_shape[0], input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
     outputs = dry_run(model, tuple(ds.input_shape), "give larger images (data.preprocess resizes image files) or choose another model", f"model {cfg.model.name}").shape[-1]
     objective = create_objective(cfg.train.loss, model, target, outputs, smoothing=cfg.train.label_smoothing, weighted=cfg.train.class_weights == "auto")
-    if cfg.train.tta and cfg.data.name in ("mnist", "mnist-5k"):
+    if cfg.train.tta and cfg.data.name in DIGITS:
         raise ConfigError("train.tta averages each image with its mirror image, which changes digits; leave it off for MNIST")
     notes = [init_from(model, cfg.model.init_from, ds.classes)] if cfg.model.init_from else []
     # config.yaml records what was inferred (image size, channels, the loss), so a rerun reads the same way
@@ -213,7 +217,13 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunCo
 def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler, ema) -> None:
     """Put a run's saved training state back: weights, optimizer, schedule, scaler, EMA, random streams."""
     model.load_state_dict(ckpt.get("raw_model") or ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    # the implementation (fused or not) this torch and device take, not the saved run's: set before
+    # loading, so the state (Adam's step count) is placed as that implementation wants it
+    saved = ckpt["optimizer"]
+    built = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    if len(built) == len(saved["param_groups"]):  # else load_state_dict gives its own error
+        saved = {**saved, "param_groups": [{**g, **impl} for g, impl in zip(saved["param_groups"], built)]}
+    optimizer.load_state_dict(saved)
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler") is not None:

@@ -170,18 +170,22 @@ def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int,
 
 def guard_plan(out: Path, name: str, plan: dict[str, Any], what: str) -> None:
     """Write the plan of a sweep (or reproduction) as out/NAME; refuse a folder that holds another plan,
-    naming the first key that differs."""
+    naming the first key that differs. A config key the saved plan lacks, at its default here, was
+    added to cnnlab after that plan was written: it does not count as a difference."""
     out.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(plan, sort_keys=False)
     saved = out / name
     if saved.is_file() and saved.read_text() != text:
+        new = flatten(plan)
         try:
-            old, new = flatten(yaml.safe_load(saved.read_text())), flatten(plan)
-            key = next(k for k in list(new) + list(old) if old.get(k, "(unset)") != new.get(k, "(unset)"))
-            detail = f": {key} is {old.get(key, '(unset)')!r} there and {new.get(key, '(unset)')!r} here"
-        except (StopIteration, yaml.YAMLError, AttributeError):
-            detail = ""
-        raise ConfigError(f"{out} holds another {what} ({name} differs{detail}); give another --out, or rerun that {what}'s own command to resume it")
+            old = flatten(yaml.safe_load(saved.read_text()))
+            added = {k for k, v in flatten({"recipe": RunConfig().to_dict()}).items() if k not in old and new.get(k) == v}
+            key = next((k for k in list(old) + list(new) if k not in added and old.get(k, "(unset)") != new.get(k, "(unset)")), None)
+        except (yaml.YAMLError, AttributeError):
+            old, key = {}, ""
+        if key is not None:
+            detail = f": {key} is {old.get(key, '(unset)')!r} there and {new.get(key, '(unset)')!r} here" if key else ""
+            raise ConfigError(f"{out} holds another {what} ({name} differs{detail}); give another --out, or rerun that {what}'s own command to resume it")
     write_text(saved, text)
 
 
@@ -209,15 +213,22 @@ def run_rows(base: RunConfig, steps: list[tuple[str, dict[str, Any], str]], *, s
     return rows
 
 
-def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int, out: Path, cumulative: bool = False, metric: str = "accuracy", train: Train | None = None, log: Callable[[str], None] = print) -> list[Row]:
-    """Train the grid over `seeds` seeds under `out`; returns the rows and writes the tables."""
+def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int, out: Path, cumulative: bool = False, metric: str = "accuracy", train: Train | None = None, log: Callable[[str], None] = print, sets: dict[str, Any] | None = None) -> list[Row]:
+    """Train the grid over `seeds` seeds under `out`; returns the rows and writes the tables.
+
+    `sets` are the user's --set keys, already in `base`: a row that changes model.name drops the
+    recipe's model.kwargs (config.apply_overrides), and the user's model.kwargs.* are applied again."""
+    user_kwargs = {k: v for k, v in (sets or {}).items() if k.startswith("model.kwargs.")}
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
+    def with_user(change: dict[str, Any]) -> dict[str, Any]:
+        return {**change, **user_kwargs} if "model.name" in change else change
+
     for key, values in grid:  # every key and value is checked before the first run
         for v in values:
-            apply_overrides(base, {key: v}).validate()
+            apply_overrides(base, with_user({key: v})).validate()
     out = Path(out)
     guard_plan(out, "sweep.yaml", {"recipe": base.to_dict(), "grid": [[k, v] for k, v in grid], "seeds": seeds, "cumulative": cumulative, "metric": metric}, "sweep")
     if cumulative:
@@ -225,7 +236,7 @@ def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int,
     else:
         keys = [k for k, _ in grid]
         changes = [dict(zip(keys, combo)) for combo in (itertools.product(*(vs for _, vs in grid)) if grid else [()])]
-    steps = [(", ".join(f"{k}={v}" for k, v in c.items()) or "base", c, f"{i:02d}-{_slug(c)}") for i, c in enumerate(changes)]
+    steps = [(", ".join(f"{k}={v}" for k, v in c.items()) or "base", with_user(c), f"{i:02d}-{_slug(c)}") for i, c in enumerate(changes)]
     rows = run_rows(base, steps, seeds=seeds, out=out, cumulative=cumulative, metric=metric, train=train, log=lambda m: log(f"sweep: {m}"))
     write_tables(rows, out, metric, cumulative)
     return rows

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cnnlab.models import MODELS
 
@@ -29,8 +30,8 @@ class MaxPool2x2(nn.MaxPool2d):
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() and x.requires_grad) or min(x.shape[-2:]) < 2:
-            return super().forward(x)  # torch's, and its error for a map too small to pool
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or (torch.is_grad_enabled() and x.requires_grad) or min(x.shape[-2:]) < 2:
+            return F.max_pool2d(x, 2)  # torch's: exported graphs, training, and its error for a map too small to pool
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor, as max_pool2d does
         x = x[..., :h, :w]
         return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
@@ -45,10 +46,11 @@ def conv_bn(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
 
 
 class FastNet(nn.Module):
-    """[stem conv] -> len(widths) pooled blocks -> global max pool -> linear.
+    """[stem conv] -> len(widths) pooled blocks -> max pool to a pool_grid x pool_grid grid -> linear.
 
     For a 1x28x28 input and widths (32, 64, 128): (B, 32, 14, 14) -> (B, 64, 7, 7) ->
-    (B, 128, 3, 3) -> (B, 128) -> (B, num_classes).
+    (B, 128, 3, 3) -> (B, 128 * pool_grid**2) -> (B, num_classes). pool_grid 1 is a global max pool;
+    the default recipe uses 3.
     """
 
     def __init__(
@@ -90,5 +92,5 @@ class FastNet(nn.Module):
 def fastnet(num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs) -> FastNet:
     """the fast default: a small VGG-like CNN with BN and GELU, tuned for CPU time-to-accuracy
 
-    Any input size works: it ends in a global pool."""
+    Any input size works: it ends in an adaptive pool (model.kwargs: widths, extra_convs, stem_width, pool_grid, head_scale)."""
     return FastNet(num_classes, in_channels, **kwargs)
