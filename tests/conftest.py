@@ -54,6 +54,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict
     return subprocess.run([sys.executable, "-m", "cnnlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.fixture(scope="session")
+def deploy_run(tmp_path_factory) -> Path:
+    """A quick run on the Fashion-MNIST fixture with 1,000 test images (predict, export, serve)."""
+    root = tmp_path_factory.mktemp("deploy")
+    data = write_fashion_fixture(root / "fashion", n_train=320, n_test=1000)
+    out = root / "run"
+    r = run_cli("train", "--data", str(data), "--out", str(out), *QUICK, "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 # --- fixture writers for the other on-disk formats (tests/test_formats.py) --------------------
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -233,7 +233,138 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--figure", metavar="PNG", default="comparison.png", help="the predictions figure (default: ./comparison.png)")
     c.add_argument("--images", type=_positive_int, default=8, metavar="N", help="test images in the figure (default 8)")
     c.set_defaults(func=cmd_compare)
+
+    pr = sub.add_parser(
+        "predict",
+        help="classify image files or folders with a trained run",
+        description="Classify images with the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, fed exactly as the run "
+        "was tested: the same decoding, preprocess steps, normalisation and TTA. Any mode and size: an image that does not come out "
+        "at the model's input size is resized to cover it and center-cropped (marked 'resized'). A folder gives its image files, "
+        "sub-folders included. Files that are not readable images are listed and skipped; the exit code is 0 when every image "
+        "was predicted, 1 when some were skipped.",
+        epilog="examples:\n  cnnlab predict runs/fashion-mnist-fast-1 shoe.png\n  cnnlab predict runs/fashion-mnist-fast-1 ~/photos --topk 3\n"
+        "  cnnlab predict runs/pets-1/checkpoints/best.pt ~/new --format csv --out predictions.csv\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    pr.add_argument("--topk", type=_positive_int, default=3, metavar="K", help="classes per image, most probable first (default 3)")
+    pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested)")
+    pr.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
+    pr.add_argument("--out", metavar="FILE", help="write the predictions to FILE instead of printing them")
+    pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser(
+        "export",
+        help="export a trained run to ONNX or TorchScript, with a parity check against PyTorch",
+        description="Write the model of RUN_DIR or CHECKPOINT as one file that takes (N, C, H, W) float pixels on [0, 1] and returns "
+        "class probabilities: the run's normalisation, TTA and softmax/sigmoid are inside the graph. FILE.json beside it (and the "
+        "file's own metadata) holds the class names, the input size and mode, the preprocess steps and mean/std. --check runs the "
+        "exported file (onnxruntime, or torch.jit for TorchScript) on test images of the run's data, compares it with PyTorch, and "
+        "exits 1 unless every top-1 class agrees and no probability differs by more than 1e-3.",
+        epilog="examples:\n  cnnlab export runs/fashion-mnist-fast-1 --format onnx --check\n"
+        "  cnnlab export runs/fashion-mnist-fast-1 --format torchscript --out model.pt\n"
+        "  cnnlab export runs/pets-1 --format onnx --check --data ~/photos/pets --check-images 200\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    x.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    x.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
+    x.add_argument("--check", action="store_true", help="compare the exported file with PyTorch on test images")
+    x.add_argument("--check-images", type=_positive_int, default=1000, metavar="N", help="test images for --check (default 1000)")
+    x.add_argument("--data", metavar="NAME|PATH", help="for --check: another copy of the run's data (default: the run's own)")
+    x.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="put the mirror-image average in the graph (default: as the run was tested)")
+    x.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser(
+        "serve",
+        help="a web page and a JSON API that classify uploaded images, with Grad-CAM",
+        description="Serve the model of RUN_DIR or CHECKPOINT: a page where you drop or choose an image and see the top classes with "
+        "probability bars and a Grad-CAM overlay; POST /predict (the image as the body or a form's 'file' field; ?topk=K, "
+        "?gradcam=1) answers JSON; GET /health and GET /info. Uploads over --max-upload-mb and images over --max-pixels are "
+        "refused with 413, anything that is not an image with 400.",
+        epilog="examples:\n  cnnlab serve runs/fashion-mnist-fast-1                # then open http://127.0.0.1:8000/\n"
+        "  curl -F file=@shoe.png 'http://127.0.0.1:8000/predict?topk=3'\n"
+        "  cnnlab serve runs/pets-1 --host 0.0.0.0 --port 8080      # reachable from other machines\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sv.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    sv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_int, default=8000, help="default 8000; 0 picks a free port")
+    sv.add_argument("--topk", type=_positive_int, default=5, metavar="K", help="classes the page shows (default 5)")
+    sv.add_argument("--max-upload-mb", type=_positive_float, default=10.0, metavar="MB", help="the largest upload (default 10)")
+    sv.add_argument("--max-pixels", type=_positive_int, metavar="N", help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)")
+    sv.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested)")
+    sv.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.runs import write_user_file
+    from cnnlab.serve.output import format_predictions
+    from cnnlab.serve.predictor import Classifier, image_files
+
+    clf = Classifier.load(args.checkpoint, tta=args.tta)
+    files, skipped = image_files(args.inputs)
+    with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=None if len(files) > args.batch_size else True) as bar:
+        preds, bad = clf.predict_many(files, topk=args.topk, batch_size=args.batch_size, progress=bar.update)
+    skipped += bad
+    if not preds:
+        first = f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise CnnlabError(f"no image to predict among {', '.join(args.inputs)[:200]}{first}; give image files or folders holding them")
+    text = format_predictions(args.format, preds, skipped, clf)
+    if args.out:
+        write_user_file(args.out, text)
+        print(f"{len(preds)} prediction(s) written to {args.out}")
+    else:
+        print(text, end="")
+    if skipped:
+        print(f"cnnlab predict: skipped {len(skipped)} file(s) that are not readable images:", file=sys.stderr)
+        for f, reason in skipped:
+            print(f"  {f}: {reason}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnlab.serve.export import check_parity, default_out, export_model, sidecar_path
+    from cnnlab.serve.predictor import Classifier
+
+    clf = Classifier.load(args.checkpoint, tta=args.tta)
+    out = Path(args.out) if args.out else default_out(clf, args.format)
+    export_model(clf, args.format, out)
+    print(f"exported {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}{', flip TTA in the graph' if clf.tta else ''}) to {out} "
+          f"({out.stat().st_size / 1024**2:.1f} MB); class names, input and preprocessing in {sidecar_path(out)}")
+    if not args.check:
+        return 0
+    p = check_parity(clf, args.format, out, args.check_images, args.data)
+    engine = "onnxruntime" if args.format == "onnx" else "torch.jit"
+    verdict = "passed" if p.passed() else "FAILED"
+    print(f"parity check on {p.images} test images, {engine} against PyTorch: top-1 agreement {100 * p.agreement:.2f}% "
+          f"({round(p.agreement * p.images)}/{p.images}), largest probability difference {p.max_prob_diff:.2e} -> {verdict} "
+          f"(needs 100% and <= 1e-03)")
+    return 0 if p.passed() else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cnnlab.errors import CnnlabError
+
+    try:
+        from cnnlab.serve.app import serve
+    except ImportError as e:
+        raise CnnlabError(f"cnnlab serve needs starlette, uvicorn and python-multipart ({e}); pip install starlette uvicorn python-multipart") from None
+    from cnnlab.serve.predictor import Classifier
+
+    clf = Classifier.load(args.checkpoint, tta=args.tta, max_pixels=args.max_pixels)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"cnnlab serve: listening on {args.host}: other machines can reach this server", file=sys.stderr)
+    serve(clf, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024**2), topk=args.topk, announce=lambda line: print(line, flush=True))
+    return 0
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:

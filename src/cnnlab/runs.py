@@ -12,6 +12,8 @@ from typing import Any, Callable
 from cnnlab.errors import ConfigError
 
 RUNS_ROOT = Path("runs")
+_UMASK = os.umask(0o022)  # read once (setting it is the only way to read it), then put back
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -22,6 +24,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file gets the mode open() would give it
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

@@ -7,9 +7,10 @@ crashing in the middle of an epoch.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,33 +23,51 @@ class BadImage(Exception):
     """A file that is not a decodable image; the message is the reason, for the skipped-files list."""
 
 
-def open_image(path: str | Path, channels: int, max_pixels: int) -> Image.Image:
-    """Decode `path` fully into an 'L' (channels=1) or 'RGB' (channels=3) image, upright per EXIF.
+class TooManyPixels(BadImage):
+    """An image over the pixel limit (refused from its header, before decoding: a decompression bomb)."""
+
+
+ImageSource = Union[str, Path, bytes]  # a file, or a whole file's bytes (an upload)
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int, setting: str = "data.max_pixels") -> None:
+    """Raise TooManyPixels where a (width, height) image has more than `max_pixels` pixels."""
+    w, h = size
+    if w * h > max_pixels:
+        raise TooManyPixels(f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} ({setting}): refused as a decompression bomb")
+
+
+def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str = "data.max_pixels") -> Image.Image:
+    """Decode a file (or its bytes) fully into an 'L' (channels=1) or 'RGB' (channels=3) image,
+    upright per EXIF.
 
     RGBA, LA and palette images with transparency are composited on white first, so transparent
-    pixels do not turn black. Raises BadImage for anything that does not decode.
+    pixels do not turn black. Raises BadImage for anything that does not decode, TooManyPixels for
+    an image over `max_pixels` (`setting` names the limit in the message).
     """
-    path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        if size == 0:
             raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise BadImage(f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (data.max_pixels): refused as a decompression bomb")
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as im:
+                check_pixels(im.size, max_pixels, setting)
                 im.load()  # decodes now: a truncated file fails here, not in a later epoch
-                im = ImageOps.exif_transpose(im) or im
-                return _convert(im, channels)
+                return upright(im, channels)
     except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"refused as a decompression bomb ({e})") from None
+        raise TooManyPixels(f"refused as a decompression bomb ({e})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise BadImage(f"corrupt or truncated ({str(e).strip() or type(e).__name__})") from None
+
+
+def upright(im: Image.Image, channels: int) -> Image.Image:
+    """A decoded image turned upright per its EXIF orientation, in the model's mode ('L' or 'RGB')."""
+    return _convert(ImageOps.exif_transpose(im) or im, channels)
 
 
 def _convert(im: Image.Image, channels: int) -> Image.Image:

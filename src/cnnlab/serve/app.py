@@ -1,0 +1,204 @@
+"""`cnnlab serve`: a web page and a JSON API over a trained run, on Starlette and uvicorn.
+
+Routes:
+  GET  /          the page: drop or choose an image, see the top classes and a Grad-CAM overlay
+  GET  /health    {"status": "ok", "model": ..., "classes": K}
+  GET  /info      the model, its classes, input and preprocessing, and the server's limits
+  POST /predict   the image as the raw body, or as the "file" field of a multipart form;
+                  ?topk=K (default 5), ?gradcam=1 adds the overlay as a PNG data URL
+
+Anything a client sends gets an answer below 500: 400 for what is not an image (or a bad
+parameter), 413 for a body over the upload limit or an image over the pixel limit (refused from its
+header, before it is decoded), 404/405 for other paths and methods. The model runs one request at a
+time (a lock): torch already spreads one forward pass over the cores, and Grad-CAM's hooks must not
+see another request's forward pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from cnnlab.data.images import BadImage, TooManyPixels
+from cnnlab.serve.predictor import Classifier
+
+MAX_TOPK = 100
+OVERLAY_SIDE = 256  # px: the longer side of the Grad-CAM picture sent to the page
+
+
+def overlay_png(image: Any, heat: Any) -> bytes:
+    """The image with its Grad-CAM heat (jet, half transparent) on top, as PNG bytes, at least
+    OVERLAY_SIDE px on its longer side (a 28x28 image is scaled up with crisp pixels)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from matplotlib import colormaps
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    s = max(1, -(-OVERLAY_SIDE // max(h, w)))  # a whole factor: every pixel becomes an s x s block
+    img = image.permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W) in [0, 1]
+    img = F.interpolate(img, scale_factor=s, mode="nearest")[0].permute(1, 2, 0)
+    if img.shape[-1] == 1:
+        img = img.expand(-1, -1, 3)
+    heat = F.interpolate(heat[None, None].float(), size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    colored = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).float()
+    blend = (0.5 * img + 0.5 * colored).clamp(0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((blend.numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise HTTPException(413, f"the upload is {int(declared):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the upload passes {limit:,} bytes, the most this server takes (cnnlab serve --max-upload-mb)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _image_bytes(request: Request, limit: int) -> bytes:
+    """The image: the raw body, or the 'file' (or only) file field of a multipart form."""
+    body = await _read_body(request, limit)
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        if not body:
+            raise HTTPException(400, "no image: send the image file as the request body, or as the 'file' field of a multipart form")
+        return body
+
+    async def replay() -> dict[str, Any]:  # the body already read, handed to Starlette's form parser
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        async with Request(request.scope, replay).form(max_files=4, max_fields=20, max_part_size=64 * 1024) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                upload = next((v for v in form.values() if not isinstance(v, str)), None)
+            if upload is None:
+                raise HTTPException(400, "the form has no file: send the image as its 'file' field")
+            return await upload.read()
+    except HTTPException:
+        raise
+    except Exception as e:  # python-multipart's and Starlette's errors for a malformed form
+        raise HTTPException(400, f"a malformed multipart form ({str(e).strip()[:120] or type(e).__name__})") from None
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "0").lower()
+    if value not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise HTTPException(400, f"?{name}= takes 1 or 0, not {value[:20]!r}")
+    return value in ("1", "true", "yes")
+
+
+def _topk(request: Request, default: int) -> int:
+    value = request.query_params.get("topk")
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= MAX_TOPK:
+        raise HTTPException(400, f"?topk= takes a whole number from 1 to {MAX_TOPK}, not {value[:20]!r}")
+    return int(value)
+
+
+def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5) -> Starlette:
+    """The ASGI app serving `clf` (whose max_pixels is the pixel limit)."""
+    lock = threading.Lock()
+    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": clf.max_pixels}
+    page = resources.files("cnnlab.serve").joinpath("page.html").read_text(encoding="utf-8")
+    page = page.replace("__CONFIG__", json.dumps({**limits, "topk": topk, "model": clf.name, "classes": len(clf.classes)}))
+
+    def run_model(data: bytes, k: int, gradcam: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        with lock:
+            if gradcam:
+                pred, heat, image = clf.explain(data, topk=k)
+            else:
+                pred = clf.predict(data, topk=k)
+        out = pred.to_dict()
+        if gradcam:
+            out["gradcam"] = "data:image/png;base64," + base64.b64encode(overlay_png(image, heat)).decode()
+        out["milliseconds"] = round(1000 * (time.perf_counter() - t0), 2)
+        return out
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": clf.name, "classes": len(clf.classes)})
+
+    async def info(request: Request) -> Response:
+        return JSONResponse({**clf.describe(), "limits": limits})
+
+    async def predict(request: Request) -> Response:
+        k = _topk(request, topk)
+        gradcam = _flag(request, "gradcam")
+        data = await _image_bytes(request, max_upload_bytes)
+        try:
+            return JSONResponse(await run_in_threadpool(run_model, data, k, gradcam))
+        except TooManyPixels as e:
+            return _error(413, f"the image is too large: {e}")
+        except BadImage as e:
+            return _error(400, f"not an image this server can read: {e}")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, exc.detail)
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/predict", predict, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+
+def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5, announce=print) -> None:
+    """Bind host:port (port 0: a free one), announce the address, and serve until Ctrl-C."""
+    import socket
+
+    import uvicorn
+
+    from cnnlab.errors import CnnlabError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise CnnlabError(f"--host {host}: not an address this machine knows ({e}); use 127.0.0.1, or 0.0.0.0 for every interface") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or stop what uses it") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    announce(f"serving {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}) on http://{shown}:{bound}/  (POST /predict, GET /health; Ctrl-C stops)")
+    app = create_app(clf, max_upload_bytes=max_upload_bytes, topk=topk)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,267 @@
+"""Predicting on new images exactly as the run was evaluated: `cnnlab.load(CHECKPOINT).predict(image)`.
+
+An image goes through the same steps as a test image of the run: decoded by data/images.open_image
+(EXIF orientation, mode conversion, transparency on white), the preprocess steps stored in the
+checkpoint (torchvision's resize and crop), then normalised by the loader's formula with the saved
+mean and std, and the fp32 model (with flip TTA where the run was tested with it). Only one step is
+added: an image that does not come out at the model's input size (a photo given to a Fashion-MNIST
+model, whose run had no resize step) is resized to cover that size and center-cropped to it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import torch
+from PIL import Image
+
+from cnnlab.data.images import IMAGE_SUFFIXES, BadImage, ImageSource, check_pixels, open_image, preprocess_transform, upright
+from cnnlab.evaluation import LoadedRun, load_run, probabilities
+from cnnlab.engine.loop import eval_outputs
+
+ImageLike = Union[str, Path, bytes, Image.Image, torch.Tensor]
+
+
+@dataclass
+class Prediction:
+    """The classes of one image, most probable first, with their probabilities."""
+
+    top: list[tuple[str, float]]  # (class name, probability), the top k, most probable first
+    source: str = ""  # the file, where the image came from one
+    resized: bool = False  # True: not the model's input size after the run's preprocessing; resized and center-cropped to it
+    multilabel: bool = False  # True: each probability is that attribute's own (they do not sum to 1)
+
+    @property
+    def label(self) -> str:
+        """The most probable class (for a multi-label model: the attributes over 0.5, joined by '+')."""
+        if self.multilabel:
+            return "+".join(name for name, p in self.top if p > 0.5) or "(none)"
+        return self.top[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.top[0][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "probability": self.probability, "top": [{"class": c, "probability": p} for c, p in self.top]}
+        if self.source:
+            out = {"file": self.source, **out}
+        return {**out, "resized": self.resized}
+
+
+def image_files(sources: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files, [(source, reason)] for sources that do not exist). A folder gives its image
+    files (by suffix, sub-folders included, in sorted order); a file named by the user is always tried."""
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            if not found:
+                missing.append((str(p), f"a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES)[:4])}, ...)"))
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            missing.append((str(p), "no such file or folder"))
+    return files, missing
+
+
+class Classifier:
+    """A trained run's model with its preprocessing, ready for new images.
+
+    Get one with `cnnlab.load(CHECKPOINT)` (a run folder or a checkpoint file). Not thread-safe:
+    share one between threads only under a lock (cnnlab serve does).
+    """
+
+    def __init__(self, run: LoadedRun, tta: bool | None = None, max_pixels: int | None = None) -> None:
+        self.run = run
+        self.model = run.model  # eval mode, fp32, CPU
+        self.classes = list(run.classes)
+        self.input_shape = tuple(run.input_shape)  # (C, H, W)
+        self.tta = bool(run.cfg.train.tta) if tta is None else tta  # by default as the run was tested
+        self.max_pixels = int(max_pixels or run.cfg.data.max_pixels)
+        self.limit_name = "--max-pixels" if max_pixels else "data.max_pixels"  # named in the refusal of a larger image
+        self.multilabel = run.objective.multilabel
+        self._transform = preprocess_transform(run.preprocess)
+        # As the loaders: x_norm = (x / 255 - mean) / std = x * scale + shift for x on the 0..255
+        # scale; mean/std are (C,) per channel or (C, H, W) per pixel.
+        mean = torch.as_tensor(run.mean, dtype=torch.float32)
+        std = torch.as_tensor(run.std, dtype=torch.float32)
+        shape = (1, -1, 1, 1) if mean.ndim == 1 else (1, *mean.shape)
+        self.scale = (1.0 / (255.0 * std)).reshape(shape)
+        self.shift = (-mean / std).reshape(shape)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, tta: bool | None = None, max_pixels: int | None = None) -> "Classifier":
+        """The model of a run folder (its best.pt) or of a checkpoint, read with weights_only=True."""
+        return cls(load_run(checkpoint), tta=tta, max_pixels=max_pixels)
+
+    @property
+    def name(self) -> str:
+        return self.run.cfg.model.name
+
+    # --- images in ------------------------------------------------------------------------------
+
+    def pixels(self, image: ImageLike) -> tuple[torch.Tensor, bool]:
+        """(the image as the model takes it before normalisation: (C, H, W) float32 on the 0..255
+        scale, whether it had to be resized to fit). Raises BadImage for what is not an image."""
+        c, h, w = self.input_shape
+        if isinstance(image, torch.Tensor):
+            x = self._tensor_pixels(image)
+        else:
+            if isinstance(image, Image.Image):
+                check_pixels(image.size, self.max_pixels, self.limit_name)
+                try:
+                    im = upright(image, c)  # a lazily opened image decodes here
+                except (OSError, ValueError, SyntaxError, EOFError) as e:
+                    raise BadImage(f"corrupt or truncated ({str(e).strip() or type(e).__name__})") from None
+            else:
+                im = open_image(_source(image), c, self.max_pixels, self.limit_name)
+            from torchvision.transforms.v2.functional import pil_to_tensor
+
+            x = self._transform(pil_to_tensor(im))  # (C, H', W') uint8, the run's resize and crop
+        resized = tuple(x.shape[-2:]) != (h, w)
+        if resized:
+            from torchvision.transforms.v2 import functional as TF
+
+            # cover (h, w), then crop the middle: the aspect ratio is kept, as the run's own steps do
+            s = max(h / x.shape[-2], w / x.shape[-1])
+            size = [max(h, round(x.shape[-2] * s)), max(w, round(x.shape[-1] * s))]
+            x = TF.center_crop(TF.resize(x, size, antialias=True), [h, w])
+        return x.float(), resized
+
+    def _tensor_pixels(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor image: (C, H, W) or (H, W), uint8 on 0..255 or float on [0, 1] (torchvision's
+        ToTensor convention), through the run's preprocess steps; (C, H', W') uint8 or 0..255 float."""
+        c = self.input_shape[0]
+        if t.ndim == 4 and t.shape[0] == 1:
+            t = t[0]
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4) or min(t.shape[1:]) < 1:
+            raise BadImage(f"a tensor image is (C, H, W) with C 1, 3 or 4, or (H, W); got {tuple(t.shape)}")
+        check_pixels((t.shape[2], t.shape[1]), self.max_pixels, self.limit_name)
+        if t.dtype == torch.uint8:  # exactly as a decoded file: through PIL's mode conversion
+            from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+
+            return self._transform(pil_to_tensor(upright(to_pil_image(t.cpu()), c)))
+        if not t.is_floating_point():
+            raise BadImage(f"a tensor image is uint8 (0..255) or float ([0, 1]); got {t.dtype}")
+        t = t.detach().cpu().float()
+        if not bool(torch.isfinite(t).all()) or float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3:
+            raise BadImage("a float tensor image takes values in [0, 1] (torchvision's ToTensor); give uint8 for 0..255")
+        from torchvision.transforms.v2 import functional as TF
+
+        if t.shape[0] == 4:
+            t = t[:3] * t[3:] + (1 - t[3:])  # transparency on white, as for files
+        if t.shape[0] != c:
+            t = TF.rgb_to_grayscale(t) if c == 1 else t.expand(3, -1, -1)
+        return self._transform(t.clamp(0, 1)) * 255.0
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) 0..255 pixels -> the model's input, by the loaders' own formula."""
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+    # --- predictions out ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
+        """(N, K) class probabilities for a (N, C, H, W) batch of 0..255 pixels (see pixels())."""
+        out = eval_outputs(self.model, self.normalise(x), self.tta if tta is None else tta)
+        return probabilities(out, self.run.objective)
+
+    def _prediction(self, probs: torch.Tensor, topk: int | None, source: str = "", resized: bool = False) -> Prediction:
+        k = len(self.classes) if topk is None else max(1, min(topk, len(self.classes)))
+        p, idx = probs.topk(k)
+        return Prediction([(self.classes[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())], source, resized, self.multilabel)
+
+    def predict(self, image: ImageLike, topk: int | None = 5, tta: bool | None = None) -> Prediction:
+        """The top `topk` classes (None: all) of one image: a path, the bytes of an image file, a
+        PIL image, or a tensor ((C, H, W) uint8 0..255 or float [0, 1]). Raises BadImage."""
+        x, resized = self.pixels(image)
+        return self._prediction(self.probabilities(x.unsqueeze(0), tta)[0], topk, _name(image), resized)
+
+    def predict_many(
+        self,
+        images: Iterable[ImageLike],
+        topk: int | None = 5,
+        tta: bool | None = None,
+        batch_size: int = 256,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """(predictions, [(image, reason)] for those that are not images), in batches of `batch_size`.
+        `progress(n)` is called after each n images are read."""
+        preds: list[Prediction] = []
+        bad: list[tuple[str, str]] = []
+        batch: list[tuple[torch.Tensor, str, bool]] = []
+
+        def flush() -> None:
+            if batch:
+                probs = self.probabilities(torch.stack([b[0] for b in batch]), tta)
+                preds.extend(self._prediction(p, topk, src, rs) for p, (_, src, rs) in zip(probs, batch))
+                batch.clear()
+
+        for n, image in enumerate(images):
+            try:
+                x, resized = self.pixels(image)
+                batch.append((x, _name(image) or f"#{n}", resized))
+            except BadImage as e:
+                bad.append((_name(image) or f"#{n}", str(e)))
+            if len(batch) >= batch_size:
+                flush()
+            if progress is not None:
+                progress(1)
+        flush()
+        return preds, bad
+
+    def explain(self, image: ImageLike, topk: int | None = 5) -> tuple[Prediction, torch.Tensor, torch.Tensor]:
+        """(prediction, Grad-CAM heat (H, W) in [0, 1] for the top class, the image (H, W, C) in [0, 1]).
+        The heat explains the model's score on the image itself (not its mirror image, under TTA)."""
+        from cnnlab.report.gradcam import grad_cam
+
+        x, resized = self.pixels(image)
+        pred = self._prediction(self.probabilities(x.unsqueeze(0))[0], topk, _name(image), resized)
+        one_output = not self.multilabel and self.run.objective.name != "cross-entropy"
+        # a one-output binary model: grad_cam explains the predicted side of its one score; otherwise
+        # the top class (for a multi-label model, the most probable attribute)
+        cls = None if one_output else torch.tensor([self.classes.index(pred.top[0][0])])
+        heat, _ = grad_cam(self.model, self.normalise(x.unsqueeze(0)), cls)
+        return pred, heat[0], (x / 255.0).permute(1, 2, 0).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know: the model, its classes, its input and preprocessing."""
+        c, h, w = self.input_shape
+        return {
+            "model": self.name,
+            "classes": self.classes,
+            "multilabel": self.multilabel,
+            "input": {"channels": c, "height": h, "width": w, "mode": "L" if c == 1 else "RGB"},
+            "preprocess": self.run.preprocess,
+            "tta": self.tta,
+            "checkpoint": str(self.run.checkpoint),
+        }
+
+
+def _source(image: str | Path | bytes) -> ImageSource:
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    raise BadImage(f"not an image: a {type(image).__name__}; give a path, the bytes of an image file, a PIL image or a tensor")
+
+
+def _name(image: Any) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else ""
+
+
+def load(checkpoint: str | Path, tta: bool | None = None) -> Classifier:
+    """A run's model with its preprocessing: `cnnlab.load("runs/x").predict("shoe.png")`."""
+    return Classifier.load(checkpoint, tta=tta)
+
+
+__all__ = ["Classifier", "Prediction", "image_files", "load"]
