@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 
 import cnnlab
-from conftest import write_image
 
 UPLOAD_MB = 1  # the server's upload limit in these tests, so an oversized body stays small
 
@@ -36,15 +35,8 @@ def server(deploy_run):
                 raise RuntimeError(f"cnnlab serve did not start: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
             if select.select([proc.stdout], [], [], 1)[0]:
                 line = proc.stdout.readline()
-        url = line.split("http://")[1].split("/")[0]
-        host, port = url.rsplit(":", 1)
-        for _ in range(100):  # the socket is bound before the line is printed; wait for uvicorn to answer
-            try:
-                if request((host, int(port)), "GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        yield host, int(port)
+        host, port = line.split("http://")[1].split("/")[0].rsplit(":", 1)
+        yield host, int(port)  # listening already: a first request waits until uvicorn takes it
     finally:
         proc.terminate()
         try:
@@ -113,8 +105,8 @@ def test_the_page_classifies_an_upload_in_headless_chromium(server, browser, ima
         assert browser.find_element("id", "top-class").text == label
         bars = browser.find_elements("css selector", "#bars .bar")
         assert len(bars) == 5 and bars[0].get_attribute("data-cls") == label
-        width, complete = browser.execute_script("const i = document.getElementById('gradcam'); return [i.naturalWidth, i.complete]")
-        assert complete and width >= 256  # the Grad-CAM overlay, scaled up from 28x28
+        natural, shown, complete = browser.execute_script("const i = document.getElementById('gradcam'); return [i.naturalWidth, i.clientWidth, i.complete]")
+        assert complete and natural == 28 and shown >= 256  # the Grad-CAM overlay at the input's size, shown scaled up
         assert browser.find_element("id", "cam-box").is_displayed()
     assert _upload(browser, images["corrupt"]) == "error"
     assert "not an image" in browser.find_element("id", "error").text
@@ -141,7 +133,7 @@ def test_health_info_and_predict(server, images, deploy_run):
     assert np.allclose([t["probability"] for t in a["top"]], [p for _, p in want.top], atol=1e-6)
     assert "gradcam" not in a
     png = Image.open(io.BytesIO(base64.b64decode(b["gradcam"].split(",", 1)[1])))
-    assert png.format == "PNG" and png.size == (280, 280) and png.mode == "RGB"  # 28 px x 10
+    assert png.format == "PNG" and png.size == (28, 28) and png.mode == "RGB"  # the model's input size
 
 
 def _png_claiming(width: int, height: int) -> bytes:
