@@ -1,13 +1,14 @@
 """Latency of `cnnlab serve` under concurrent clients, measured as a user would see it.
 
-    python benchmarks/serve_latency.py runs/fashion-mnist-fast-1            # 3 rounds of 200 requests, 20 at a time
+    python benchmarks/serve_latency.py runs/fashion-mnist-fast-1      # 3 rounds of 200 requests, 20 and 1 at a time
     python benchmarks/serve_latency.py RUN --requests 400 --concurrency 40 --rounds 5
 
-Starts `cnnlab serve RUN --port 0` in a subprocess on 127.0.0.1, then, for each round, sends
---requests POST /predict requests of the run's own test images (PNG files, each on a new connection)
-from --concurrency client threads, first without and then with Grad-CAM (?gradcam=1). Reports the
-p50 and p99 latency and the requests per second of each round, and the medians over the rounds;
-any 5xx answer is counted and makes the exit code 1. Writes JSON (default
+Starts `cnnlab serve RUN --port 0` in a subprocess on 127.0.0.1, then, for each number of clients
+in --concurrency and each round, sends --requests POST /predict requests of the run's own test
+images (PNG files, each on a new connection) from that many client threads, first without and then
+with Grad-CAM (?gradcam=1). Reports the p50 and p99 latency and the requests per second of each
+round, and the medians over the rounds; any answer other than 200 is counted and makes the exit
+code 1. Writes JSON (default
 benchmarks/results/serve_latency.json). The clients share the machine's cores with the server, as
 they do when both run on one laptop.
 """
@@ -18,6 +19,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import platform
 import select
 import statistics
@@ -79,38 +81,39 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="a run folder or checkpoint")
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--concurrency", type=int, default=20)
+    ap.add_argument("--concurrency", default="20,1", help="numbers of clients at a time, comma-separated (default 20,1)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_latency.json"))
     args = ap.parse_args()
 
     images = test_pngs(args.run, 100)
     proc, port = start_server(args.run)
-    results: dict[str, list[dict]] = {"predict": [], "predict+gradcam": []}
+    results: dict[str, list[dict]] = {}
     errors = 0
     try:
         post(port, "/predict?gradcam=1", images[0])  # warm-up: first-call costs are not latency
-        for r in range(args.rounds):
-            for name, query in (("predict", ""), ("predict+gradcam", "?gradcam=1")):
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-                    answers = list(pool.map(lambda i: post(port, f"/predict{query}", images[i % len(images)]), range(args.requests)))
-                wall = time.perf_counter() - t0
-                ms = [1000 * s for _, s in answers]
-                bad = sum(status >= 500 for status, _ in answers)
-                errors += bad + sum(status != 200 for status, _ in answers)
-                row = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "requests_per_s": args.requests / wall, "5xx": bad}
-                results[name].append(row)
-                print(f"round {r + 1} {name:16s} p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  {row['requests_per_s']:6.1f} req/s  5xx: {bad}")
+        for clients in [int(c) for c in args.concurrency.split(",")]:
+            for r in range(args.rounds):
+                for name, query in (("predict", ""), ("predict+gradcam", "?gradcam=1")):
+                    t0 = time.perf_counter()
+                    with ThreadPoolExecutor(max_workers=clients) as pool:
+                        answers = list(pool.map(lambda i: post(port, f"/predict{query}", images[i % len(images)]), range(args.requests)))
+                    wall = time.perf_counter() - t0
+                    ms = [1000 * s for _, s in answers]
+                    bad = sum(status >= 500 for status, _ in answers)
+                    errors += sum(status != 200 for status, _ in answers)
+                    row = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "requests_per_s": args.requests / wall, "5xx": bad}
+                    results.setdefault(f"{clients} clients, {name}", []).append(row)
+                    print(f"round {r + 1}, {clients:3d} clients, {name:16s} p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  {row['requests_per_s']:6.1f} req/s  5xx: {bad}")
     finally:
         proc.terminate()
         proc.wait(10)
     summary = {name: {k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p99_ms", "requests_per_s")} for name, rows in results.items()}
-    print(f"\nmedians over {args.rounds} rounds of {args.requests} requests, {args.concurrency} at a time:")
+    print(f"\nmedians over {args.rounds} rounds of {args.requests} requests:")
     for name, s in summary.items():
-        print(f"  {name:16s} p50 {s['p50_ms']:6.1f} ms  p99 {s['p99_ms']:6.1f} ms  {s['requests_per_s']:6.1f} req/s")
-    doc = {"run": args.run, "requests": args.requests, "concurrency": args.concurrency, "rounds": results, "median": summary,
-           "non_200": errors, "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
+        print(f"  {name:28s} p50 {s['p50_ms']:6.1f} ms  p99 {s['p99_ms']:6.1f} ms  {s['requests_per_s']:6.1f} req/s")
+    doc = {"run": args.run, "requests": args.requests, "rounds": results, "median": summary,
+           "non_200": errors, "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"written to {args.out}")

@@ -348,6 +348,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"parity check on {p.images} test images, {engine} against PyTorch: top-1 agreement {100 * p.agreement:.2f}% "
           f"({round(p.agreement * p.images)}/{p.images}), largest probability difference {p.max_prob_diff:.2e} -> {verdict} "
           f"(needs 100% and <= 1e-03)")
+    if p.accuracy_exported is not None:
+        print(f"accuracy on those images: exported {100 * p.accuracy_exported:.2f}%, PyTorch {100 * p.accuracy_torch:.2f}%; "
+              f"{p.images / p.seconds_exported:,.0f} img/s exported, {p.images / p.seconds_torch:,.0f} img/s PyTorch")
     return 0 if p.passed() else 1
 
 

@@ -168,6 +168,8 @@ class Parity:
     max_prob_diff: float  # the largest |p_exported - p_pytorch| over every image and class
     seconds_exported: float
     seconds_torch: float
+    accuracy_exported: float | None = None  # on those images' labels (single-label runs)
+    accuracy_torch: float | None = None
 
     def passed(self, tol: float = 1e-3) -> bool:
         return self.agreement == 1.0 and self.max_prob_diff <= tol
@@ -213,7 +215,8 @@ def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data
     _, split = load_split(run, "auto", data)
     split = split.subset(slice(0, min(images, len(split))))
     t0 = time.perf_counter()
-    ref = predict(clf.model, split_loader(run, split, batch_size), run.objective, tta=clf.tta).probs
+    reference = predict(clf.model, split_loader(run, split, batch_size), run.objective, tta=clf.tta)
+    ref = reference.probs
     t_torch = time.perf_counter() - t0
     c = run.input_shape[0]
     raw = make_loader(split, batch_size, input_shape=run.input_shape, preprocess=run.preprocess, max_pixels=run.cfg.data.max_pixels, workers=run.cfg.data.workers, mean=[0.0] * c, std=[1.0] * c)
@@ -230,6 +233,7 @@ def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data
         raise CnnlabError(f"the exported model gave {tuple(got.shape)} probabilities for {tuple(ref.shape)} from PyTorch")
     if clf.multilabel:
         agree = float(((got > 0.5) == (ref > 0.5)).all(1).float().mean())
-    else:
-        agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
-    return Parity(len(ref), agree, float((got - ref).abs().max()), t_exp, t_torch)
+        return Parity(len(ref), agree, float((got - ref).abs().max()), t_exp, t_torch)
+    agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
+    accuracy = [float((p.argmax(1) == reference.targets).float().mean()) for p in (got, ref)]
+    return Parity(len(ref), agree, float((got - ref).abs().max()), t_exp, t_torch, *accuracy)
