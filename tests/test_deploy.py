@@ -118,11 +118,22 @@ def test_any_mode_and_size_is_fitted_to_the_input(clf, tmp_path):
         (torch.full((1, 8, 8), 3.0), BadImage),  # float outside [0, 1]
         (torch.zeros(1, 8, 8, dtype=torch.int32), BadImage),
         (12345, BadImage),
+        (torch.zeros(1, 2, 400, dtype=torch.uint8), BadImage),  # sides 200 times apart
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", BadImage),  # EPS: a format cnnlab does not open
     ],
 )
 def test_what_is_not_an_image_is_refused(clf, image, error):
     with pytest.raises(error):
         clf.predict(image)
+
+
+def test_a_very_long_thin_image_is_refused_before_it_is_resized(clf, tmp_path):
+    """40,000 x 1 pixels, resized to a 28-pixel short side, would be 1.1 G pixels: refused from its header."""
+    Image.new("L", (40_000, 1)).save(tmp_path / "line.png")
+    with pytest.raises(BadImage, match="over 100 times"):
+        clf.predict(tmp_path / "line.png")
+    x, resized = clf.pixels(Image.new("RGB", (2_800, 28)))  # 100:1 is taken: the middle square, resized
+    assert resized and tuple(x.shape) == (1, 28, 28)
 
 
 def test_pixel_limit(run, tmp_path):
@@ -146,6 +157,8 @@ def test_image_files_walks_folders_and_names_what_is_missing(tmp_path):
     write_image(tmp_path / "a" / "1.png")
     write_image(tmp_path / "a" / "sub" / "2.jpg")
     (tmp_path / "a" / "notes.txt").write_text("x")
+    (tmp_path / "a" / "._1.png").write_bytes(b"\0\5\26\7 a Mac's AppleDouble file")
+    write_image(tmp_path / "a" / ".thumbs" / "3.png")
     (tmp_path / "empty").mkdir()
     files, missing = image_files([tmp_path / "a", tmp_path / "nope.png", tmp_path / "empty"])
     assert [f.name for f in files] == ["1.png", "2.jpg"]
@@ -219,7 +232,11 @@ def test_export_check_passes_on_1000_test_images(run, fmt, tmp_path, capsys):
 
         meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         assert json.loads(meta["cnnlab"]) == info
+        code, _, stderr = cli(capsys, "predict", out, sidecar_path(out))  # the export given where a checkpoint goes
+        assert code == 2 and "not a checkpoint" in stderr and len(stderr.strip().splitlines()) == 1
     else:
+        code, _, stderr = cli(capsys, "predict", out, sidecar_path(out))
+        assert code == 2 and "exported TorchScript model, not a training checkpoint" in stderr and len(stderr.strip().splitlines()) == 1, stderr
         extra = {"cnnlab.json": ""}
         with pytest.warns(FutureWarning):  # torch.jit is deprecated; its files still load
             torch.jit.load(str(out), _extra_files=extra)
@@ -253,6 +270,59 @@ def test_export_errors(run, tmp_path, capsys):
     for args, words in cases:
         code, _, stderr = cli(capsys, *args)
         assert code == 2 and words in stderr and len(stderr.strip().splitlines()) == 1, (args, stderr)
+
+
+def test_export_failure_of_the_onnx_exporter_is_one_line(clf, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("Unsupported operator aten::something\nmore detail")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    with pytest.raises(CnnlabError, match="ONNX exporter failed on this model .RuntimeError: Unsupported operator aten::something.; try --format torchscript"):
+        export_model(clf, "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("input_shape", "28x28", "input_shape"),
+        ("input_shape", [1, 3, 3], "does not take its input_shape"),
+        ("normalization", {"mean": [0.5, 0.5, 0.5], "std": [1, 1, 1]}, "does not fit 1 channel"),
+        ("normalization", {"mean": [0.5], "std": [0.0]}, "std > 0"),
+        ("preprocess", [{"blur": 3}], "preprocess is not valid"),
+        ("classes", [1, 2, 3], "classes are not a list of names"),
+    ],
+)
+def test_an_edited_checkpoint_gets_one_line(run, tmp_path, capsys, field, value, words):
+    ckpt = torch.load(Path(run) / "checkpoints" / "best.pt", weights_only=True)
+    save_checkpoint(tmp_path / "c.pt", **{**{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")}, field: value})
+    code, _, stderr = cli(capsys, "predict", tmp_path / "c.pt", write_image(tmp_path / "x.png"))
+    assert code == 2 and words in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_a_multilabel_models_label_holds_every_attribute_over_half(tmp_path):
+    """topk 1 shows one attribute, and the label still names both that are present."""
+    path = _checkpoint(tmp_path / "c.pt", "fastnet")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["train"]["loss"] = "bce"
+    ckpt.update(multilabel=True, objective="bce")
+    save_checkpoint(path, **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
+    clf = Classifier.load(path)
+    assert clf.multilabel
+    clf.model.forward = lambda x: torch.tensor([[5.0, 4.0, -5.0]]).expand(len(x), -1)  # attributes a and b present
+    pred = clf.predict(torch.zeros(1, 28, 28, dtype=torch.uint8), topk=1)
+    assert [c for c, _ in pred.top] == ["a"] and pred.present == ["a", "b"] and pred.label == "a+b"
+    assert pred.to_dict()["present"] == ["a", "b"]
+
+
+def test_a_run_on_float_arrays_says_how_images_are_fed(tmp_path):
+    path = _checkpoint(tmp_path / "c.pt", "fastnet")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["normalization"]["value_max"] = 1.0
+    save_checkpoint(path, **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
+    clf = Classifier.load(path)
+    assert len(clf.notes) == 1 and "float arrays" in clf.notes[0]
+    assert Classifier.load(_checkpoint(tmp_path / "d.pt", "fastnet")).notes == []
 
 
 def _checkpoint(path: Path, name: str) -> Path:

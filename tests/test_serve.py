@@ -166,6 +166,9 @@ def test_bad_requests_get_4xx_with_a_message(server, images, tmp_path):
         ("multipart without boundary", "POST", "/predict", good, {"Content-Type": "multipart/form-data"}, 400),
         ("topk 0", "POST", "/predict?topk=0", good, {}, 400),
         ("topk text", "POST", "/predict?topk=lots", good, {}, 400),
+        ("topk a superscript digit", "POST", "/predict?topk=%C2%B2", good, {}, 400),
+        ("200,000 x 1 pixels", "POST", "/predict", _png_claiming(200_000, 1), {}, 400),
+        ("EPS", "POST", "/predict", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", {}, 400),
         ("gradcam text", "POST", "/predict?gradcam=maybe", good, {}, 400),
         ("GET /predict", "GET", "/predict", None, {}, 405),
         ("unknown path", "GET", "/admin", None, {}, 404),
@@ -212,3 +215,14 @@ def test_200_requests_at_most_20_at_a_time(server, images, capsys):
     with capsys.disabled():
         print(f"\n  cnnlab serve, 200 requests, 20 at a time: p50 {p50:.0f} ms, p99 {p99:.0f} ms", end="")
     assert p50 <= p99
+
+
+@pytest.mark.parametrize("args, words", [(["--port", "70000"], "not a port"), (["--port", "-1"], "not a port"), (["--topk", "101"], "more than 100")])
+def test_serve_flags_are_checked(deploy_run, args, words):
+    r = subprocess.run([sys.executable, "-m", "cnnlab", "serve", str(deploy_run), *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_is_one_line(deploy_run, server):
+    r = subprocess.run([sys.executable, "-m", "cnnlab", "serve", str(deploy_run), "--port", str(server[1])], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{server[1]}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -67,6 +67,20 @@ def _input_shape(text: str) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535; 0 picks a free one)")
+    return value
+
+
+def _topk(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"{text} is more than 100 classes")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -248,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
     pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
-    pr.add_argument("--topk", type=_positive_int, default=3, metavar="K", help="classes per image, most probable first (default 3)")
+    pr.add_argument("--topk", type=_topk, default=3, metavar="K", help="classes per image, most probable first (default 3)")
     pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
     pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested)")
     pr.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
@@ -291,13 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
     sv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=_int, default=8000, help="default 8000; 0 picks a free port")
-    sv.add_argument("--topk", type=_positive_int, default=5, metavar="K", help="classes the page shows (default 5)")
+    sv.add_argument("--port", type=_port, default=8000, help="default 8000; 0 picks a free port")
+    sv.add_argument("--topk", type=_topk, default=5, metavar="K", help="classes the page shows (default 5, at most 100)")
     sv.add_argument("--max-upload-mb", type=_positive_float, default=10.0, metavar="MB", help="the largest upload (default 10)")
     sv.add_argument("--max-pixels", type=_positive_int, metavar="N", help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)")
     sv.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested)")
     sv.set_defaults(func=cmd_serve)
     return parser
+
+
+def _print_notes(command: str, notes: list[str]) -> None:
+    for note in notes:
+        print(f"cnnlab {command}: note: {note}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -309,6 +328,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cnnlab.serve.predictor import Classifier, image_files
 
     clf = Classifier.load(args.checkpoint, tta=args.tta)
+    _print_notes("predict", clf.notes)
     files, skipped = image_files(args.inputs)
     with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=None if len(files) > args.batch_size else True) as bar:
         preds, bad = clf.predict_many(files, topk=args.topk, batch_size=args.batch_size, progress=bar.update)
@@ -336,6 +356,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cnnlab.serve.predictor import Classifier
 
     clf = Classifier.load(args.checkpoint, tta=args.tta)
+    _print_notes("export", clf.notes)
     out = Path(args.out) if args.out else default_out(clf, args.format)
     export_model(clf, args.format, out)
     print(f"exported {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}{', flip TTA in the graph' if clf.tta else ''}) to {out} "
@@ -358,12 +379,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cnnlab.errors import CnnlabError
 
     try:
+        import python_multipart  # noqa: F401  Starlette's form parser: without it every upload from the page would fail
+        import uvicorn  # noqa: F401
+
         from cnnlab.serve.app import serve
     except ImportError as e:
         raise CnnlabError(f"cnnlab serve needs starlette, uvicorn and python-multipart ({e}); pip install starlette uvicorn python-multipart") from None
     from cnnlab.serve.predictor import Classifier
 
     clf = Classifier.load(args.checkpoint, tta=args.tta, max_pixels=args.max_pixels)
+    _print_notes("serve", clf.notes)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"cnnlab serve: listening on {args.host}: other machines can reach this server", file=sys.stderr)
     serve(clf, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024**2), topk=args.topk, announce=lambda line: print(line, flush=True))

@@ -40,6 +40,7 @@ class LoadedRun:
     std: list
     input_shape: tuple[int, int, int]
     preprocess: list
+    value_max: float = 255.0  # what one input unit is worth: 255 for images, 1 for float arrays
 
 
 def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
@@ -65,6 +66,7 @@ def load_run(source: str | Path) -> LoadedRun:
     missing = [k for k in ("config", "classes", "model", "input_shape", "normalization") if k not in ckpt]
     if missing:
         raise CnnlabError(f"{path} lacks {', '.join(missing)}; it was not written by cnnlab train")
+    _check_fields(ckpt, path)
     cfg = config_from_dict(ckpt["config"])
     classes = list(ckpt["classes"])
     multilabel = bool(ckpt.get("multilabel", isinstance(cfg.data.attributes, list) and len(cfg.data.attributes) > 1))
@@ -78,11 +80,43 @@ def load_run(source: str | Path) -> LoadedRun:
     except RuntimeError as e:
         raise CnnlabError(f"{path}: the weights do not fit model {cfg.model.name} ({str(e).splitlines()[0][:120]})") from None
     model.eval()
-    with torch.no_grad():
-        outputs = model(torch.zeros(1, *shape)).shape[-1]
+    try:
+        with torch.no_grad():
+            outputs = model(torch.zeros(1, *shape)).shape[-1]
+    except RuntimeError as e:
+        raise CnnlabError(f"{path}: model {cfg.model.name} does not take its input_shape {shape} ({str(e).splitlines()[0][:120]})") from None
     objective = create_objective(name, model, target, outputs)
     norm = ckpt["normalization"]
-    return LoadedRun(path, run_dir, ckpt, cfg, model, objective, classes, norm["mean"], norm["std"], shape, list(ckpt.get("preprocess", [])))
+    return LoadedRun(path, run_dir, ckpt, cfg, model, objective, classes, norm["mean"], norm["std"], shape, list(ckpt.get("preprocess", [])), float(norm.get("value_max", 255.0)))
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """The fields a rebuilt model is fed by, checked before they are used: a checkpoint edited by hand
+    gets a line naming the field, not a torch error later."""
+    from cnnlab.config import check_preprocess
+
+    def bad(field: str, why: str) -> CnnlabError:
+        return CnnlabError(f"{path}: its {field} {why}; it was not written by cnnlab train, or was edited")
+
+    shape = ckpt["input_shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise bad("input_shape", f"is {shape!r}, not [C, H, W]")
+    classes = ckpt["classes"]
+    if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "are not a list of names")
+    norm = ckpt["normalization"]
+    try:
+        mean = torch.as_tensor(norm["mean"], dtype=torch.float32)
+        std = torch.as_tensor(norm["std"], dtype=torch.float32)
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        raise bad("normalization", "has no numeric mean and std") from None
+    fits = tuple(mean.shape) in ((shape[0],), tuple(shape)) and mean.shape == std.shape
+    if not fits or not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
+        raise bad("normalization", f"does not fit {shape[0]} channel(s) (mean {tuple(mean.shape)}, std {tuple(std.shape)}, std > 0)")
+    try:
+        check_preprocess(ckpt.get("preprocess", []))
+    except CnnlabError as e:
+        raise bad("preprocess", f"is not valid ({e})") from None
 
 
 def split_loader(run: LoadedRun, split: Split, batch_size: int = 512) -> _BatchLoader:

@@ -19,7 +19,7 @@ from cnnlab.config import RunConfig, apply_overrides, config_from_dict, flatten
 from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.augment import parse_augment
 from cnnlab.data.loader import make_loader
-from cnnlab.data.pipeline import build_loaders, normalization_stats
+from cnnlab.data.pipeline import build_loaders, dataset_value_max, normalization_stats
 from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TensorBoardLogger, TimeLimit
 from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
 from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device, set_threads
@@ -345,7 +345,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
             classes=list(ds.classes),
             input_shape=list(ds.input_shape),
             preprocess=list(ds.preprocess),
-            normalization={"mean": mean, "std": std},
+            normalization={"mean": mean, "std": std, "value_max": dataset_value_max(ds)},  # x_norm = (x / value_max - mean) / std
             objective=objective.name,
         )
 

@@ -27,12 +27,12 @@ AUTO_SIZE = 64  # side of the images when the folder's sizes vary and the recipe
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
-def _visible(p: Path) -> bool:
+def visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
 
 
 @dataclass
@@ -69,7 +69,7 @@ def scan_folder(root: Path) -> FolderScan:
         for cdir in _class_dirs(folder):
             if cdir.name not in index:
                 raise DataError(f"{cdir} is a class that {splits.get('train', root)} does not have; every split needs the same class folders")
-            files = sorted(p for p in cdir.rglob("*") if p.is_file() and _visible(p))
+            files = sorted(p for p in cdir.rglob("*") if p.is_file() and visible(p))
             if not files:
                 scan.warnings.append(f"class folder {cdir} is empty")
             for p in files:
@@ -121,7 +121,7 @@ class ImageFolderSource(DataSource):
         if not root.is_dir():
             return None
         base = split_folders(root).get("train", root)
-        return root if any(any(_visible(f) for f in d.iterdir()) for d in _class_dirs(base)) else None
+        return root if any(any(visible(f) for f in d.iterdir()) for d in _class_dirs(base)) else None
 
     def load(self, cfg: DataConfig) -> Dataset:
         return decode_scan(self.scan(cfg), cfg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -17,6 +18,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+# The Pillow formats of those suffixes (JPEG's also opens a phone's multi-picture MPO). Only these are decoded:
+# Pillow knows dozens more, and some hand the bytes to other programs (EPS to Ghostscript).
+FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
+MAX_ASPECT = 100  # the most one side may exceed the other: a 40,000,000 x 1 "image" resized to a
+#                   64-pixel short side would need 2.5 G pixels
 
 
 class BadImage(Exception):
@@ -31,10 +37,38 @@ ImageSource = Union[str, Path, bytes]  # a file, or a whole file's bytes (an upl
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int, setting: str = "data.max_pixels") -> None:
-    """Raise TooManyPixels where a (width, height) image has more than `max_pixels` pixels."""
+    """Raise TooManyPixels where a (width, height) image has more than `max_pixels` pixels, and
+    BadImage where one side is over MAX_ASPECT times the other (or zero)."""
     w, h = size
     if w * h > max_pixels:
         raise TooManyPixels(f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} ({setting}): refused as a decompression bomb")
+    if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+        raise BadImage(f"{w}x{h}: one side is over {MAX_ASPECT} times the other; crop it to the object")
+
+
+@contextmanager
+def decoding(kind: str = "corrupt or truncated"):
+    """Pillow's errors while opening or decoding, as BadImage (TooManyPixels for its own bomb check)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise TooManyPixels(f"refused as a decompression bomb ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
+        raise BadImage(f"{kind} ({str(e).strip() or type(e).__name__})") from None
+
+
+def _open(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """Image.open on a file or bytes, only in FORMATS. Pillow's own bomb limit is raised to
+    `max_pixels` where that is larger, so our limit (checked from the header) is the one that counts."""
+    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # only ever raised, to what a user asked for: safe across threads
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source), formats=FORMATS)
 
 
 def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str = "data.max_pixels") -> Image.Image:
@@ -45,24 +79,14 @@ def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str
     pixels do not turn black. Raises BadImage for anything that does not decode, TooManyPixels for
     an image over `max_pixels` (`setting` names the limit in the message).
     """
-    try:
+    with decoding():
         size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
         if size == 0:
             raise BadImage("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as im:
-                check_pixels(im.size, max_pixels, setting)
-                im.load()  # decodes now: a truncated file fails here, not in a later epoch
-                return upright(im, channels)
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image Pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise TooManyPixels(f"refused as a decompression bomb ({e})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
-        raise BadImage(f"corrupt or truncated ({str(e).strip() or type(e).__name__})") from None
+        with _open(source, max_pixels) as im:
+            check_pixels(im.size, max_pixels, setting)
+            im.load()  # decodes now: a truncated file fails here, not in a later epoch
+            return upright(im, channels)
 
 
 def upright(im: Image.Image, channels: int) -> Image.Image:
@@ -92,21 +116,13 @@ EXIF_ORIENTATION = 274  # the EXIF tag; values 5 to 8 turn the image by 90 degre
 def header_info(path: str | Path) -> tuple[tuple[int, int], str]:
     """((width, height), mode) from the header alone, cheap, as open_image will return it (EXIF
     orientation applied); raises BadImage where there is no header."""
-    try:
+    with decoding("corrupt"):
         if Path(path).stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
-        with Image.open(path) as im:
+        with _open(path) as im:
             w, h = im.size
             turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
             return ((h, w) if turned else (w, h)), im.mode
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"refused as a decompression bomb ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BadImage(f"corrupt ({str(e).strip() or type(e).__name__})") from None
 
 
 def preprocess_transform(steps: Sequence[dict[str, Any]]):

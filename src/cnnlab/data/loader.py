@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from cnnlab.data.augment import AugmentParams, build_augment
 from cnnlab.data.base import ArraySplit, FileSplit, Split
 from cnnlab.data.images import BadImage, open_image, preprocess_transform, to_uint8_tensor
-from cnnlab.data.normalize import value_scale
+from cnnlab.data.normalize import affine, value_scale
 from cnnlab.data.splits import class_counts
 from cnnlab.errors import DataError
 
@@ -74,13 +74,8 @@ class _BatchLoader:
         self._generator_now: torch.Generator | None = None  # the running epoch's stream
         self._done = 0  # batches yielded in the running epoch
         self.skipped: dict[str, str] = {}  # files that would not decode (data on disk): path -> reason
-        # x_norm = (x / value_max - mean) / std = x * scale + shift, one fused multiply-add.
-        # mean/std are (C,) per channel or (C, H, W) per pixel; both broadcast over (B, C, H, W).
-        mean_t = torch.as_tensor(mean, dtype=torch.float32)
-        std_t = torch.as_tensor(std, dtype=torch.float32)
-        shape = (1, -1, 1, 1) if mean_t.ndim == 1 else (1, *mean_t.shape)
-        self.scale = (1.0 / (value_max * std_t)).reshape(shape).to(self.device)
-        self.shift = (-mean_t / std_t).reshape(shape).to(self.device)
+        scale, shift = affine(mean, std, value_max)  # x_norm = (x / value_max - mean) / std = x * scale + shift
+        self.scale, self.shift = scale.to(self.device), shift.to(self.device)
 
     def set_epoch(self, epoch: int, resume: dict[str, Any] | None = None) -> None:
         """Iterate epoch `epoch` next; `resume` (a state_dict() taken inside that epoch) skips the

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -32,6 +32,16 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 def value_scale(images: torch.Tensor) -> float:
     return 255.0 if images.dtype == torch.uint8 else 1.0
+
+
+def affine(mean: Any, std: Any, value_max: float = 255.0) -> Stats:
+    """(scale, shift) with x_norm = (x / value_max - mean) / std = x * scale + shift, one fused
+    multiply-add (torch.addcmul) per batch. mean/std are (C,) per channel or (C, H, W) per pixel;
+    both results broadcast over (B, C, H, W)."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)
+    std_t = torch.as_tensor(std, dtype=torch.float32)
+    shape = (1, -1, 1, 1) if mean_t.ndim == 1 else (1, *mean_t.shape)
+    return (1.0 / (value_max * std_t)).reshape(shape), (-mean_t / std_t).reshape(shape)
 
 
 def channel_stats_of(batches: Callable[[], "list[torch.Tensor] | object"], channels: int) -> Stats:

@@ -13,7 +13,7 @@ from cnnlab.data.loader import _BatchLoader, make_loader
 from cnnlab.data.normalize import compute_stats, value_scale
 
 
-def _value_max(ds: Dataset) -> float:
+def dataset_value_max(ds: Dataset) -> float:
     """What one pixel unit is worth: 255 for uint8 images (memory or files), 1 for float arrays."""
     return value_scale(ds.train.images) if isinstance(ds.train, ArraySplit) else 255.0
 
@@ -35,7 +35,7 @@ def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: tor
     `shard` is (rank, world) under torchrun: train.batch_size stays the global batch, each process
     takes batch_size / world images of it; evaluation splits each part into world chunks."""
     world = shard[1]
-    value_max = _value_max(ds)
+    value_max = dataset_value_max(ds)
     common: dict[str, Any] = dict(
         input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=data.max_pixels, workers=data.workers,
         mean=mean, std=std, device=device, channels_last=train.channels_last, value_max=value_max, shard=shard,

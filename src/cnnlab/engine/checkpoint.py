@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save's zip, or a legacy pickle
         raise CnnlabError(f"{path} is not a checkpoint file; give a run folder or its checkpoints/best.pt")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CnnlabError(f"refusing {path}: it holds more than weights ({_first_line(e, 'unsafe content')})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on TorchScript archives: the error below says it in one line
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only=True stopped at a pickled object that is not a tensor or a plain value: loading
+        # it could run code, so it is never loaded
+        raise CnnlabError(f"refusing {path}: it holds more than weights (pickled objects, which could run code when loaded); "
+                          "cnnlab reads only the checkpoints cnnlab train writes") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
+        if "TorchScript" in str(e):
+            raise CnnlabError(f"{path} is an exported TorchScript model, not a training checkpoint; give the run folder or its checkpoints/best.pt") from None
         raise CnnlabError(f"cannot read checkpoint {path}: {_first_line(e, type(e).__name__)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint; give a run folder's checkpoints/best.pt")

@@ -27,7 +27,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -63,22 +63,36 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to pass `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise HTTPException(400, "Content-Length is not a number")
         if int(declared) > limit:
             raise HTTPException(413, f"the upload is {int(declared):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the upload passes {limit:,} bytes, the most this server takes (cnnlab serve --max-upload-mb)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the upload passes {limit:,} bytes, the most this server takes (cnnlab serve --max-upload-mb)")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log
+        raise HTTPException(400, "the client disconnected during the upload") from None
     return b"".join(chunks)
 
 
+FORM_OVERHEAD = 16 * 1024  # bytes a multipart body may hold beyond its file: boundaries and part headers
+
+
 async def _image_bytes(request: Request, limit: int) -> bytes:
-    """The image: the raw body, or the 'file' (or only) file field of a multipart form."""
-    body = await _read_body(request, limit)
+    """The image: the raw body, or the 'file' (or only) file field of a multipart form; 413 where
+    the image itself is over `limit` bytes."""
+    data = await _image_field(request, limit)
+    if len(data) > limit:
+        raise HTTPException(413, f"the image is {len(data):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)")
+    return data
+
+
+async def _image_field(request: Request, limit: int) -> bytes:
+    body = await _read_body(request, limit + FORM_OVERHEAD)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         if not body:
             raise HTTPException(400, "no image: send the image file as the request body, or as the 'file' field of a multipart form")
@@ -112,7 +126,7 @@ def _topk(request: Request, default: int) -> int:
     value = request.query_params.get("topk")
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= MAX_TOPK:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_TOPK:
         raise HTTPException(400, f"?topk= takes a whole number from 1 to {MAX_TOPK}, not {value[:20]!r}")
     return int(value)
 

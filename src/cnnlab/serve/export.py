@@ -11,6 +11,7 @@ an extra file ("cnnlab.json").
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import tempfile
@@ -22,7 +23,10 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from cnnlab.data.normalize import affine
+from cnnlab.engine.loop import eval_outputs
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluation import probabilities
 from cnnlab.serve.predictor import Classifier
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -36,22 +40,15 @@ class Deployed(nn.Module):
 
     def __init__(self, clf: Classifier) -> None:
         super().__init__()
-        from cnnlab.evaluation import probabilities
-
         self.model = clf.model
         self.tta = clf.tta
         self.objective = clf.run.objective
-        self._probabilities = probabilities
-        # the loaders' formula on the 0..255 scale: x_norm = x255 * scale + shift, with x255 = 255 x
-        self.register_buffer("scale", clf.scale * 255.0)
-        self.register_buffer("shift", clf.shift.clone())
+        scale, shift = affine(clf.run.mean, clf.run.std, 1.0)  # x_norm = (pixels - mean) / std
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels * self.scale + self.shift  # (N, C, H, W)
-        out = self.model(x).float()
-        if self.tta:  # the run was tested with its mirror images averaged in
-            out = (out + self.model(torch.flip(x, dims=[3])).float()) / 2
-        return self._probabilities(out, self.objective)
+        return probabilities(eval_outputs(self.model, pixels * self.scale + self.shift, self.tta), self.objective)
 
 
 def sidecar(clf: Classifier, fmt: str) -> dict[str, Any]:
@@ -78,6 +75,7 @@ def sidecar(clf: Classifier, fmt: str) -> dict[str, Any]:
         "normalization": {"mean": clf.run.mean, "std": clf.run.std, "in_graph": True},
         "tta": {"flip": clf.tta, "in_graph": True},
         "output": {"name": "probabilities", "shape": ["N", len(clf.classes)], "activation": _activation(clf)},
+        "notes": clf.notes,
         "checkpoint": str(clf.run.checkpoint),
         "cnnlab_version": _version(),
     }
@@ -128,21 +126,27 @@ def sidecar_path(out: Path) -> Path:
 def _onnx_bytes(module: nn.Module, example: torch.Tensor, info: dict[str, Any]) -> bytes:
     try:
         import onnx
-    except ImportError:
-        raise CnnlabError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime") from None
+        import onnxscript  # noqa: F401  torch's exporter needs it; missing, it would fail deep inside
+    except ImportError as e:
+        raise CnnlabError(f"ONNX export needs the onnx and onnxscript packages ({e}): pip install onnx onnxscript onnxruntime") from None
+    new_exporter = "dynamo" in inspect.signature(torch.onnx.export).parameters  # torch >= 2.5
     with tempfile.TemporaryDirectory(prefix="cnnlab-export-") as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' notes on deprecations and opsets, not the user's business
         path = str(Path(tmp) / "model.onnx")
         try:
-            # torch.export-based exporter (the default since torch 2.9); the batch dimension is dynamic
-            program = torch.onnx.export(
-                module, (example,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=ONNX_OPSET, verbose=False,
-                external_data=False,
-            )
-            program.save(path)
-        except TypeError:  # torch < 2.5: no dynamo argument; the TorchScript-based exporter
-            torch.onnx.export(module, (example,), path, input_names=["pixels"], output_names=["probabilities"], dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17)
+            if new_exporter:  # torch.export-based (the default since torch 2.9); the batch dimension is dynamic
+                program = torch.onnx.export(
+                    module, (example,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=ONNX_OPSET, verbose=False,
+                    external_data=False,
+                )
+                program.save(path)
+            else:
+                torch.onnx.export(module, (example,), path, input_names=["pixels"], output_names=["probabilities"],
+                                  dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17)
+        except Exception as e:  # the exporter's failure for an operator or shape it cannot express: one line, not its traceback
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CnnlabError(f"torch's ONNX exporter failed on this model ({type(e).__name__}: {first}); try --format torchscript") from None
         model = onnx.load(path)
     entry = model.metadata_props.add()
     entry.key, entry.value = "cnnlab", json.dumps(info)
@@ -200,8 +204,8 @@ def runner(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data: str | None = None, batch_size: int = 250, progress=None) -> Parity:
-    """Run the exported file and the PyTorch model on the first `images` test images of the run's
-    data (or `data`: another copy with the same classes) and compare their probabilities.
+    """Run the exported file and the PyTorch model on `images` test images of the run's data (or
+    `data`: another copy with the same classes), evenly spaced over it, and compare their probabilities.
 
     PyTorch's side is cnnlab evaluate's own path (the run's loaders, normalisation and TTA). The
     exported side is fed the same images as [0, 1] pixels from the same loaders with mean 0 and std 1.
@@ -213,7 +217,8 @@ def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data
 
     run = clf.run
     _, split = load_split(run, "auto", data)
-    split = split.subset(slice(0, min(images, len(split))))
+    # evenly spaced over the split: a folder's files come sorted by class, so its first N hold a few classes only
+    split = split.subset(torch.linspace(0, len(split) - 1, min(images, len(split))).round().long().unique())
     t0 = time.perf_counter()
     reference = predict(clf.model, split_loader(run, split, batch_size), run.objective, tta=clf.tta)
     ref = reference.probs

@@ -18,7 +18,9 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 from PIL import Image
 
-from cnnlab.data.images import IMAGE_SUFFIXES, BadImage, ImageSource, check_pixels, open_image, preprocess_transform, upright
+from cnnlab.data.folder import visible
+from cnnlab.data.images import IMAGE_SUFFIXES, BadImage, ImageSource, check_pixels, decoding, open_image, preprocess_transform, to_uint8_tensor, upright
+from cnnlab.data.normalize import affine
 from cnnlab.evaluation import LoadedRun, load_run, probabilities
 from cnnlab.engine.loop import eval_outputs
 
@@ -31,14 +33,14 @@ class Prediction:
 
     top: list[tuple[str, float]]  # (class name, probability), the top k, most probable first
     source: str = ""  # the file, where the image came from one
-    resized: bool = False  # True: not the model's input size after the run's preprocessing; resized and center-cropped to it
-    multilabel: bool = False  # True: each probability is that attribute's own (they do not sum to 1)
+    resized: bool = False  # True: not the model's input size after the run's preprocessing; center-cropped to its shape and resized
+    present: list[str] | None = None  # a multi-label model's attributes over 0.5 (all of them, not only the top k); None otherwise
 
     @property
     def label(self) -> str:
         """The most probable class (for a multi-label model: the attributes over 0.5, joined by '+')."""
-        if self.multilabel:
-            return "+".join(name for name, p in self.top if p > 0.5) or "(none)"
+        if self.present is not None:
+            return "+".join(self.present) or "(none)"
         return self.top[0][0]
 
     @property
@@ -47,6 +49,8 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "probability": self.probability, "top": [{"class": c, "probability": p} for c, p in self.top]}
+        if self.present is not None:
+            out["present"] = self.present
         if self.source:
             out = {"file": self.source, **out}
         return {**out, "resized": self.resized}
@@ -60,7 +64,8 @@ def image_files(sources: Sequence[str | Path]) -> tuple[list[Path], list[tuple[s
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            # as the folder datasets: hidden files and folders (a Mac's ._shoe.png) are not images
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and all(visible(Path(part)) for part in q.relative_to(p).parts) and q.is_file())
             if not found:
                 missing.append((str(p), f"a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES)[:4])}, ...)"))
             files += found
@@ -88,13 +93,12 @@ class Classifier:
         self.limit_name = "--max-pixels" if max_pixels else "data.max_pixels"  # named in the refusal of a larger image
         self.multilabel = run.objective.multilabel
         self._transform = preprocess_transform(run.preprocess)
-        # As the loaders: x_norm = (x / 255 - mean) / std = x * scale + shift for x on the 0..255
-        # scale; mean/std are (C,) per channel or (C, H, W) per pixel.
-        mean = torch.as_tensor(run.mean, dtype=torch.float32)
-        std = torch.as_tensor(run.std, dtype=torch.float32)
-        shape = (1, -1, 1, 1) if mean.ndim == 1 else (1, *mean.shape)
-        self.scale = (1.0 / (255.0 * std)).reshape(shape)
-        self.shift = (-mean / std).reshape(shape)
+        # the loaders' formula for 0..255 pixels: x_norm = (x / 255 - mean) / std = x * scale + shift
+        self.scale, self.shift = affine(run.mean, run.std, 255.0)
+        self.notes: list[str] = []  # what a user should know about feeding this model images
+        if run.value_max != 255.0:
+            self.notes.append(f"this run was trained on float arrays (x / {run.value_max:g}), not 8-bit images; images are fed as pixel / 255, "
+                              "right only where those arrays held values on [0, 1]")
 
     @classmethod
     def load(cls, checkpoint: str | Path, tta: bool | None = None, max_pixels: int | None = None) -> "Classifier":
@@ -115,48 +119,44 @@ class Classifier:
             x = self._tensor_pixels(image)
         else:
             if isinstance(image, Image.Image):
-                check_pixels(image.size, self.max_pixels, self.limit_name)
-                try:
-                    im = upright(image, c)  # a lazily opened image decodes here
-                except (OSError, ValueError, SyntaxError, EOFError) as e:
-                    raise BadImage(f"corrupt or truncated ({str(e).strip() or type(e).__name__})") from None
+                with decoding():  # a lazily opened image decodes here
+                    check_pixels(image.size, self.max_pixels, self.limit_name)
+                    im = upright(image, c)
             else:
                 im = open_image(_source(image), c, self.max_pixels, self.limit_name)
-            from torchvision.transforms.v2.functional import pil_to_tensor
-
-            x = self._transform(pil_to_tensor(im))  # (C, H', W') uint8, the run's resize and crop
+            x = to_uint8_tensor(im, self._transform)  # (C, H', W') uint8, the run's resize and crop
         resized = tuple(x.shape[-2:]) != (h, w)
         if resized:
             from torchvision.transforms.v2 import functional as TF
 
-            # cover (h, w), then crop the middle: the aspect ratio is kept, as the run's own steps do
-            s = max(h / x.shape[-2], w / x.shape[-1])
-            size = [max(h, round(x.shape[-2] * s)), max(w, round(x.shape[-1] * s))]
-            x = TF.center_crop(TF.resize(x, size, antialias=True), [h, w])
+            # the middle of the image at the input's aspect ratio, resized to (h, w): the region that
+            # resizing to cover and cropping gives (the aspect is kept, as the run's own steps keep
+            # it), without first making a larger image
+            H, W = x.shape[-2:]
+            x = TF.center_crop(x, [max(1, min(H, round(W * h / w))), max(1, min(W, round(H * w / h)))])
+            x = TF.resize(x, [h, w], antialias=True)
         return x.float(), resized
 
     def _tensor_pixels(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor image: (C, H, W) or (H, W), uint8 on 0..255 or float on [0, 1] (torchvision's
         ToTensor convention), through the run's preprocess steps; (C, H', W') uint8 or 0..255 float."""
+        from torchvision.transforms.v2 import functional as TF
+
         c = self.input_shape[0]
         if t.ndim == 4 and t.shape[0] == 1:
             t = t[0]
         if t.ndim == 2:
             t = t.unsqueeze(0)
-        if t.ndim != 3 or t.shape[0] not in (1, 3, 4) or min(t.shape[1:]) < 1:
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
             raise BadImage(f"a tensor image is (C, H, W) with C 1, 3 or 4, or (H, W); got {tuple(t.shape)}")
         check_pixels((t.shape[2], t.shape[1]), self.max_pixels, self.limit_name)
         if t.dtype == torch.uint8:  # exactly as a decoded file: through PIL's mode conversion
-            from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
-
-            return self._transform(pil_to_tensor(upright(to_pil_image(t.cpu()), c)))
+            return to_uint8_tensor(upright(TF.to_pil_image(t.cpu()), c), self._transform)
         if not t.is_floating_point():
             raise BadImage(f"a tensor image is uint8 (0..255) or float ([0, 1]); got {t.dtype}")
         t = t.detach().cpu().float()
         if not bool(torch.isfinite(t).all()) or float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3:
             raise BadImage("a float tensor image takes values in [0, 1] (torchvision's ToTensor); give uint8 for 0..255")
-        from torchvision.transforms.v2 import functional as TF
-
         if t.shape[0] == 4:
             t = t[:3] * t[3:] + (1 - t[3:])  # transparency on white, as for files
         if t.shape[0] != c:
@@ -178,7 +178,8 @@ class Classifier:
     def _prediction(self, probs: torch.Tensor, topk: int | None, source: str = "", resized: bool = False) -> Prediction:
         k = len(self.classes) if topk is None else max(1, min(topk, len(self.classes)))
         p, idx = probs.topk(k)
-        return Prediction([(self.classes[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())], source, resized, self.multilabel)
+        present = [c for c, v in zip(self.classes, probs.tolist()) if v > 0.5] if self.multilabel else None
+        return Prediction([(self.classes[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())], source, resized, present)
 
     def predict(self, image: ImageLike, topk: int | None = 5, tta: bool | None = None) -> Prediction:
         """The top `topk` classes (None: all) of one image: a path, the bytes of an image file, a
@@ -243,7 +244,6 @@ class Classifier:
             "input": {"channels": c, "height": h, "width": w, "mode": "L" if c == 1 else "RGB"},
             "preprocess": self.run.preprocess,
             "tta": self.tta,
-            "checkpoint": str(self.run.checkpoint),
         }
 
 
