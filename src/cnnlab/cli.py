@@ -91,6 +91,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _tta_flag(p: argparse.ArgumentParser, help: str = "average each image with its mirror image (default: as the run was tested)") -> None:
+    """--tta/--no-tta, default None: the run's own train.tta (evaluate, predict, export and serve share it)."""
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnlab", description="Image classification with convolutional networks, on PyTorch and torchvision.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
@@ -175,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     e.add_argument("--data", metavar="NAME|PATH", help="another copy of the run's data (a name or folder, the same classes): its test or val part, split as the run's recipe says, is scored (default: the run's own data)")
     e.add_argument("--split", choices=["test", "val"], default="test")
-    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested, its train.tta)")
+    _tta_flag(e, "average each image with its mirror image (default: as the run was tested, its train.tta)")
     e.add_argument("--batch-size", type=_positive_int, default=512, metavar="N")
     e.add_argument("--out", metavar="FILE", help="where to write the metrics JSON (default: RUN_DIR/eval-<split>.json, or beside the checkpoint)")
     e.set_defaults(func=cmd_evaluate)
@@ -264,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
     pr.add_argument("--topk", type=_topk, default=3, metavar="K", help="classes per image, most probable first (default 3)")
     pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested)")
+    _tta_flag(pr)
     pr.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
     pr.add_argument("--out", metavar="FILE", help="write the predictions to FILE instead of printing them")
     pr.set_defaults(func=cmd_predict)
@@ -288,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--check", action="store_true", help="compare the exported file with PyTorch on test images")
     x.add_argument("--check-images", type=_positive_int, default=1000, metavar="N", help="test images for --check (default 1000)")
     x.add_argument("--data", metavar="NAME|PATH", help="for --check: another copy of the run's data (default: the run's own)")
-    x.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="put the mirror-image average in the graph (default: as the run was tested)")
+    _tta_flag(x, "put the mirror-image average in the graph (default: as the run was tested)")
     x.set_defaults(func=cmd_export)
 
     sv = sub.add_parser(
@@ -309,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--topk", type=_topk, default=5, metavar="K", help="classes the page shows (default 5, at most 100)")
     sv.add_argument("--max-upload-mb", type=_positive_float, default=10.0, metavar="MB", help="the largest upload (default 10)")
     sv.add_argument("--max-pixels", type=_positive_int, metavar="N", help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)")
-    sv.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="average each image with its mirror image (default: as the run was tested)")
+    _tta_flag(sv)
     sv.set_defaults(func=cmd_serve)
     return parser
 
