@@ -95,10 +95,15 @@ def test_any_mode_and_size_is_fitted_to_the_input(clf, tmp_path):
         write_image(tmp_path / "gray.png", (28, 28), "L"),
     ]
     Image.fromarray(np.full((40, 56), 40000, dtype=np.uint16)).save(tmp_path / "i16.png")
-    files.append(tmp_path / "i16.png")
+    f = np.random.default_rng(0).random((28, 28), dtype=np.float32) * 1000
+    f[0, 0] = np.nan
+    Image.fromarray(f, mode="F").save(tmp_path / "float.tif")
+    files += [tmp_path / "i16.png", tmp_path / "float.tif"]
     preds, bad = clf.predict_many(files)
     assert bad == []
-    assert [p.resized for p in preds] == [True, False, False, False, True]
+    assert [p.resized for p in preds] == [True, False, False, False, True, False]
+    x, _ = clf.pixels(tmp_path / "float.tif")
+    assert x[0, 0, 0] == 0 and float(x.max()) == 255  # NaN as 0, scaled by the image's own maximum
     x, resized = clf.pixels(tmp_path / "rgb.jpg")
     assert resized and tuple(x.shape) == (1, 28, 28) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 255
     # a (C, H, W) tensor through the same fit: a 3x60x90 tensor whose middle 60x60 is 200, sides 0
@@ -134,6 +139,14 @@ def test_a_very_long_thin_image_is_refused_before_it_is_resized(clf, tmp_path):
         clf.predict(tmp_path / "line.png")
     x, resized = clf.pixels(Image.new("RGB", (2_800, 28)))  # 100:1 is taken: the middle square, resized
     assert resized and tuple(x.shape) == (1, 28, 28)
+    # the limit is for new images only: a dataset's 1000 x 8 spectrograms still decode for training
+    from cnnlab.data.images import header_info, open_image
+
+    Image.new("L", (1000, 8)).save(tmp_path / "spectrogram.png")
+    assert open_image(tmp_path / "spectrogram.png", 1, 10**8).size == (1000, 8)
+    # and reading a header never refuses what only Pillow's default limit (89 M pixels) warns about
+    Image.new("1", (10_000, 9_500)).save(tmp_path / "big.png")
+    assert header_info(tmp_path / "big.png") == ((10_000, 9_500), "1")
 
 
 def test_pixel_limit(run, tmp_path):
@@ -243,6 +256,24 @@ def test_export_check_passes_on_1000_test_images(run, fmt, tmp_path, capsys):
         assert json.loads(extra["cnnlab.json"]) == info
 
 
+def test_export_check_on_1000_real_fashion_mnist_test_images(tmp_path, capsys):
+    """Acceptance 1 on the real data: a short default run on Fashion-MNIST, exported to fp32 ONNX;
+    --check on 1,000 of its test images prints 100% agreement and a difference <= 1e-3."""
+    from cnnlab.config import DataConfig
+    from cnnlab.data import DATASETS
+
+    if DATASETS.get("fashion-mnist").find(DataConfig(download=False)) is None:
+        pytest.skip("the real Fashion-MNIST is not installed (make bootstrap installs it)")
+    out = tmp_path / "run"
+    assert main(["train", "--data", "fashion-mnist", "--out", str(out), "--epochs", "1", "--set", "data.train_limit=6000", "--set", "train.report=false"]) == 0
+    code, stdout, stderr = cli(capsys, "export", out, "--format", "onnx", "--check")
+    assert code == 0, stderr
+    line = next(x for x in stdout.splitlines() if x.startswith("parity check"))
+    print(line)
+    assert "on 1000 test images" in line and "top-1 agreement 100.00% (1000/1000)" in line
+    assert float(line.split("largest probability difference ")[1].split()[0]) <= 1e-3
+
+
 def test_exported_file_alone_classifies_an_image_as_predict_does(run, clf, tmp_path):
     """A deployer with only the .onnx and its JSON: decode, fit, /255, run. Same classes, same probabilities."""
     out = tmp_path / "m.onnx"
@@ -291,6 +322,10 @@ def test_export_failure_of_the_onnx_exporter_is_one_line(clf, tmp_path, monkeypa
         ("normalization", {"mean": [0.5], "std": [0.0]}, "std > 0"),
         ("preprocess", [{"blur": 3}], "preprocess is not valid"),
         ("classes", [1, 2, 3], "classes are not a list of names"),
+        ("classes", ["a", "b"], "size mismatch for head.weight"),
+        ("model", "x", "not a state_dict of tensors"),
+        ("normalization", {"mean": [0.5], "std": [0.25], "value_max": "abc"}, "no numeric mean, std and value_max"),
+        ("normalization", {"mean": [0.5], "std": [float("inf")]}, "finite"),
     ],
 )
 def test_an_edited_checkpoint_gets_one_line(run, tmp_path, capsys, field, value, words):

@@ -212,12 +212,12 @@ def test_200_requests_at_most_20_at_a_time(server, images, capsys):
             assert status == 200 and reply["label"] == label
     ms = sorted(1000 * s for *_, s in results)
     p50, p99 = statistics.median(ms), ms[int(0.99 * len(ms)) - 1]
-    with capsys.disabled():
+    with capsys.disabled():  # a figure to read, not to assert: benchmarks/serve_latency.py measures it properly
         print(f"\n  cnnlab serve, 200 requests, 20 at a time: p50 {p50:.0f} ms, p99 {p99:.0f} ms", end="")
-    assert p50 <= p99
 
 
-@pytest.mark.parametrize("args, words", [(["--port", "70000"], "not a port"), (["--port", "-1"], "not a port"), (["--topk", "101"], "more than 100")])
+@pytest.mark.parametrize("args, words", [(["--port", "70000"], "not a port"), (["--port", "-1"], "not a port"), (["--topk", "101"], "more than 100"),
+                                         (["--max-upload-mb", "inf"], "finite number"), (["--max-upload-mb", "1e-7"], "under a kilobyte")])
 def test_serve_flags_are_checked(deploy_run, args, words):
     r = subprocess.run([sys.executable, "-m", "cnnlab", "serve", str(deploy_run), *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1

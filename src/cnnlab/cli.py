@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any, Sequence
 
@@ -86,8 +87,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number greater than 0")
     return value
 
 
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _tta_flag(pr)
     pr.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
+    pr.add_argument("--max-pixels", type=_positive_int, metavar="N", help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)")
     pr.add_argument("--out", metavar="FILE", help="write the predictions to FILE instead of printing them")
     pr.set_defaults(func=cmd_predict)
 
@@ -332,7 +334,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cnnlab.serve.output import format_predictions
     from cnnlab.serve.predictor import Classifier, image_files
 
-    clf = Classifier.load(args.checkpoint, tta=args.tta)
+    clf = Classifier.load(args.checkpoint, tta=args.tta, max_pixels=args.max_pixels, limit_name="--max-pixels")
     _print_notes("predict", clf.notes)
     files, skipped = image_files(args.inputs)
     with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=None if len(files) > args.batch_size else True) as bar:
@@ -381,7 +383,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cnnlab.errors import CnnlabError
+    from cnnlab.errors import CnnlabError, ConfigError
 
     try:
         import python_multipart  # noqa: F401  Starlette's form parser: without it every upload from the page would fail
@@ -392,11 +394,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CnnlabError(f"cnnlab serve needs starlette, uvicorn and python-multipart ({e}); pip install starlette uvicorn python-multipart") from None
     from cnnlab.serve.predictor import Classifier
 
-    clf = Classifier.load(args.checkpoint, tta=args.tta, max_pixels=args.max_pixels)
+    max_upload = int(args.max_upload_mb * 1024**2)
+    if max_upload < 1024:
+        raise ConfigError(f"--max-upload-mb {args.max_upload_mb:g} is under a kilobyte: no image would fit")
+    clf = Classifier.load(args.checkpoint, tta=args.tta, max_pixels=args.max_pixels, limit_name="--max-pixels")
     _print_notes("serve", clf.notes)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"cnnlab serve: listening on {args.host}: other machines can reach this server", file=sys.stderr)
-    serve(clf, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024**2), topk=args.topk, announce=lambda line: print(line, flush=True))
+    serve(clf, args.host, args.port, max_upload_bytes=max_upload, topk=args.topk, announce=lambda line: print(line, flush=True))
     return 0
 
 

@@ -8,6 +8,7 @@ normalisation and preprocessing, batched by the same loaders).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,10 @@ def load_run(source: str | Path) -> LoadedRun:
     model = create_model(cfg.model.name, num_classes=model_outputs(name, target), in_channels=shape[0], input_size=shape[1:], **kwargs)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CnnlabError(f"{path}: the weights do not fit model {cfg.model.name} ({str(e).splitlines()[0][:120]})") from None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:160]  # the first mismatch, not the heading
+        raise CnnlabError(f"{path}: the weights do not fit model {cfg.model.name} ({why})") from None
     model.eval()
     try:
         with torch.no_grad():
@@ -104,15 +107,19 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     classes = ckpt["classes"]
     if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
         raise bad("classes", "are not a list of names")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise bad("model", "is not a state_dict of tensors")
     norm = ckpt["normalization"]
     try:
         mean = torch.as_tensor(norm["mean"], dtype=torch.float32)
         std = torch.as_tensor(norm["std"], dtype=torch.float32)
-    except (KeyError, TypeError, ValueError, RuntimeError):
-        raise bad("normalization", "has no numeric mean and std") from None
+        value_max = float(norm.get("value_max", 255.0))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+        raise bad("normalization", "has no numeric mean, std and value_max") from None
     fits = tuple(mean.shape) in ((shape[0],), tuple(shape)) and mean.shape == std.shape
-    if not fits or not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
-        raise bad("normalization", f"does not fit {shape[0]} channel(s) (mean {tuple(mean.shape)}, std {tuple(std.shape)}, std > 0)")
+    finite = bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and math.isfinite(value_max) and value_max > 0
+    if not fits or not finite or not bool((std > 0).all()):
+        raise bad("normalization", f"does not fit {shape[0]} channel(s) (mean {tuple(mean.shape)}, std {tuple(std.shape)}, finite, std > 0, value_max > 0)")
     try:
         check_preprocess(ckpt.get("preprocess", []))
     except CnnlabError as e:

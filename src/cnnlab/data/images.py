@@ -21,8 +21,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 # The Pillow formats of those suffixes (JPEG's also opens a phone's multi-picture MPO). Only these are decoded:
 # Pillow knows dozens more, and some hand the bytes to other programs (EPS to Ghostscript).
 FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
-MAX_ASPECT = 100  # the most one side may exceed the other: a 40,000,000 x 1 "image" resized to a
-#                   64-pixel short side would need 2.5 G pixels
+MAX_ASPECT = 100  # for new images (predict, serve), the most one side may exceed the other: a
+#                   40,000,000 x 1 "image" resized to a 64-pixel short side would need 2.5 G pixels
 
 
 class BadImage(Exception):
@@ -36,22 +36,23 @@ class TooManyPixels(BadImage):
 ImageSource = Union[str, Path, bytes]  # a file, or a whole file's bytes (an upload)
 
 
-def check_pixels(size: tuple[int, int], max_pixels: int, setting: str = "data.max_pixels") -> None:
+def check_pixels(size: tuple[int, int], max_pixels: int, setting: str = "data.max_pixels", max_aspect: float | None = None) -> None:
     """Raise TooManyPixels where a (width, height) image has more than `max_pixels` pixels, and
-    BadImage where one side is over MAX_ASPECT times the other (or zero)."""
+    BadImage where one side is over `max_aspect` times the other (where given)."""
     w, h = size
     if w * h > max_pixels:
         raise TooManyPixels(f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} ({setting}): refused as a decompression bomb")
-    if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
-        raise BadImage(f"{w}x{h}: one side is over {MAX_ASPECT} times the other; crop it to the object")
+    if max_aspect is not None and (min(w, h) < 1 or max(w, h) > max_aspect * min(w, h)):
+        raise BadImage(f"{w}x{h}: one side is over {max_aspect:g} times the other; crop it to the object")
 
 
 @contextmanager
-def decoding(kind: str = "corrupt or truncated"):
+def decoding(kind: str = "corrupt or truncated", bomb_warning_is_error: bool = True):
     """Pillow's errors while opening or decoding, as BadImage (TooManyPixels for its own bomb check)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if bomb_warning_is_error:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     except BadImage:
         raise
@@ -71,20 +72,21 @@ def _open(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source), formats=FORMATS)
 
 
-def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str = "data.max_pixels") -> Image.Image:
+def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str = "data.max_pixels", max_aspect: float | None = None) -> Image.Image:
     """Decode a file (or its bytes) fully into an 'L' (channels=1) or 'RGB' (channels=3) image,
     upright per EXIF.
 
     RGBA, LA and palette images with transparency are composited on white first, so transparent
-    pixels do not turn black. Raises BadImage for anything that does not decode, TooManyPixels for
-    an image over `max_pixels` (`setting` names the limit in the message).
+    pixels do not turn black. Raises BadImage for anything that does not decode (or whose sides
+    differ over `max_aspect` times), TooManyPixels for an image over `max_pixels` (`setting` names
+    the limit in the message).
     """
     with decoding():
         size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
         if size == 0:
             raise BadImage("empty file (0 bytes)")
         with _open(source, max_pixels) as im:
-            check_pixels(im.size, max_pixels, setting)
+            check_pixels(im.size, max_pixels, setting, max_aspect)
             im.load()  # decodes now: a truncated file fails here, not in a later epoch
             return upright(im, channels)
 
@@ -99,9 +101,18 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
         # 16-bit, 32-bit and float grayscale: Pillow's convert("L") clips at 255, so scale to 8 bits
         import numpy as np
 
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")
+        a = np.asarray(im)
+        if im.mode.startswith("I;16"):  # in integers and in place: round(a * 255 / 65535) (never a tie)
+            a = a.astype(np.uint32)
+            a *= 255
+            a += 32767
+            a //= 65535
+        else:  # 32-bit int or float: scaled by the image's own maximum, in float32 and in place
+            a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            a *= np.float32(255.0 / max(float(a.max()), 1.0))
+            np.clip(a, 0, 255, out=a)
+            np.rint(a, out=a)
+        im = Image.fromarray(a.astype(np.uint8), mode="L")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA"):
@@ -116,7 +127,7 @@ EXIF_ORIENTATION = 274  # the EXIF tag; values 5 to 8 turn the image by 90 degre
 def header_info(path: str | Path) -> tuple[tuple[int, int], str]:
     """((width, height), mode) from the header alone, cheap, as open_image will return it (EXIF
     orientation applied); raises BadImage where there is no header."""
-    with decoding("corrupt"):
+    with decoding("corrupt", bomb_warning_is_error=False):  # sizes only: open_image applies the pixel limit
         if Path(path).stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
         with _open(path) as im:

@@ -35,6 +35,7 @@ from cnnlab.data.images import BadImage, TooManyPixels
 from cnnlab.serve.predictor import Classifier
 
 MAX_TOPK = 100
+DECODERS = 2  # uploads decoded at once: a 40-megapixel 16-bit PNG takes about 400 MB while it decodes
 
 
 def overlay_png(image: Any, heat: Any) -> bytes:
@@ -133,18 +134,21 @@ def _topk(request: Request, default: int) -> int:
 
 def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5) -> Starlette:
     """The ASGI app serving `clf` (whose max_pixels is the pixel limit)."""
-    lock = threading.Lock()
+    lock = threading.Lock()  # the model: one request at a time
+    decode_slots = threading.BoundedSemaphore(DECODERS)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": clf.max_pixels}
     page = resources.files("cnnlab.serve").joinpath("page.html").read_text(encoding="utf-8")
     page = page.replace("__CONFIG__", json.dumps({**limits, "topk": topk, "model": clf.name, "classes": len(clf.classes)}))
 
     def run_model(data: bytes, k: int, gradcam: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
+        with decode_slots:  # decoding a large image takes memory: a few at a time, beside the model
+            x, resized = clf.pixels(data)
         with lock:
             if gradcam:
-                pred, heat, image = clf.explain(data, topk=k)
+                pred, heat, image = clf.explain_pixels(x, resized, topk=k)
             else:
-                pred = clf.predict(data, topk=k)
+                pred = clf.predict_pixels(x, resized, topk=k)
         out = pred.to_dict()
         if gradcam:
             out["gradcam"] = "data:image/png;base64," + base64.b64encode(overlay_png(image, heat)).decode()

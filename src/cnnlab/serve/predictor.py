@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data.folder import visible
-from cnnlab.data.images import IMAGE_SUFFIXES, BadImage, ImageSource, check_pixels, decoding, open_image, preprocess_transform, to_uint8_tensor, upright
+from cnnlab.data.images import IMAGE_SUFFIXES, MAX_ASPECT, BadImage, ImageSource, check_pixels, decoding, open_image, preprocess_transform, to_uint8_tensor, upright
 from cnnlab.data.normalize import affine
 from cnnlab.evaluation import LoadedRun, load_run, probabilities
 from cnnlab.engine.loop import eval_outputs
@@ -83,14 +83,14 @@ class Classifier:
     share one between threads only under a lock (cnnlab serve does).
     """
 
-    def __init__(self, run: LoadedRun, tta: bool | None = None, max_pixels: int | None = None) -> None:
+    def __init__(self, run: LoadedRun, tta: bool | None = None, max_pixels: int | None = None, limit_name: str = "max_pixels") -> None:
         self.run = run
         self.model = run.model  # eval mode, fp32, CPU
         self.classes = list(run.classes)
         self.input_shape = tuple(run.input_shape)  # (C, H, W)
         self.tta = bool(run.cfg.train.tta) if tta is None else tta  # by default as the run was tested
-        self.max_pixels = int(max_pixels or run.cfg.data.max_pixels)
-        self.limit_name = "--max-pixels" if max_pixels else "data.max_pixels"  # named in the refusal of a larger image
+        self.max_pixels = int(max_pixels or run.cfg.data.max_pixels)  # default: the run's data.max_pixels
+        self.limit_name = limit_name  # how a user raises it, named in the refusal of a larger image
         self.multilabel = run.objective.multilabel
         self._transform = preprocess_transform(run.preprocess)
         # the loaders' formula for 0..255 pixels: x_norm = (x / 255 - mean) / std = x * scale + shift
@@ -101,9 +101,9 @@ class Classifier:
                               "right only where those arrays held values on [0, 1]")
 
     @classmethod
-    def load(cls, checkpoint: str | Path, tta: bool | None = None, max_pixels: int | None = None) -> "Classifier":
+    def load(cls, checkpoint: str | Path, tta: bool | None = None, max_pixels: int | None = None, limit_name: str = "max_pixels") -> "Classifier":
         """The model of a run folder (its best.pt) or of a checkpoint, read with weights_only=True."""
-        return cls(load_run(checkpoint), tta=tta, max_pixels=max_pixels)
+        return cls(load_run(checkpoint), tta=tta, max_pixels=max_pixels, limit_name=limit_name)
 
     @property
     def name(self) -> str:
@@ -120,10 +120,10 @@ class Classifier:
         else:
             if isinstance(image, Image.Image):
                 with decoding():  # a lazily opened image decodes here
-                    check_pixels(image.size, self.max_pixels, self.limit_name)
+                    check_pixels(image.size, self.max_pixels, self.limit_name, MAX_ASPECT)
                     im = upright(image, c)
             else:
-                im = open_image(_source(image), c, self.max_pixels, self.limit_name)
+                im = open_image(_source(image), c, self.max_pixels, self.limit_name, MAX_ASPECT)
             x = to_uint8_tensor(im, self._transform)  # (C, H', W') uint8, the run's resize and crop
         resized = tuple(x.shape[-2:]) != (h, w)
         if resized:
@@ -149,7 +149,7 @@ class Classifier:
             t = t.unsqueeze(0)
         if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
             raise BadImage(f"a tensor image is (C, H, W) with C 1, 3 or 4, or (H, W); got {tuple(t.shape)}")
-        check_pixels((t.shape[2], t.shape[1]), self.max_pixels, self.limit_name)
+        check_pixels((t.shape[2], t.shape[1]), self.max_pixels, self.limit_name, MAX_ASPECT)
         if t.dtype == torch.uint8:  # exactly as a decoded file: through PIL's mode conversion
             return to_uint8_tensor(upright(TF.to_pil_image(t.cpu()), c), self._transform)
         if not t.is_floating_point():
@@ -185,7 +185,11 @@ class Classifier:
         """The top `topk` classes (None: all) of one image: a path, the bytes of an image file, a
         PIL image, or a tensor ((C, H, W) uint8 0..255 or float [0, 1]). Raises BadImage."""
         x, resized = self.pixels(image)
-        return self._prediction(self.probabilities(x.unsqueeze(0), tta)[0], topk, _name(image), resized)
+        return self.predict_pixels(x, resized, topk, tta, _name(image))
+
+    def predict_pixels(self, x: torch.Tensor, resized: bool = False, topk: int | None = 5, tta: bool | None = None, source: str = "") -> Prediction:
+        """predict() for what pixels() gave: the model's part alone (cnnlab serve decodes outside its lock)."""
+        return self._prediction(self.probabilities(x.unsqueeze(0), tta)[0], topk, source, resized)
 
     def predict_many(
         self,
@@ -223,10 +227,14 @@ class Classifier:
     def explain(self, image: ImageLike, topk: int | None = 5) -> tuple[Prediction, torch.Tensor, torch.Tensor]:
         """(prediction, Grad-CAM heat (H, W) in [0, 1] for the top class, the image (H, W, C) in [0, 1]).
         The heat explains the model's score on the image itself (not its mirror image, under TTA)."""
+        x, resized = self.pixels(image)
+        return self.explain_pixels(x, resized, topk, _name(image))
+
+    def explain_pixels(self, x: torch.Tensor, resized: bool = False, topk: int | None = 5, source: str = "") -> tuple[Prediction, torch.Tensor, torch.Tensor]:
+        """explain() for what pixels() gave."""
         from cnnlab.report.gradcam import grad_cam
 
-        x, resized = self.pixels(image)
-        pred = self._prediction(self.probabilities(x.unsqueeze(0))[0], topk, _name(image), resized)
+        pred = self.predict_pixels(x, resized, topk, source=source)
         one_output = not self.multilabel and self.run.objective.name != "cross-entropy"
         # a one-output binary model: grad_cam explains the predicted side of its one score; otherwise
         # the top class (for a multi-label model, the most probable attribute)
