@@ -12,6 +12,7 @@ from cnnlab.data.base import ArraySplit
 from cnnlab.data.loader import TensorLoader
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"  # installed beside python by the torch wheel
+# --standalone: each run its own free rendezvous port, not 29500 again while the last run's socket may linger
 
 
 def _split(n: int) -> ArraySplit:
@@ -49,7 +50,7 @@ def test_evaluation_chunks_cover_the_split_once():
 
 def test_torchrun_two_processes_write_one_run_folder(fashion_dir, tmp_path):
     out = tmp_path / "runs" / "ddp"
-    cmd = [str(TORCHRUN), "--nproc_per_node=2", "-m", "cnnlab", "train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "2",
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "2",
            "--set", "data.val_size=64", "--set", "train.batch_size=64"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -80,7 +81,10 @@ def test_a_global_batch_that_does_not_divide_is_refused(fashion_dir):
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(TORCHRUN), "--nproc_per_node=2", "-m", "cnnlab", "train", *args], capture_output=True, text=True, timeout=300)
+    """`torchrun --nproc_per_node=2 -m cnnlab train ARGS`, which must succeed (its stderr's end shows why not)."""
+    r = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
 
 
 def _history(run: Path) -> list[list[str]]:
@@ -89,10 +93,9 @@ def _history(run: Path) -> list[list[str]]:
 
 def test_torchrun_resume_from_an_epoch_end_is_exact(fashion_dir, tmp_path):
     common = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--lr", "0.05"]
-    assert _torchrun(*common, "--out", str(tmp_path / "a"), "--epochs", "2").returncode == 0
-    r = _torchrun("--resume", str(tmp_path / "a"), "--epochs", "3")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert _torchrun(*common, "--out", str(tmp_path / "b"), "--epochs", "3").returncode == 0
+    _torchrun(*common, "--out", str(tmp_path / "a"), "--epochs", "2")
+    _torchrun("--resume", str(tmp_path / "a"), "--epochs", "3")
+    _torchrun(*common, "--out", str(tmp_path / "b"), "--epochs", "3")
     assert _history(tmp_path / "a") == _history(tmp_path / "b") and len(_history(tmp_path / "a")) == 4
     wa = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -60,20 +60,21 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to pass `limit` bytes."""
+async def _read_body(request: Request, limit: int, shown: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass `limit` bytes (the upload
+    limit plus a form's overhead; the message names the upload limit, `shown`)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise HTTPException(400, "Content-Length is not a number")
         if int(declared) > limit:
-            raise HTTPException(413, f"the upload is {int(declared):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)")
+            raise HTTPException(413, f"the upload is {int(declared):,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise HTTPException(413, f"the upload passes {limit:,} bytes, the most this server takes (cnnlab serve --max-upload-mb)")
+                raise HTTPException(413, f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
             chunks.append(chunk)
     except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log
         raise HTTPException(400, "the client disconnected during the upload") from None
@@ -93,7 +94,7 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
 
 
 async def _image_field(request: Request, limit: int) -> bytes:
-    body = await _read_body(request, limit + FORM_OVERHEAD)
+    body = await _read_body(request, limit + FORM_OVERHEAD, limit)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         if not body:
             raise HTTPException(400, "no image: send the image file as the request body, or as the 'file' field of a multipart form")
