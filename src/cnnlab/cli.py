@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="classify image files or folders with a trained run",
         description="Classify images with the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, fed exactly as the run "
         "was tested: the same decoding, preprocess steps, normalisation and TTA. Any mode and size: an image that does not come out "
-        "at the model's input size is resized to cover it and center-cropped (marked 'resized'). A folder gives its image files, "
+        "at the model's input size is center-cropped to its aspect ratio and resized to it (marked 'resized'). A folder gives its image files, "
         "sub-folders included. Files that are not readable images are listed and skipped; the exit code is 0 when every image "
         "was predicted, 1 when some were skipped.",
         epilog="examples:\n  cnnlab predict runs/fashion-mnist-fast-1 shoe.png\n  cnnlab predict runs/fashion-mnist-fast-1 ~/photos --topk 3\n"

@@ -5,7 +5,7 @@ An image goes through the same steps as a test image of the run: decoded by data
 checkpoint (torchvision's resize and crop), then normalised by the loader's formula with the saved
 mean and std, and the fp32 model (with flip TTA where the run was tested with it). Only one step is
 added: an image that does not come out at the model's input size (a photo given to a Fashion-MNIST
-model, whose run had no resize step) is resized to cover that size and center-cropped to it.
+model, whose run had no resize step) is center-cropped to that size's aspect ratio and resized to it.
 """
 
 from __future__ import annotations
