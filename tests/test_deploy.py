@@ -313,6 +313,11 @@ def test_export_failure_of_the_onnx_exporter_is_one_line(clf, tmp_path, monkeypa
     assert not (tmp_path / "m.onnx").exists()
 
 
+def _resave(path: Path, ckpt: dict) -> None:
+    """A loaded checkpoint, edited, saved again (save_checkpoint adds its own format tags and RNG states)."""
+    save_checkpoint(path, **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
+
+
 @pytest.mark.parametrize(
     "field, value, words",
     [
@@ -330,7 +335,7 @@ def test_export_failure_of_the_onnx_exporter_is_one_line(clf, tmp_path, monkeypa
 )
 def test_an_edited_checkpoint_gets_one_line(run, tmp_path, capsys, field, value, words):
     ckpt = torch.load(Path(run) / "checkpoints" / "best.pt", weights_only=True)
-    save_checkpoint(tmp_path / "c.pt", **{**{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")}, field: value})
+    _resave(tmp_path / "c.pt", {**ckpt, field: value})
     code, _, stderr = cli(capsys, "predict", tmp_path / "c.pt", write_image(tmp_path / "x.png"))
     assert code == 2 and words in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
@@ -341,7 +346,7 @@ def test_a_multilabel_models_label_holds_every_attribute_over_half(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     ckpt["config"]["train"]["loss"] = "bce"
     ckpt.update(multilabel=True, objective="bce")
-    save_checkpoint(path, **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
+    _resave(path, ckpt)
     clf = Classifier.load(path)
     assert clf.multilabel
     clf.model.forward = lambda x: torch.tensor([[5.0, 4.0, -5.0]]).expand(len(x), -1)  # attributes a and b present
@@ -354,7 +359,7 @@ def test_a_run_on_float_arrays_says_how_images_are_fed(tmp_path):
     path = _checkpoint(tmp_path / "c.pt", "fastnet")
     ckpt = torch.load(path, weights_only=True)
     ckpt["normalization"]["value_max"] = 1.0
-    save_checkpoint(path, **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
+    _resave(path, ckpt)
     clf = Classifier.load(path)
     assert len(clf.notes) == 1 and "float arrays" in clf.notes[0]
     assert Classifier.load(_checkpoint(tmp_path / "d.pt", "fastnet")).notes == []

@@ -545,7 +545,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = load_run(args.source)
     _, split = load_split(run, args.split, args.data)
-    tta = bool(run.cfg.train.tta) if args.tta is None else args.tta  # by default the run's own, so metrics.json's figures come back
+    tta = run.tta(args.tta)  # by default the run's own, so metrics.json's figures come back
     preds = predict(run.model, split_loader(run, split, args.batch_size), run.objective, tta=tta)
     m = metrics_of(preds, run.classes, run.objective)
     m.update(checkpoint=str(run.checkpoint), split=args.split, data=args.data or run.cfg.data.name, tta=tta)

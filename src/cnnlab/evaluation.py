@@ -43,6 +43,10 @@ class LoadedRun:
     preprocess: list
     value_max: float = 255.0  # what one input unit is worth: 255 for images, 1 for float arrays
 
+    def tta(self, override: bool | None = None) -> bool:
+        """Flip TTA as the run was tested (its train.tta), unless `override` says otherwise."""
+        return bool(self.cfg.train.tta) if override is None else override
+
 
 def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run folder or None) for a run folder or a checkpoint path."""
@@ -126,9 +130,12 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("preprocess", f"is not valid ({e})") from None
 
 
-def split_loader(run: LoadedRun, split: Split, batch_size: int = 512) -> _BatchLoader:
-    """Batches of `split` fed as the run was validated: its normalisation and preprocessing, no augmentation."""
-    return make_loader(split, batch_size, input_shape=run.input_shape, preprocess=run.preprocess, max_pixels=run.cfg.data.max_pixels, workers=run.cfg.data.workers, mean=run.mean, std=run.std)
+def split_loader(run: LoadedRun, split: Split, batch_size: int = 512, normalise: bool = True) -> _BatchLoader:
+    """Batches of `split` fed as the run was validated: its normalisation and preprocessing, no
+    augmentation. normalise=False: the same images as pixels / value_max (on [0, 1] for images)."""
+    c = run.input_shape[0]
+    mean, std = (run.mean, run.std) if normalise else ([0.0] * c, [1.0] * c)
+    return make_loader(split, batch_size, input_shape=run.input_shape, preprocess=run.preprocess, max_pixels=run.cfg.data.max_pixels, workers=run.cfg.data.workers, mean=mean, std=std)
 
 
 def load_split(run: LoadedRun, name: str = "test", data: str | None = None) -> tuple[Dataset, Split]:

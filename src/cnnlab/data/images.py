@@ -65,8 +65,11 @@ def decoding(kind: str = "corrupt or truncated", bomb_warning_is_error: bool = T
 
 
 def _open(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
-    """Image.open on a file or bytes, only in FORMATS. Pillow's own bomb limit is raised to
-    `max_pixels` where that is larger, so our limit (checked from the header) is the one that counts."""
+    """Image.open on a file or bytes, only in FORMATS; BadImage for an empty one. Pillow's own bomb
+    limit is raised to `max_pixels` where that is larger, so our limit (checked from the header) is
+    the one that counts."""
+    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+        raise BadImage("empty file (0 bytes)")
     if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # only ever raised, to what a user asked for: safe across threads
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source), formats=FORMATS)
@@ -82,9 +85,6 @@ def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str
     the limit in the message).
     """
     with decoding():
-        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
-        if size == 0:
-            raise BadImage("empty file (0 bytes)")
         with _open(source, max_pixels) as im:
             check_pixels(im.size, max_pixels, setting, max_aspect)
             im.load()  # decodes now: a truncated file fails here, not in a later epoch
@@ -128,8 +128,6 @@ def header_info(path: str | Path) -> tuple[tuple[int, int], str]:
     """((width, height), mode) from the header alone, cheap, as open_image will return it (EXIF
     orientation applied); raises BadImage where there is no header."""
     with decoding("corrupt", bomb_warning_is_error=False):  # sizes only: open_image applies the pixel limit
-        if Path(path).stat().st_size == 0:
-            raise BadImage("empty file (0 bytes)")
         with _open(path) as im:
             w, h = im.size
             turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)

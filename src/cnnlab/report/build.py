@@ -46,7 +46,7 @@ def inputs_from_run(run_dir: Path) -> ReportInputs:
     run = load_run(run_dir)
     ds, split = load_split(run, "auto")
     name = "test" if split is ds.test else "val"
-    preds = predict(run.model, split_loader(run, split), run.objective, run.cfg.train.tta)
+    preds = predict(run.model, split_loader(run, split), run.objective, run.tta())
     return ReportInputs(run.model, run.objective, run.classes, split, name, lambda s: split_loader(run, s, 64), preds, run.preprocess, run.input_shape[0])
 
 

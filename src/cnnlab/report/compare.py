@@ -83,7 +83,7 @@ def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 
             sub = sub.subset(ids)
         else:
             sub = subset
-        p = predict(run.model, split_loader(run, sub, 64), run.objective, tta=bool(run.cfg.train.tta))  # as the run was tested
+        p = predict(run.model, split_loader(run, sub, 64), run.objective, tta=run.tta())  # as the run was tested
         if run.objective.multilabel:
             raise CnnlabError("the predictions figure is for single-label runs; the table above still compares them")
         if len(p.index) != len(ids):

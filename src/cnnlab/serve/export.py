@@ -208,12 +208,11 @@ def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data
     `data`: another copy with the same classes), evenly spaced over it, and compare their probabilities.
 
     PyTorch's side is cnnlab evaluate's own path (the run's loaders, normalisation and TTA). The
-    exported side is fed the same images as [0, 1] pixels from the same loaders with mean 0 and std 1.
+    exported side is fed the same images as [0, 1] pixels from the same loaders, unnormalised.
     """
     import time
 
     from cnnlab.evaluation import load_split, predict, split_loader
-    from cnnlab.data.loader import make_loader
 
     run = clf.run
     _, split = load_split(run, "auto", data)
@@ -223,8 +222,7 @@ def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data
     reference = predict(clf.model, split_loader(run, split, batch_size), run.objective, tta=clf.tta)
     ref = reference.probs
     t_torch = time.perf_counter() - t0
-    c = run.input_shape[0]
-    raw = make_loader(split, batch_size, input_shape=run.input_shape, preprocess=run.preprocess, max_pixels=run.cfg.data.max_pixels, workers=run.cfg.data.workers, mean=[0.0] * c, std=[1.0] * c)
+    raw = split_loader(run, split, batch_size, normalise=False)
     forward = runner(fmt, path)
     outs = []
     t0 = time.perf_counter()

@@ -88,7 +88,7 @@ class Classifier:
         self.model = run.model  # eval mode, fp32, CPU
         self.classes = list(run.classes)
         self.input_shape = tuple(run.input_shape)  # (C, H, W)
-        self.tta = bool(run.cfg.train.tta) if tta is None else tta  # by default as the run was tested
+        self.tta = run.tta(tta)
         self.max_pixels = int(max_pixels or run.cfg.data.max_pixels)  # default: the run's data.max_pixels
         self.limit_name = limit_name  # how a user raises it, named in the refusal of a larger image
         self.multilabel = run.objective.multilabel
