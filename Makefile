@@ -17,7 +17,7 @@ demo: bootstrap
 	$(BIN)/cnnlab train $(ARGS)
 
 test: bootstrap browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 
 bootstrap: $(STAMP) data
 

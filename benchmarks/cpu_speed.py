@@ -9,12 +9,14 @@ Sections (each figure a median over --runs runs; the two sides of a comparison a
 slower or faster spell of the machine hits both):
   (a) throughput: the textbook MNIST network trained by the reports' loop (torchvision dataset,
       per-sample ToTensor, DataLoader, fp32) and by cnnlab's engine (in-memory uint8 batches,
-      bf16 autocast where the CPU has it, channels_last), same batch size and optimizer: images/s.
+      the precision and layout `cnnlab train` picks here), same batch size and optimizer: images/s.
   (b) time to accuracy: the reports' loop with the textbook network and Adam, test accuracy after
       each epoch against wall seconds; and `cnnlab train` (the default recipe) as a whole process,
       from its start to metrics.json written, over seeds 0, 1, 2.
   (c) efficiency: GFLOP/s of the default model's training step (FLOPs counted by
-      torch.utils.flop_counter, forward and backward) against a bf16 matmul on the same cores.
+      torch.utils.flop_counter, forward and backward) against a matmul in the same dtype on the same
+      cores, for fp32 and (where the CPU has it natively) bf16; and what that efficiency predicts for
+      the other machine kinds (OTHER_MACHINES: their matmul GFLOP/s), step rate and default run.
   (d) batch inference of the default model (batch 256): images/s.
   (e) `cnnlab train fashion-mnist-best` as a whole process, seeds 0, 1, 2 (about 9 minutes each):
       test accuracy and the wall seconds to metrics.json.
@@ -47,7 +49,8 @@ sys.path.insert(0, str(REPO / "src"))
 from cnnlab.config import DataConfig, OptimConfig, load_recipe  # noqa: E402
 from cnnlab.data import DATASETS, load_dataset  # noqa: E402
 from cnnlab.data.loader import TensorLoader  # noqa: E402
-from cnnlab.engine.device import autocast_dtype, autocast_factory, set_threads  # noqa: E402
+from cnnlab.engine.device import autocast_factory, set_threads  # noqa: E402
+from cnnlab.engine.precision import Choice, cpu_description, for_model  # noqa: E402
 from cnnlab.engine.loop import TrainStep  # noqa: E402
 from cnnlab.engine.optim import create_optimizer  # noqa: E402
 from cnnlab.engine.losses import cross_entropy  # noqa: E402
@@ -118,20 +121,28 @@ def plain_throughput(train_set, batch: int, steps: int, warmup: int = 10) -> flo
     return _images_per_second(torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True), train_on, batch, steps, warmup)
 
 
-def engine_parts(model: nn.Module, lr: float, optimizer: str = "adam") -> tuple[nn.Module, TrainStep]:
-    """The model as cnnlab trains it (channels_last, bf16 autocast where the CPU has it) and its step."""
-    model = model.to(memory_format=torch.channels_last)
+def policy_of(name: str, batch: int, **kwargs: Any) -> Choice:
+    """What `cnnlab train` would train model `name` in here: its precision policy (the probe's cached answer)."""
+    model = create_model(name, num_classes=10, in_channels=1, input_size=(28, 28), **kwargs)
+    return for_model(name, kwargs, model, (1, 28, 28), batch, 10)
+
+
+def engine_parts(model: nn.Module, lr: float, optimizer: str = "adam", policy: Choice | None = None) -> tuple[nn.Module, TrainStep]:
+    """The model as cnnlab trains it (the precision and layout its policy picks) and its step."""
+    policy = policy or Choice("float32", True, "")
+    model = model.to(memory_format=torch.channels_last if policy.channels_last else torch.contiguous_format)
     opt = create_optimizer(model, OptimConfig(name=optimizer, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0))  # as cnnlab train builds it
-    step = TrainStep(model, opt, cross_entropy(10), autocast=autocast_factory(CPU, autocast_dtype(CPU, "auto")))
+    step = TrainStep(model, opt, cross_entropy(10), autocast=autocast_factory(CPU, policy.autocast_dtype))
     return model, step
 
 
 def engine_throughput(ds, batch: int, steps: int, warmup: int = 10) -> float:
     """images/s of cnnlab's engine on the same network, batch and optimizer: in-memory batches."""
     torch.manual_seed(0)
-    model, step = engine_parts(textbook_model(), 1e-3)
+    policy = policy_of("textbook-mnist", batch)
+    model, step = engine_parts(textbook_model(), 1e-3, policy=policy)
     model.train()
-    loader = TensorLoader(ds.train, batch, shuffle=True, seed=0, mean=[0.0], std=[1.0], device=CPU, channels_last=True)
+    loader = TensorLoader(ds.train, batch, shuffle=True, seed=0, mean=[0.0], std=[1.0], device=CPU, channels_last=policy.channels_last)
     loader.set_epoch(1)
     return _images_per_second(loader, step, batch, steps, warmup)
 
@@ -216,12 +227,12 @@ def step_flops(model: nn.Module, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def train_step_gflops(batch: int, steps: int) -> tuple[float, float]:
-    """(GFLOP/s, images/s) of the default model's training step as cnnlab runs it."""
+def train_step_gflops(batch: int, steps: int, policy: Choice) -> tuple[float, float]:
+    """(GFLOP/s, images/s) of the default model's training step in `policy`'s dtype and layout."""
     torch.manual_seed(0)
     flops = step_flops(default_model(), batch)
-    model, step = engine_parts(default_model(), 0.05, "sgd")
-    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    model, step = engine_parts(default_model(), 0.05, "sgd", policy)
+    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last if policy.channels_last else torch.contiguous_format)
     y = torch.randint(0, 10, (batch,))
     for _ in range(5):
         step(x, y)
@@ -232,15 +243,16 @@ def train_step_gflops(batch: int, steps: int) -> tuple[float, float]:
     return flops / dt / 1e9, batch / dt
 
 
-def train_dtype() -> torch.dtype:
-    """What cnnlab trains in here: bf16 where the CPU has it natively, else fp32."""
-    return autocast_dtype(CPU, "auto") or torch.float32
+def default_policy() -> Choice:
+    """The default recipe's precision policy here, as `cnnlab train` picks it."""
+    r = load_recipe(None)
+    return policy_of(r.model.name, r.train.batch_size, **r.model.kwargs)
 
 
-def matmul_gflops(n: int = 2048, reps: int = 20) -> float:
-    """GFLOP/s of an n x n by n x n matmul in the training dtype on these cores: the ceiling of (c)."""
-    a = torch.randn(n, n, dtype=train_dtype())
-    b = torch.randn(n, n, dtype=train_dtype())
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 20) -> float:
+    """GFLOP/s of an n x n by n x n matmul in `dtype` on these cores: the ceiling of (c)."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     t0 = time.perf_counter()
@@ -249,11 +261,19 @@ def matmul_gflops(n: int = 2048, reps: int = 20) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def inference_throughput(batch: int, batches: int) -> float:
-    """images/s of the default model predicting in-memory batches (eval, bf16 autocast, channels_last)."""
+# The other kinds of 2-core machine this project runs on, by their matmul GFLOP/s (measured once on
+# each, issue 16): what (c) predicts for them from this machine's step efficiency.
+OTHER_MACHINES = {
+    "AMD EPYC, AVX512_BF16 (native bf16)": {"float32": 163.0, "bfloat16": 400.0},
+    "Intel Xeon Ice Lake, AVX-512 without AVX512_BF16 (bf16 emulated)": {"float32": 270.0, "bfloat16": 54.0},
+}
+
+
+def inference_throughput(batch: int, batches: int, policy: Choice) -> float:
+    """images/s of the default model predicting in-memory batches (eval, in the training dtype, channels_last)."""
     torch.manual_seed(0)
     model = default_model().eval().to(memory_format=torch.channels_last)
-    autocast = autocast_factory(CPU, autocast_dtype(CPU, "auto"))
+    autocast = autocast_factory(CPU, policy.autocast_dtype)
     x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast():
         for _ in range(3):
@@ -292,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = 1 if args.quick else args.runs
     race = 1 if args.quick else args.race_epochs
-    dt = str(train_dtype()).replace("torch.", "")
+    policy = default_policy()
+    dt = policy.dtype
     result: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "train_dtype": dt, "python": platform.python_version()},
+        "machine": {"cpu": cpu_description(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "train_dtype": dt, "channels_last": policy.channels_last, "policy": policy.to_dict(), "python": platform.python_version()},
         "runs": runs,
     }
     rows: list[tuple[str, str, str]] = []
@@ -325,17 +346,42 @@ def main(argv: list[str] | None = None) -> int:
             # accuracies repeat from run to run and only the time varies
             last_acc = [r[-1][1] for r in plain_runs]
             rows += [("(b) reports' loop, textbook net + Adam, last epoch", f"{100 * median(last_acc):.2f}%", f"after {median([r[-1][0] for r in plain_runs]):.0f} s ({race} epochs)"),
-                     seeds_row("(b) cnnlab train (default recipe), whole process", cnn_runs, "goal 92% in 60 s")]
+                     seeds_row("(b) cnnlab train (default recipe), whole process", cnn_runs, "goal 92% in 45 s")]
         if "c" in only:
+            # the step in each dtype this CPU can train in natively (fp32 always; bf16 where native), each
+            # against a matmul in the same dtype: the step's efficiency, from which the other machine
+            # kinds' step rate is predicted (efficiency x their matmul)
             batch = 256
-            measured = timed(runs, [lambda: train_step_gflops(batch, 30), lambda: matmul_gflops()])
-            step_gf = median([g for g, _ in measured[0]])
-            mm = median(measured[1])
-            result["c_efficiency"] = {"batch": batch, "dtype": dt, "flops_per_step": step_flops(default_model(), batch), "step_gflops": [g for g, _ in measured[0]], "step_img_s": [i for _, i in measured[0]], "matmul_gflops": measured[1], "fraction": step_gf / mm}
-            rows += [("(c) default model's training step, batch 256", f"{step_gf:.1f} GFLOP/s", f"{100 * step_gf / mm:.1f}% of a {dt} matmul's {mm:.0f} GFLOP/s (goal 50%)")]
+            dtypes = ["float32"] + (["bfloat16"] if policy.native_bf16 else [])
+            flops = step_flops(default_model(), batch)
+            eff: dict[str, Any] = {"batch": batch, "flops_per_step": flops, "per_dtype": {}}
+            for d in dtypes:
+                pol = Choice(d, policy.channels_last, "")
+                measured = timed(runs, [lambda: train_step_gflops(batch, 30, pol), lambda: matmul_gflops(getattr(torch, d))])
+                step_gf, mm = median([g for g, _ in measured[0]]), median(measured[1])
+                eff["per_dtype"][d] = {"step_gflops": [g for g, _ in measured[0]], "step_img_s": [i for _, i in measured[0]], "matmul_gflops": measured[1], "fraction": step_gf / mm}
+                rows += [(f"(c) default model's training step, batch 256, {d}", f"{step_gf:.1f} GFLOP/s", f"{median([i for _, i in measured[0]]):,.0f} img/s; {100 * step_gf / mm:.1f}% of a {d} matmul's {mm:.0f} GFLOP/s" + (" (the dtype cnnlab trains in here)" if d == dt else ""))]
+            here = eff["per_dtype"][dt]
+            rate_here = median(here["step_img_s"])
+            cnn = result.get("b_time_to_accuracy", {}).get("cnnlab_default")
+            predictions = {}
+            for other, peaks in OTHER_MACHINES.items():
+                # the dtype auto takes there: bf16 only where it is native and predicted faster
+                options = {d: eff["per_dtype"].get(d, eff["per_dtype"]["float32"])["fraction"] * peaks[d] for d in ("float32", "bfloat16") if d in eff["per_dtype"] or d == "float32"}
+                native_there = "native" in other
+                d_there = "bfloat16" if native_there and options.get("bfloat16", 0) * 0.95 > options["float32"] else "float32"
+                rate_there = options[d_there] * 1e9 / (flops / batch)
+                pred = {"dtype": d_there, "step_img_s": rate_there, "efficiency_from": d_there if d_there in eff["per_dtype"] else "float32 (bf16 not measured here)"}
+                if cnn:  # the default run: its training steps scaled by the step rates, the rest as here
+                    total, train_part = median([r["seconds"] for r in cnn]), load_recipe(None).train.epochs * 55_000 / rate_here  # 55,000 training images an epoch
+                    pred["default_run_seconds"] = total - train_part + train_part * rate_here / rate_there
+                predictions[other] = pred
+                rows += [(f"(c) predicted for {other}", f"{rate_there:,.0f} img/s", f"{d_there} step" + (f"; default run about {pred['default_run_seconds']:.0f} s to metrics.json" if "default_run_seconds" in pred else ""))]
+            eff["predictions"] = predictions
+            result["c_efficiency"] = eff
         if "d" in only:
             batch = 256  # faster here than 1024: the activations stay in cache
-            inf = timed(runs, [lambda: inference_throughput(batch, 80)])[0]
+            inf = timed(runs, [lambda: inference_throughput(batch, 80, policy)])[0]
             result["d_inference"] = {"batch": batch, "dtype": dt, "img_s": inf}
             rows += [(f"(d) batch inference, default model, batch {batch}", f"{median(inf):,.0f} img/s", f"{dt}, channels_last (goal 20,000 img/s)")]
         if "e" in only:

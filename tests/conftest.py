@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,17 @@ import pytest
 from cnnlab.data.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The precision probe's answers (engine/precision.py) go to a cache of this test session's own, which
+# every CLI subprocess inherits: a test never reads or writes the user's ~/.cache/cnnlab, and each
+# model and input shape is measured once per session.
+os.environ["CNNLAB_CACHE"] = tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+
+# Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each worker, and every
+# process it starts, gets its share of torch threads (cnnlab's set_threads honours OMP_NUM_THREADS), as
+# more threads than cores slow small convolutions down.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit() and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def make_pattern_images(n: int, num_classes: int = 10, size: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,7 @@ def test_evaluation_chunks_cover_the_split_once():
 def test_torchrun_two_processes_write_one_run_folder(fashion_dir, tmp_path):
     out = tmp_path / "runs" / "ddp"
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "2",
-           "--set", "data.val_size=64", "--set", "train.batch_size=64"]
+           "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.report=false"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # one folder, written by rank 0
@@ -92,7 +92,8 @@ def _history(run: Path) -> list[list[str]]:
 
 
 def test_torchrun_resume_from_an_epoch_end_is_exact(fashion_dir, tmp_path):
-    common = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--lr", "0.05"]
+    common = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--lr", "0.05",
+              "--set", "train.report=false", "--set", "model.kwargs={widths: [8, 16]}"]
     _torchrun(*common, "--out", str(tmp_path / "a"), "--epochs", "2")
     _torchrun("--resume", str(tmp_path / "a"), "--epochs", "3")
     _torchrun(*common, "--out", str(tmp_path / "b"), "--epochs", "3")

@@ -629,7 +629,7 @@ def print_summary(m: dict[str, Any], run_dir: str) -> None:
         ("worst class", f"{worst}  (recall {100 * test['per_class'][worst]['recall']:.1f}%)"),
         ("best epoch", f"{m['best_epoch']} of {m['epochs_run']} run" + (f"  ({m['stop_reason']})" if m.get("stop_reason") else "")),
         ("time", f"{m['train_seconds']:.1f} s training, {m['total_seconds']:.1f} s in all" if m.get("sessions", 1) == 1 else f"{m['train_seconds']:.1f} s training over {m['sessions']} sessions, {m['total_seconds']:.1f} s in this one"),
-        ("model", f"{m['model']}  ({m['num_parameters']:,} parameters, {m['device']}, {m['precision']} training)"),
+        ("model", f"{m['model']}  ({m['num_parameters']:,} parameters, {m['device']}, {m['precision']} training" + (f", {'channels_last' if m['channels_last'] else 'NCHW'})" if "channels_last" in m else ")")),
     ]
     width = max(len(k) for k, _ in rows)
     print()

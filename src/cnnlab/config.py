@@ -96,8 +96,8 @@ class TrainConfig:
     eval_batch_size: int = 256  # 256 evaluates faster than 1024 on the 2-core CPU (the activations stay in cache)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto (bf16 where the device has native bf16, else fp32) | fp32 | bf16 | fp16 (with a loss scaler)
-    channels_last: bool = True
+    precision: str = "auto"  # auto (on a CPU: bf16 where it is native and measured faster, else fp32; engine/precision.py) | fp32 | bf16 | fp16 (with a loss scaler)
+    channels_last: bool | str = "auto"  # auto: where measured faster (engine/precision.py) | true | false
     threads: int | None = None  # torch's CPU threads; None: the physical cores (hyperthreads not counted), shared among torchrun's local processes
     compile: bool = False  # torch.compile the model (slower on the 2-core CPU; may pay off on a GPU)
     deterministic: bool = False  # torch's deterministic algorithms only (CPU runs are repeatable without it)
@@ -170,6 +170,7 @@ class RunConfig:
             (d.workers is None or d.workers >= 0, "data.workers", d.workers, "zero or positive, or null"),
             (t.class_weights in (None, "auto"), "train.class_weights", t.class_weights, "auto or null"),
             (t.tta in (True, False, "auto"), "train.tta", t.tta, "true, false or auto (on when training flips images)"),
+            (t.channels_last in (True, False, "auto"), "train.channels_last", t.channels_last, "true, false or auto (where measured faster)"),
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,7 +23,7 @@ from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, dataset_value_max, normalization_stats
 from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TensorBoardLogger, TimeLimit
 from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
-from cnnlab.engine.device import autocast_dtype, autocast_factory, resolve_device, set_threads
+from cnnlab.engine.device import autocast_factory, resolve_device, set_threads
 from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdown
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.fit import fit
@@ -30,6 +31,7 @@ from cnnlab.engine.losses import LOSSES, Objective, Target, create_objective, mo
 from cnnlab.engine.loop import TrainStep
 from cnnlab.engine.mix import BatchMix
 from cnnlab.engine.optim import create_optimizer, create_scheduler
+from cnnlab.engine.precision import Choice, choose, model_signature
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
@@ -237,10 +239,40 @@ def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scale
 # --- a run --------------------------------------------------------------------------------------
 
 
+def training_policy(p: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Choice:
+    """The dtype and layout this run trains with (engine/precision.py): a resumed run keeps its own
+    (an exact continuation); else rank 0 decides, probing the run's model where `auto` asks for it,
+    and every process under torchrun takes its answer."""
+    saved = (ckpt or {}).get("policy")
+    if isinstance(saved, dict) and "dtype" in saved:
+        return Choice.from_dict(saved)
+    tc = p.cfg.train
+    choice = None
+    if dist.main:
+        shape = tuple(p.ds.input_shape)
+        signature = model_signature(p.cfg.model.name, p.cfg.model.kwargs, p.objective.outputs)
+        choice = choose(p.device, tc.precision, tc.channels_last, model=p.model, input_shape=shape, batch=max(1, tc.batch_size // dist.world), num_outputs=p.objective.outputs, signature=signature)
+    return Choice.from_dict(dist.broadcast(choice.to_dict() if choice is not None else None))
+
+
 class _Quiet:
     """The log of a process that is not rank 0: it writes nothing."""
 
     def write(self, line: str, echo: bool = True) -> None: ...
+
+
+def _import_dynamo_meanwhile() -> None:
+    """Import torch._dynamo in a thread while the data loads. The first torch.optim optimizer imports
+    it (torch._disable_dynamo on add_param_group), about 1 s of the default run's 40 on the 2-core
+    CPU; reading and decompressing the data releases the GIL for most of that second."""
+    import importlib
+    import sys
+    import threading
+
+    if "torch._dynamo" not in sys.modules:
+        # not a daemon: an interpreter that exits (an early error) waits for the import rather than
+        # tearing it down halfway, which aborts the process
+        threading.Thread(target=importlib.import_module, args=("torch._dynamo",), name="import-dynamo").start()
 
 
 def train_run(
@@ -260,6 +292,7 @@ def train_run(
     Under torchrun every process calls this; only rank 0 writes.
     """
     t_start = time.perf_counter()
+    _import_dynamo_meanwhile()
     ckpt, resume_notes = None, []
     if resume is not None:
         cfg, ckpt, resume_notes = resume_config(resume, overrides or {})
@@ -307,6 +340,10 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         if dist.enabled:
             log.write(f"{dist.world} processes (torchrun): {tc.batch_size // dist.world} images per process per step, global batch {tc.batch_size}; checkpoints at epoch ends only")
 
+    policy = training_policy(p, dist, ckpt)
+    if dist.main:
+        log.write(f"precision: {policy.summary()}" + (" [cached]" if policy.cached else ""))
+    tc = dataclasses.replace(tc, channels_last=policy.channels_last)  # what the loaders and the model use
     loaders = build_loaders(ds, cfg.data, tc, device, mean, std, shard=(dist.rank, dist.world))
     model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
     forward: nn.Module = model
@@ -316,7 +353,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         forward = torch.compile(forward)
     optimizer = create_optimizer(model, cfg.optim)
     scheduler = create_scheduler(optimizer, cfg.schedule, len(loaders["train"]), tc.epochs)
-    amp_dtype = autocast_dtype(device, tc.precision)
+    amp_dtype = policy.autocast_dtype
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     ema = EMA(model, tc.ema) if tc.ema else None
     mix = BatchMix(tc.mixup, tc.cutmix) if tc.mixup or tc.cutmix else None
@@ -347,6 +384,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
             preprocess=list(ds.preprocess),
             normalization={"mean": mean, "std": std, "value_max": dataset_value_max(ds)},  # x_norm = (x / value_max - mean) / std
             objective=objective.name,
+            policy=policy.to_dict(),  # a resumed run trains with the same precision and layout
         )
 
     every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds
@@ -363,7 +401,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     if tc.early_stopping:
         fit_callbacks.append(EarlyStopping(tc.early_stopping, tc.monitor))
     try:
-        state = fit(step, loaders["train"], loaders.get("val"), epochs=tc.epochs, num_classes=num_classes, callbacks=fit_callbacks, state=state, eval_model=eval_model, tta=tc.tta, monitor=tc.monitor, dist=dist)
+        # validation in bf16 where training is (twice as fast); metrics.json's figures below are fp32
+        val_autocast = step.autocast if amp_dtype == torch.bfloat16 else contextlib.nullcontext
+        state = fit(step, loaders["train"], loaders.get("val"), epochs=tc.epochs, num_classes=num_classes, callbacks=fit_callbacks, state=state, eval_model=eval_model, tta=tc.tta, monitor=tc.monitor, dist=dist, eval_autocast=val_autocast)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last saved point)") from None
     train_seconds = state.train_seconds  # this session's fitting plus the sessions before a resume
@@ -408,7 +448,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         seed=tc.seed,
         device=str(device),
         threads=torch.get_num_threads(),
-        precision=str(amp_dtype or torch.float32).replace("torch.", ""),
+        precision=policy.dtype,
+        channels_last=policy.channels_last,
+        precision_policy=policy.to_dict(),
         loss=objective.name,
         processes=dist.world,
         skipped_files=[{"path": p, "reason": r} for p, r in skipped],

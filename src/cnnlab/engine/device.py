@@ -1,4 +1,4 @@
-"""Device choice and the mixed-precision policy."""
+"""Device choice, CPU threads and the autocast context (the precision policy itself: engine/precision.py)."""
 
 from __future__ import annotations
 
@@ -25,34 +25,6 @@ def resolve_device(name: str) -> torch.device:
     if not available[kind]:
         raise ConfigError(f"--device {name}: no {kind} device is visible here; use --device auto or cpu")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where oneDNN runs bf16 convolutions natively (AVX512-BF16/AMX and similar).
-
-    Without it bf16 autocast is emulated and far slower than fp32 (about 10x for the default model,
-    as measured once on an AVX2-only 2-core EPYC), so fp32 is the better choice there.
-    """
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for `precision` (auto | fp32 | bf16 | fp16) on `device`; None means fp32.
-    fp16 trains with a loss scaler (torch.amp.GradScaler), saved in every checkpoint."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return None
 
 
 def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnlab.errors import ConfigError
 from cnnlab.models import MODELS
 
 
@@ -37,11 +38,14 @@ class MaxPool2x2(nn.MaxPool2d):
         return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+ACTIVATIONS = {"gelu": nn.GELU, "relu": lambda: nn.ReLU(inplace=True)}  # in place: BatchNorm's backward needs its input, not its output
+
+
+def conv_bn(c_in: int, c_out: int, pool: bool, act: str = "gelu") -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
     if pool:
         layers.append(MaxPool2x2())
-    layers += [nn.BatchNorm2d(c_out), nn.GELU()]
+    layers += [nn.BatchNorm2d(c_out), ACTIVATIONS[act]()]
     return nn.Sequential(*layers)
 
 
@@ -62,14 +66,17 @@ class FastNet(nn.Module):
         extra_convs: int = 0,
         head_scale: float = 1.0,
         pool_grid: int = 1,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ConfigError(f"fastnet's act is {act!r}; use one of {', '.join(ACTIVATIONS)}")
         # An optional full-resolution stem conv; costly at 28x28, so off by default.
-        layers: list[nn.Module] = [conv_bn(in_channels, stem_width, pool=False)] if stem_width else []
+        layers: list[nn.Module] = [conv_bn(in_channels, stem_width, pool=False, act=act)] if stem_width else []
         c = stem_width or in_channels
         for w in widths:
-            layers.append(conv_bn(c, w, pool=True))
-            layers += [conv_bn(w, w, pool=False) for _ in range(extra_convs)]
+            layers.append(conv_bn(c, w, pool=True, act=act))
+            layers += [conv_bn(w, w, pool=False, act=act) for _ in range(extra_convs)]
             c = w
         self.features = nn.Sequential(*layers)
         # max-pooled to a pool_grid x pool_grid grid: 1 is a global pool; more keeps where a feature
@@ -92,5 +99,5 @@ class FastNet(nn.Module):
 def fastnet(num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs) -> FastNet:
     """the fast default: a small VGG-like CNN with BN and GELU, tuned for CPU time-to-accuracy
 
-    Any input size works: it ends in an adaptive pool (model.kwargs: widths, extra_convs, stem_width, pool_grid, head_scale)."""
+    Any input size works: it ends in an adaptive pool (model.kwargs: widths, extra_convs, stem_width, pool_grid, head_scale, act: gelu | relu)."""
     return FastNet(num_classes, in_channels, **kwargs)
