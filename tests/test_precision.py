@@ -148,3 +148,10 @@ def test_a_run_records_the_choice_and_trains_with_it(fashion_dir, tmp_path, monk
     assert (torch.bfloat16 in seen) is (dtype == "bfloat16")
     printed = capsys.readouterr().out
     assert f"precision: {dtype}, channels_last (auto:" in printed and f"{dtype} training, channels_last" in printed
+
+
+def test_the_probe_batch_shrinks_with_the_image_size():
+    assert precision.probe_batch(256, (1, 28, 28)) == 64
+    assert precision.probe_batch(16, (1, 28, 28)) == 16  # never more than the run's own batch
+    assert precision.probe_batch(128, (3, 32, 32)) == 49
+    assert precision.probe_batch(64, (3, 224, 224)) == 4

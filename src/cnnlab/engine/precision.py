@@ -36,7 +36,7 @@ import torch.nn as nn
 MARGIN = 0.95  # bf16 (or channels_last) is taken only where its step takes under 95% of the other's time
 PROBE_BUDGET = 0.6  # seconds of timed steps per candidate at most (a large model gets fewer steps)
 PROBE_STEPS = 3  # timed steps per candidate, after one warm-up step; the fastest counts
-PROBE_BATCH = 64  # images per probe step at most: the ratios, not the run's own throughput, are what is wanted
+PROBE_BATCH = 64  # 28x28 images per probe step at most (probe_batch): the ratios, not the run's own throughput, are what is wanted
 CACHE_VERSION = 1
 
 
@@ -249,7 +249,7 @@ def choose(
         return Choice(dtypes[0], layouts[0], why, native_bf16=has_native)
     if model is None or input_shape is None:  # nothing to time: the safe answer
         return Choice(dtypes[0] if fixed else "float32", True if layout_auto else bool(channels_last), "auto: not measured", native_bf16=has_native)
-    batch = max(1, min(batch, PROBE_BATCH))
+    batch = probe_batch(batch, input_shape)
     key = f"{machine_id()} | {signature} | input {tuple(input_shape)} batch {batch} | precision {precision} channels_last {channels_last}"
     path = cache if cache is not None else cache_path()
     figures = _read_cache(path).get("entries", {}).get(key)
@@ -259,6 +259,15 @@ def choose(
         _write_cache(path, key, figures)
     assert isinstance(figures, dict)
     return _decide(figures, dtypes, layout_auto, fixed, has_native, cached)
+
+
+def probe_batch(batch: int, input_shape: tuple[int, ...]) -> int:
+    """The probe's batch: the run's, at most PROBE_BATCH images of 28x28 and as many pixels for larger
+    images (224x224 photos: 4, the least), so a big model's probe stays a few seconds."""
+    pixels = 1
+    for d in tuple(input_shape)[1:]:
+        pixels *= int(d)
+    return max(1, min(batch, max(4, PROBE_BATCH * 28 * 28 // max(pixels, 1))))
 
 
 def _pick_dtype(figures: dict[str, float], dtypes: list[str], layout: bool) -> str:
