@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The precision probe's answers (engine/precision.py) go to a cache of this test session's own, which
 # every CLI subprocess inherits: a test never reads or writes the user's ~/.cache/cnnlab, and each
 # model and input shape is measured once per session.
-os.environ["CNNLAB_CACHE"] = tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every xdist worker of one run: one cache for all
+os.environ["CNNLAB_CACHE"] = os.path.join(tempfile.gettempdir(), f"cnnlab-test-cache-{_run}") if _run else tempfile.mkdtemp(prefix="cnnlab-test-cache-")
 
 # Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each worker, and every
 # process it starts, gets its share of torch threads (cnnlab's set_threads honours OMP_NUM_THREADS), as
