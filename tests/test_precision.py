@@ -155,3 +155,18 @@ def test_the_probe_batch_shrinks_with_the_image_size():
     assert precision.probe_batch(16, (1, 28, 28)) == 16  # never more than the run's own batch
     assert precision.probe_batch(128, (3, 32, 32)) == 49
     assert precision.probe_batch(64, (3, 224, 224)) == 4
+
+
+def test_a_malformed_cache_entry_is_measured_again(tmp_path):
+    """Valid JSON that is not what this version wrote: entries not a mapping, or an entry missing a figure."""
+    cache = tmp_path / "precision.json"
+    calls: list = []
+    kw = dict(model=_model(), input_shape=(1, 28, 28), native=lambda: True, probe=_probe(FAST_BF16, calls), cache=cache, signature="fastnet")
+    cache.write_text(json.dumps({"version": precision.CACHE_VERSION, "entries": ["not", "a", "mapping"]}))
+    assert choose(CPU, "auto", "auto", **kw).dtype == "bfloat16" and len(calls) == 2
+    data = json.loads(cache.read_text())
+    key = next(iter(data["entries"]))
+    del data["entries"][key]["bf16_channels_last"]
+    cache.write_text(json.dumps(data))
+    again = choose(CPU, "auto", "auto", **kw)
+    assert not again.cached and again.dtype == "bfloat16" and len(calls) == 4

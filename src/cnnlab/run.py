@@ -243,16 +243,29 @@ def training_policy(p: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Cho
     """The dtype and layout this run trains with (engine/precision.py): a resumed run keeps its own
     (an exact continuation); else rank 0 decides, probing the run's model where `auto` asks for it,
     and every process under torchrun takes its answer."""
-    saved = (ckpt or {}).get("policy")
-    if isinstance(saved, dict) and "dtype" in saved:
-        return Choice.from_dict(saved)
     tc = p.cfg.train
-    choice = None
+    if ckpt is not None:
+        saved = ckpt.get("policy")
+        if isinstance(saved, dict) and "dtype" in saved:
+            return Choice.from_dict(saved)
+        # a checkpoint from before the measured policy: the rule it was trained under (bf16 wherever oneDNN
+        # said it could), so the continuation is exact
+        old_auto = (p.device.type == "cpu" and bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())) or (p.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        old_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and old_auto)
+        dtype = "float16" if tc.precision == "fp16" else "bfloat16" if old_bf16 else "float32"
+        return Choice(dtype, tc.channels_last is not False, "resumed a run from before the measured policy: its own precision")
+    answer: tuple[dict | None, str] = (None, "")
     if dist.main:
-        shape = tuple(p.ds.input_shape)
-        signature = model_signature(p.cfg.model.name, p.cfg.model.kwargs, p.objective.outputs)
-        choice = choose(p.device, tc.precision, tc.channels_last, model=p.model, input_shape=shape, batch=max(1, tc.batch_size // dist.world), num_outputs=p.objective.outputs, signature=signature)
-    return Choice.from_dict(dist.broadcast(choice.to_dict() if choice is not None else None))
+        try:  # rank 0's error reaches every process: none is left waiting in the broadcast
+            shape = tuple(p.ds.input_shape)
+            signature = model_signature(p.cfg.model.name, p.cfg.model.kwargs, p.objective.outputs)
+            answer = (choose(p.device, tc.precision, tc.channels_last, model=p.model, input_shape=shape, batch=max(1, tc.batch_size // dist.world), num_outputs=p.objective.outputs, signature=signature).to_dict(), "")
+        except Exception as e:  # the probe runs the user's model: any failure is reported, on every rank
+            answer = (None, f"the precision probe failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); set train.precision and train.channels_last explicitly")
+    answer = dist.broadcast(answer)
+    if answer[1]:
+        raise ConfigError(answer[1])
+    return Choice.from_dict(answer[0])
 
 
 class _Quiet:

@@ -38,7 +38,7 @@ def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: tor
     value_max = dataset_value_max(ds)
     common: dict[str, Any] = dict(
         input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=data.max_pixels, workers=data.workers,
-        mean=mean, std=std, device=device, channels_last=train.channels_last, value_max=value_max, shard=shard,
+        mean=mean, std=std, device=device, channels_last=train.channels_last is True, value_max=value_max, shard=shard,  # auto: the run resolves it first
     )
     # float arrays keep their own scale: no range to clamp the colour jitter to
     clamp = value_max if value_max == 255.0 else None

@@ -168,7 +168,7 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], batch: int, num_outp
                 elif dt > 4 * budget:  # a step this slow: one warm-up is all the probe affords
                     best = dt
                     break
-            figures[_name((dtype, cl))] = round(batch / best, 1)
+            figures[_name((dtype, cl))] = batch / best if best > 0 else float("inf")
     return figures
 
 
@@ -195,11 +195,13 @@ def _write_cache(path: Path, key: str, figures: dict[str, float]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path) or {"version": CACHE_VERSION, "entries": {}}
-        data.setdefault("entries", {})[key] = figures
+        if not isinstance(data.get("entries"), dict):
+            data["entries"] = {}
+        data["entries"][key] = figures
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, TypeError, ValueError):  # a read-only home, or figures that do not serialise
         pass
 
 
@@ -252,13 +254,16 @@ def choose(
     batch = probe_batch(batch, input_shape)
     key = f"{machine_id()} | {signature} | input {tuple(input_shape)} batch {batch} | precision {precision} channels_last {channels_last}"
     path = cache if cache is not None else cache_path()
-    figures = _read_cache(path).get("entries", {}).get(key)
-    cached = isinstance(figures, dict) and "probe_seconds" in figures
-    if not cached:
-        figures = _probe_in_stages(probe, model, tuple(input_shape), batch, num_outputs, dtypes, layout_auto, bool(channels_last) if not layout_auto else True)
-        _write_cache(path, key, figures)
-    assert isinstance(figures, dict)
-    return _decide(figures, dtypes, layout_auto, fixed, has_native, cached)
+    entries = _read_cache(path).get("entries")
+    figures = entries.get(key) if isinstance(entries, dict) else None
+    if isinstance(figures, dict):
+        try:  # an entry missing a figure this decision reads (edited, or another version's) is measured again
+            return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=True)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            pass
+    figures = _probe_in_stages(probe, model, tuple(input_shape), batch, num_outputs, dtypes, layout_auto, bool(channels_last) if not layout_auto else True)
+    _write_cache(path, key, figures)
+    return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=False)
 
 
 def probe_batch(batch: int, input_shape: tuple[int, ...]) -> int:
