@@ -147,7 +147,7 @@ def engine_throughput(ds, batch: int, steps: int, warmup: int = 10) -> float:
     return _images_per_second(loader, step, batch, steps, warmup)
 
 
-def plain_time_to_accuracy(train_set, test_set, epochs: int, batch: int = 64) -> list[tuple[float, float]]:
+def plain_time_to_accuracy(train_set, test_set, epochs: int, batch: int = 64, on_epoch: Callable[[int, float], None] | None = None) -> list[tuple[float, float]]:
     """(wall seconds since the start, test accuracy) after each of `epochs` epochs of the reports'
     loop; the clock includes building the loaders, as a script's would."""
     t0 = time.perf_counter()
@@ -170,6 +170,8 @@ def plain_time_to_accuracy(train_set, test_set, epochs: int, batch: int = 64) ->
             for x, y in test:
                 correct += int((model(x).argmax(1) == y).sum())
         points.append((time.perf_counter() - t0, correct / len(test_set)))
+        if on_epoch is not None:
+            on_epoch(len(points), points[-1][1])
     return points
 
 

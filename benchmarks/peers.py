@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_speed import cnnlab_train, fashion_folder  # noqa: E402
+from cpu_speed import cnnlab_train, fashion_folder  # noqa: E402  (also the plain loop: plain_child)
 
 PEERS_VENV = REPO / "benchmarks" / ".peers"
 PEER_PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics==8.4.190", "keras==3.15.1", "opencv-python-headless"]
@@ -119,43 +119,6 @@ FILES = json.loads(os.environ["PEER_FILES"])
 EPOCHS = int(os.environ["PEER_EPOCHS"])
 '''
 
-PLAIN = COMMON + r'''
-import torch, torch.nn as nn, torchvision
-from torchvision import transforms
-torch.set_num_threads(int(os.environ.get("PEER_THREADS", "2")))
-root = os.environ["PEER_TMP"]
-raw = os.path.join(root, "FashionMNIST", "raw")
-os.makedirs(raw, exist_ok=True)
-for stem, src in FILES.items():
-    with (gzip.open(src) if src.endswith(".gz") else open(src, "rb")) as f, open(os.path.join(raw, stem), "wb") as out:
-        out.write(f.read())
-t = transforms.ToTensor()
-train_set = torchvision.datasets.FashionMNIST(root, train=True, transform=t, download=False)
-test_set = torchvision.datasets.FashionMNIST(root, train=False, transform=t, download=False)
-torch.manual_seed(1)
-# the textbook's MNIST network (report 000; cnnlab's textbook-mnist, 3,274,634 parameters): two 5x5
-# conv + ReLU + max-pool blocks (32, 64), FC 1024 + ReLU + dropout 0.5, FC 10
-model = nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Flatten(), nn.Linear(3136, 1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, 10))
-assert sum(p.numel() for p in model.parameters()) == 3_274_634
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-loss_fn = nn.CrossEntropyLoss()
-train = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)
-test = torch.utils.data.DataLoader(test_set, batch_size=1000)
-for epoch in range(1, EPOCHS + 1):
-    model.train()
-    for x, y in train:
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in test:
-            correct += int((model(x).argmax(1) == y).sum())
-    report(epoch, correct / len(test_set))
-'''
-
 KERAS = COMMON + r'''
 os.environ["KERAS_BACKEND"] = "torch"
 import numpy as np, keras
@@ -186,20 +149,25 @@ model.train(data=os.environ["PEER_FOLDER"], imgsz=32, epochs=EPOCHS, batch=128, 
             pretrained=False, amp=False, project=os.environ["PEER_TMP"], name="run", exist_ok=True, verbose=False, seed=0)
 '''
 
-PROGRAMS = {"plain": (PLAIN, 5), "keras": (KERAS, 15), "yolo": (YOLO, 4)}  # program, epochs (YOLO: about 2 minutes each here)
+# plain: cpu_speed.py's reports' loop, run by cnnlab's own python (`peers.py --plain-child`)
+PROGRAMS = {"plain": (None, 5), "keras": (KERAS, 15), "yolo": (YOLO, 4)}  # program, epochs (YOLO: about 2 minutes each here)
 
 
 def run_peer(name: str, py: Path, files: dict[str, Path], folder: Path | None, cap: float, epochs: int) -> dict[str, Any]:
     """One peer as a new process: its per-epoch (epoch, test accuracy, seconds since start), stopped at `cap` s."""
     program, _ = PROGRAMS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / f"peer_{name}.py"  # not keras.py: it would shadow the package
-        script.write_text(program)
+        if program is None:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-child"]
+        else:
+            script = Path(tmp) / f"peer_{name}.py"  # not keras.py: it would shadow the package
+            script.write_text(program)
+            cmd = [str(py), str(script)]
         env = {**os.environ, "PEER_FILES": json.dumps({k: str(v) for k, v in files.items()}), "PEER_EPOCHS": str(epochs), "PEER_TMP": tmp,
                "PEER_FOLDER": str(folder or ""), "YOLO_CONFIG_DIR": tmp, "MPLBACKEND": "Agg"}
         env["PEER_T0"] = repr(time.time())
         t0 = time.monotonic()
-        proc = subprocess.Popen([str(py), str(script)], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         epochs_seen: list[tuple[int, float, float]] = []
         stopped = False
         try:
@@ -239,7 +207,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plain_child() -> int:
+    """The reports' plain loop (cpu_speed.py's), printing `EPOCH <n> <accuracy> <seconds since the process started>`."""
+    from cpu_speed import plain_time_to_accuracy, torchvision_fashion
+
+    t0 = float(os.environ["PEER_T0"])
+    train_set, test_set = torchvision_fashion(Path(os.environ["PEER_TMP"]), fashion_folder())
+    plain_time_to_accuracy(train_set, test_set, int(os.environ["PEER_EPOCHS"]), on_epoch=lambda e, acc: print(f"EPOCH {e} {acc:.4f} {time.time() - t0:.2f}", flush=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:] == ["--plain-child"]:
+        return plain_child()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="cnnlab,plain,yolo,keras", help="systems to run, e.g. cnnlab,keras")
     p.add_argument("--seeds", type=int, default=3, help="cnnlab seeds (0, 1, ...); the median seed is compared")
