@@ -21,7 +21,7 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
     again = load_recipe(str(path))
-    assert again == cfg and again.train.epochs == 7 and again.model.kwargs == {"pool_grid": 3, "widths": [8, 16]}
+    assert again == cfg and again.train.epochs == 7 and again.model.kwargs == {"pool_grid": 3, "strided_first": True, "widths": [8, 16]}
 
 
 def test_parse_set_reads_yaml_scalars():
@@ -84,7 +84,7 @@ def test_nested_section_must_be_a_mapping():
 
 def test_another_model_drops_the_recipes_model_kwargs():
     base = apply_overrides(load_recipe(None), {"model.kwargs.widths": [8, 16]})
-    assert base.model.kwargs == {"pool_grid": 3, "widths": [8, 16]}
+    assert base.model.kwargs == {"pool_grid": 3, "strided_first": True, "widths": [8, 16]}
     assert apply_overrides(base, {"model.name": "uw-lab"}).model.kwargs == {}
     assert apply_overrides(base, {"model.name": "uw-lab", "model.kwargs.act": "gelu"}).model.kwargs == {"act": "gelu"}
     assert apply_overrides(base, {"model.name": "fastnet"}).model.kwargs == base.model.kwargs  # the same model keeps them

@@ -125,3 +125,14 @@ def test_inverse_frequency_weights():
     assert inverse_frequency_weights(split, 2).tolist() == pytest.approx([40 / 60, 40 / 20])
     balanced = ArraySplit(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]))
     assert inverse_frequency_weights(balanced, 4).tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_uint8_statistics_from_histograms_equal_the_float_sums(c):
+    """The histogram path for uint8 images gives what summing float64 copies gives, constant images included."""
+    from cnnlab.data.normalize import _array_batches, channel_stats_of
+
+    for split in (_split(40, c, 9), ArraySplit(torch.full((5, c, 4, 4), 7, dtype=torch.uint8), torch.arange(5))):
+        fast = compute_stats("auto", split, c)
+        slow = channel_stats_of(_array_batches(split), c)
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) and a.shape == (c,) for a, b in zip(fast, slow))

@@ -217,3 +217,21 @@ def test_fastnet_pool_is_max_pool2d_without_grad(shape, dtype, channels_last):
     ref = torch.nn.functional.max_pool2d(x, 2)
     assert fast.shape == ref.shape and fast.dtype == ref.dtype
     assert torch.equal(fast.nan_to_num(7.0), ref.nan_to_num(7.0)) and torch.equal(fast.isnan(), ref.isnan())
+
+
+@pytest.mark.parametrize("size", [(28, 28), (27, 31), (64, 64)])
+def test_fastnet_strided_first_halves_as_the_pooled_block_does(size):
+    """strided_first swaps the first block's conv3x3 -> maxpool2 for one 4x4 stride-2 conv: the same
+    map sizes after every block (odd sizes floor, as max pooling does), and no pooling layer left in it."""
+    from cnnlab.models.fastnet import MaxPool2x2
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, *size)
+    plain = create_model("fastnet", num_classes=10, in_channels=1, input_size=size)
+    strided = create_model("fastnet", num_classes=10, in_channels=1, input_size=size, strided_first=True)
+    for a, b in zip(plain.features, strided.features):
+        x_a, x = a(x), b(x)
+        assert x.shape == x_a.shape
+    first = strided.features[0]
+    assert first[0].stride == (2, 2) and first[0].kernel_size == (4, 4) and not any(isinstance(m, MaxPool2x2) for m in first)
+    assert strided(torch.randn(2, 1, *size)).shape == (2, 10)

@@ -41,9 +41,13 @@ class MaxPool2x2(nn.MaxPool2d):
 ACTIVATIONS = {"gelu": nn.GELU, "relu": lambda: nn.ReLU(inplace=True)}  # in place: BatchNorm's backward needs its input, not its output
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool, act: str = "gelu") -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
-    if pool:
+def conv_bn(c_in: int, c_out: int, pool: bool, act: str = "gelu", strided: bool = False) -> nn.Sequential:
+    """conv3x3 [-> maxpool2] -> BN -> act; `strided`: one 4x4 stride-2 conv in place of conv3x3 -> maxpool2."""
+    if strided:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False)]
+    else:
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+    if pool and not strided:
         layers.append(MaxPool2x2())
     layers += [nn.BatchNorm2d(c_out), ACTIVATIONS[act]()]
     return nn.Sequential(*layers)
@@ -67,6 +71,7 @@ class FastNet(nn.Module):
         head_scale: float = 1.0,
         pool_grid: int = 1,
         act: str = "gelu",
+        strided_first: bool = False,
     ) -> None:
         super().__init__()
         if act not in ACTIVATIONS:
@@ -74,8 +79,12 @@ class FastNet(nn.Module):
         # An optional full-resolution stem conv; costly at 28x28, so off by default.
         layers: list[nn.Module] = [conv_bn(in_channels, stem_width, pool=False, act=act)] if stem_width else []
         c = stem_width or in_channels
-        for w in widths:
-            layers.append(conv_bn(c, w, pool=True, act=act))
+        for i, w in enumerate(widths):
+            # strided_first: the first block halves the map with a 4x4 stride-2 conv (the learnable
+            # superset of conv3x3 -> 2x2 average pool) instead of conv3x3 -> maxpool2, so no map at the
+            # full resolution is made, pooled or stored for the backward: at 28x28 that full-size map's
+            # conv, pooling and its zero-filled gradient are about a third of the training step.
+            layers.append(conv_bn(c, w, pool=True, act=act, strided=strided_first and i == 0 and not stem_width))
             layers += [conv_bn(w, w, pool=False, act=act) for _ in range(extra_convs)]
             c = w
         self.features = nn.Sequential(*layers)
