@@ -429,7 +429,7 @@ def _data_epochs_overrides(data: str | None, epochs: int | None) -> dict[str, An
 
     out: dict[str, Any] = {data_key(data): data} if data is not None else {}
     if epochs is not None:
-        out.update({"train.epochs": epochs, "train.min_steps": None})  # --epochs N trains exactly N epochs, whatever the dataset's size
+        out.update({"train.epochs": epochs, "train.min_steps": None, "train.reference_images": None})  # --epochs N trains exactly N epochs, whatever the dataset's size
     return out
 
 

@@ -92,6 +92,8 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 4
     min_steps: int | None = None  # train at least this many optimizer steps: a small dataset gets more epochs
+    reference_images: int | None = None  # with adapt: the training-set size the epochs are for; n images train epochs * sqrt(reference / n) (at most 100)
+    adapt: bool = False  # fit batch, lr, warm-up, epochs and augmentation to the dataset (plan.py); config.yaml then holds the results
     batch_size: int = 256
     eval_batch_size: int = 256  # 256 evaluates faster than 1024 on the 2-core CPU (the activations stay in cache)
     seed: int = 0

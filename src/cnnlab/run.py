@@ -21,7 +21,7 @@ from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.augment import parse_augment
 from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, dataset_value_max, normalization_stats
-from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, HistoryWriter, NaNGuard, ProgressBar, TensorBoardLogger, TimeLimit
+from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, DivergenceGuard, HistoryWriter, ProgressBar, TensorBoardLogger, TimeLimit
 from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
 from cnnlab.engine.device import autocast_factory, resolve_device, set_threads
 from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdown
@@ -35,6 +35,7 @@ from cnnlab.engine.precision import Choice, choose, model_signature
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
+from cnnlab.plan import MAX_AUTO_EPOCHS, adapt, epochs_for
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
 
 
@@ -64,16 +65,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-MAX_AUTO_EPOCHS = 100  # min_steps adds epochs up to this: a 20-image folder gets 100 epochs, not 1,200
-
-
 def resolve_epochs(cfg: RunConfig, n_train: int) -> tuple[RunConfig, bool]:
     """`cfg` with enough epochs for train.min_steps optimizer steps; True where that added epochs."""
     tc = cfg.train
-    if tc.min_steps is None:
-        return cfg, False
-    steps_per_epoch = max(1, n_train // tc.batch_size)  # the train loader drops the last partial batch
-    epochs = max(tc.epochs, min(MAX_AUTO_EPOCHS, math.ceil(tc.min_steps / steps_per_epoch)))
+    epochs = epochs_for(n_train, tc.batch_size, tc.epochs, tc.min_steps)
     return dataclasses.replace(cfg, train=dataclasses.replace(tc, epochs=epochs)), epochs > tc.epochs
 
 
@@ -133,10 +128,8 @@ DIGITS = ("mnist", "mnist-5k")  # no mirror-image test-time augmentation: a mirr
 def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     """Validate and resolve `cfg`, read the data and its statistics, and build the model and objective."""
     cfg.validate()
+    augment_auto = cfg.data.augment == "auto"
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
-    if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images (never digits)
-        flips = "flip" in parse_augment(cfg.data.augment) and cfg.data.name not in DIGITS
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta=flips))
     check_names(cfg)
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)
@@ -144,6 +137,10 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     seed_everything(cfg.train.seed)
     ds = load_dataset(cfg.data, cfg.train.seed)
     mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
+    cfg, notes = adapt(cfg, ds, augment_auto)  # train.adapt: batch, lr, warm-up, epochs, augmentation for this data
+    if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images (never digits)
+        flips = "flip" in parse_augment(cfg.data.augment) and cfg.data.name not in DIGITS
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta=flips))
     num_classes = len(ds.classes)
     target = Target(num_classes, ds.train.labels.ndim == 2, ds.train)
     model: nn.Module = create_model(cfg.model.name, num_classes=model_outputs(cfg.train.loss, target), in_channels=ds.input_shape[0], input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
@@ -151,7 +148,8 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     objective = create_objective(cfg.train.loss, model, target, outputs, smoothing=cfg.train.label_smoothing, weighted=cfg.train.class_weights == "auto")
     if cfg.train.tta and cfg.data.name in DIGITS:
         raise ConfigError("train.tta averages each image with its mirror image, which changes digits; leave it off for MNIST")
-    notes = [init_from(model, cfg.model.init_from, ds.classes)] if cfg.model.init_from else []
+    if cfg.model.init_from:
+        notes.append(init_from(model, cfg.model.init_from, ds.classes))
     # config.yaml records what was inferred (image size, channels, the loss), so a rerun reads the same way
     inferred = list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None
     cfg = dataclasses.replace(
@@ -173,7 +171,7 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
 
 # keys a resumed run may change; anything else that differs from the run's config is refused
 RESUME_FREE = (
-    "name", "train.epochs", "train.min_steps", "train.time_limit", "train.early_stopping", "train.checkpoint_steps",
+    "name", "train.epochs", "train.min_steps", "train.reference_images", "train.time_limit", "train.early_stopping", "train.checkpoint_steps",
     "train.checkpoint_seconds", "train.device", "train.threads", "train.eval_batch_size", "train.tta", "train.clip_grad_norm",
     "data.root", "data.workers", "data.download",
 )
@@ -401,7 +399,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         )
 
     every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds
-    fit_callbacks: list[Callback] = [NaNGuard()]
+    fit_callbacks: list[Callback] = [DivergenceGuard(model, optimizer, scheduler, log=log.write, every=max(20, len(loaders["train"]) // 4))]
     if tc.freeze_epochs:
         fit_callbacks.append(FreezeBody(model, tc.freeze_epochs))
     if tc.time_limit is not None:
@@ -454,6 +452,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         stop_reason=state.stop_reason,
         train_seconds=round(train_seconds, 3),
         sessions=state.sessions,
+        recoveries=state.recoveries,
         num_parameters=num_parameters(model),
         model=cfg.model.name,
         data=cfg.data.name,

@@ -23,7 +23,8 @@ from cnnlab.errors import DataError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IN_MEMORY_BYTES = 2 * 1024**3  # decode into memory when the uint8 tensor fits in this
-AUTO_SIZE = 64  # side of the images when the folder's sizes vary and the recipe gives no preprocess
+AUTO_SIZE = 64  # the largest side chosen for a folder whose recipe gives no preprocess (96 from LARGE_FOLDER images)
+LARGE_FOLDER = 50_000
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
@@ -136,11 +137,20 @@ class ImageFolderSource(DataSource):
 HEADER_SAMPLE = 500  # files whose headers are read to infer size and mode (evenly spaced)
 
 
+def auto_side(sides: list[int], count: int) -> int:
+    """The side images are resized to: the median of their shorter sides (a folder of 28x28 images
+    stays at 28, not blown up to 64), at most AUTO_SIZE (96 for LARGE_FOLDER images or more, which can
+    afford more pixels), rounded down to a multiple of 4 from 16 up, and never below 8."""
+    median = sorted(sides)[len(sides) // 2]
+    side = min(median, AUTO_SIZE if count < LARGE_FOLDER else 96)
+    return max(8, side // 4 * 4 if side >= 16 else side)
+
+
 def _infer_layout(scan: FolderScan, cfg: DataConfig, default_steps: list[dict[str, Any]] | None) -> tuple[int, list[dict[str, Any]], tuple[int, int]]:
     """(channels, preprocess steps, output (h, w)) from a sample of the files' headers and the recipe."""
     paths = [p for entries in scan.files.values() for p, _ in entries]
     stride = max(1, len(paths) // HEADER_SAMPLE)
-    sizes, modes = set(), set()
+    sizes, modes, sides = set(), set(), []
     for path in paths[::stride]:
         try:
             size, mode = header_info(path)
@@ -149,14 +159,16 @@ def _infer_layout(scan: FolderScan, cfg: DataConfig, default_steps: list[dict[st
         if size[0] * size[1] > cfg.max_pixels:
             continue  # refused as a bomb when decoding: it must not decide the size of the rest
         sizes.add(size)
+        sides.append(min(size))
         modes.add(mode)
     if not sizes:
         raise DataError(f"no readable images under {scan.root}")
     channels = cfg.channels or (1 if modes <= GRAY_MODES else 3)
     steps = cfg.preprocess if cfg.preprocess is not None else default_steps
     if steps is None:
-        same = len(sizes) == 1 and max(next(iter(sizes))) <= AUTO_SIZE
-        steps = [] if same else [{"resize": AUTO_SIZE}, {"center_crop": AUTO_SIZE}]
+        same = len(sizes) == 1 and max(next(iter(sizes))) <= AUTO_SIZE  # one size, small enough: kept as it is
+        side = auto_side(sides, len(paths))
+        steps = [] if same else [{"resize": side}, {"center_crop": side}]
     outs = {output_size(steps, (h, w)) for w, h in sizes}
     if len(outs) > 1:
         raise DataError(f"the images of {scan.root} come in {len(sizes)} sizes; add a center_crop step to data.preprocess, e.g. [{{resize: 64}}, {{center_crop: 64}}]")

@@ -7,6 +7,7 @@ A callback stops the fit by setting `state.stop_reason`.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -44,6 +45,7 @@ class FitState:
     interrupted: bool = False  # Ctrl-C or SIGTERM: stopped at a step boundary, position saved
     prior_seconds: float = 0.0  # training time of the sessions before a resume
     sessions: int = 1  # 1 + the number of resumes
+    recoveries: list[dict[str, Any]] = field(default_factory=list)  # the DivergenceGuard's rollbacks (metrics.json)
     last_saved: str | None = None  # what checkpoints/last.pt holds, e.g. "epoch 2, step 30" (set by the Checkpointer)
     start_time: float = field(default_factory=time.perf_counter)
 
@@ -64,6 +66,7 @@ class FitState:
     def to_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the fit (tensors and plain values only: weights_only loads it)."""
         out = {k: getattr(self, k) for k in self.SAVED}
+        out["recoveries"] = list(self.recoveries)
         out["progress"] = self.progress.to_dict() if self.progress is not None else None
         out["train_seconds"] = self.train_seconds
         return out
@@ -74,6 +77,7 @@ class FitState:
 
         state = cls(**{k: saved[k] for k in cls.SAVED}, steps_per_epoch=steps_per_epoch)
         state.history, state.steps = list(state.history), [list(r) for r in state.steps]
+        state.recoveries = list(saved.get("recoveries", []))  # absent in checkpoints from before the guard
         state.progress = EpochProgress(**saved["progress"]) if saved.get("progress") else None
         state.loader = loader if state.progress is not None else None
         state.prior_seconds = float(saved.get("train_seconds", 0.0))
@@ -100,13 +104,90 @@ class TimeLimit(Callback):
             state.stop_reason = f"time limit of {self.seconds:g} s reached"
 
 
-class NaNGuard(Callback):
-    """Stop at the first step whose loss is not finite, naming the epoch and step."""
+class DivergenceGuard(Callback):
+    """Catches a training loss that explodes, not only one that turns NaN: rolls back to the last good
+    weights and optimizer state (kept in memory), lowers the learning rate, and goes on.
+
+    A step's loss is a spike when it is not finite, or (after WARM steps) more than SPIKE times the
+    running level (an exponential average of the healthy steps' losses) and at least one unit above
+    it; an epoch's validation loss is one when it is more than SPIKE times the best so far and one unit
+    above it. Each recovery restores the snapshot, multiplies every learning rate (and the schedule's
+    base rates, so it lasts) by `factor`, writes one line through `log` and one entry in
+    state.recoveries. After `max_recoveries` the fit stops as diverged, naming the last loss.
+
+    The snapshot is refreshed every `every` healthy steps and after every healthy epoch; it is a copy
+    of the weights and the optimizer state (twice the model's size in memory).
+    """
+
+    SPIKE = 3.0
+    WARM = 5
+    ALPHA = 0.1
+
+    def __init__(self, model: nn.Module, optimizer, scheduler=None, *, log: Callable[[str], None] | None = None, factor: float = 0.5, max_recoveries: int = 3, every: int = 20) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.log = log or (lambda line: None)
+        self.factor, self.max_recoveries, self.every = factor, max_recoveries, every
+        self.level: float | None = None
+        self.healthy = 0
+        self.best_val: float | None = None
+        self.kept: dict[str, Any] | None = None
+
+    def _keep(self, state: FitState) -> None:
+        self.kept = {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "where": f"epoch {state.epoch}, step {state.step}" if state.step else "the start",
+            "step": state.step,
+            "level": self.level,
+        }
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._keep(state)
 
     def on_batch_end(self, state: FitState, loss: float) -> None:
+        if state.diverged or state.stop_reason is not None:
+            return
+        level = self.level
         if not math.isfinite(loss):
+            self._recover(state, f"the training loss became {loss} at epoch {state.epoch}, step {state.step}", loss)
+        elif level is not None and self.healthy >= self.WARM and loss > self.SPIKE * level and loss > level + 1.0:
+            self._recover(state, f"the training loss rose to {loss:.4g} at epoch {state.epoch}, step {state.step}, {loss / level:.1f}x its running level {level:.3g}", loss)
+        else:
+            self.level = loss if level is None else (1 - self.ALPHA) * level + self.ALPHA * loss
+            self.healthy += 1
+            if state.step - self.kept["step"] >= self.every and loss <= 1.5 * self.level:  # type: ignore[index]
+                self._keep(state)
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        val = row.get("val_loss")
+        if state.diverged or val in ("", None):
+            return
+        best = self.best_val
+        if not math.isfinite(val) or (best is not None and val > self.SPIKE * best and val > best + 1.0):
+            self._recover(state, f"the validation loss rose to {val:.4g} at epoch {state.epoch}" + (f", {val / best:.1f}x its best {best:.3g}" if best and math.isfinite(val) else ""), val)
+            return
+        self.best_val = val if best is None else min(best, val)
+        self._keep(state)
+
+    def _recover(self, state: FitState, what: str, loss: float) -> None:
+        if len(state.recoveries) >= self.max_recoveries or self.kept is None:
             state.diverged = True
-            state.stop_reason = f"the training loss became {loss} at epoch {state.epoch}, step {state.step}"
+            tried = f", after {len(state.recoveries)} recoveries (each lowering the learning rate x{self.factor:g})" if state.recoveries else ""
+            state.stop_reason = what + tried
+            return
+        self.model.load_state_dict(self.kept["model"])
+        self.optimizer.load_state_dict(self.kept["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= self.factor
+        if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * self.factor for lr in self.scheduler.base_lrs]
+        state.lr = self.optimizer.param_groups[0]["lr"]
+        self.level = self.kept["level"]
+        entry = {"epoch": state.epoch, "step": state.step, "loss": loss if math.isfinite(loss) else str(loss), "restored": self.kept["where"], "lr_factor": self.factor}
+        state.recoveries.append(entry)
+        self.log(f"recovery {len(state.recoveries)} of at most {self.max_recoveries}: {what}; back to the weights of {self.kept['where']}, learning rate x{self.factor:g}")
 
 
 class EarlyStopping(Callback):
