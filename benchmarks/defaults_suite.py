@@ -4,16 +4,18 @@ that differs in size, image size, channels, class count, balance, format and lay
     python benchmarks/defaults_suite.py                   # everything (about 40 minutes on 2 cores)
     python benchmarks/defaults_suite.py --only digits-8px,fashion4-64rgb-flat --no-peers
     python benchmarks/defaults_suite.py --quick           # the default run of each set only
+    python benchmarks/defaults_suite.py --keep-peers      # cnnlab again; YOLO's figures from the last results
 
 For each dataset it runs, each as a new process, one after the other:
   default   `cnnlab train --data X` (what a new user types);
   quarter   the same with `--epochs E/4`, E the epochs the default chose;
-  search    a small search around the default: lr x0.5 and x2 at E epochs, and the default lr at 2E
+  search    a small search around the default: its lr x0.5 and x2 at E epochs, and the default lr at 2E
             epochs (with the default itself, an L-shaped grid of four points); its best test accuracy
             is what the default is judged against;
   yolo      on the image-folder sets, Ultralytics YOLO classify (`yolo11n-cls.yaml` from scratch,
-            YOLO_OFFLINE=1, epochs=30, imgsz=32 (64 for larger images), batch=32, its own defaults
-            otherwise), in the peers' virtualenv of benchmarks/peers.py. YOLO needs train/ and val/
+            YOLO_OFFLINE=1, epochs=30, imgsz=32 (64 where the images' median side is above 32), batch=32,
+            its own defaults otherwise), in the peers' virtualenv of benchmarks/peers.py. It refuses
+            images under 10 px a side, so the 8x8 digits are given to it at 32x32. YOLO needs train/ and val/
             folders: a flat set is given to it split 70/10/20 by this script (the same proportions as
             cnnlab's, not the same images), and it is scored on test/.
 It also checks every cnnlab run's history: an epoch whose training loss is more than 3x the first
@@ -273,7 +275,10 @@ def yolo_run(folder: Path, imgsz: int, tmp: Path) -> dict[str, Any]:
 
 
 def yolo_folder(name: str, path: str) -> Path:
-    """The set as YOLO reads it: train/ val/ test/ (a flat set is split 70/10/20 here; broken files are left out)."""
+    """The set as YOLO reads it: train/ val/ test/ (a flat set is split 70/10/20 here; broken files are
+    left out). Ultralytics refuses images under 10 pixels a side, so those are given to it at 32x32."""
+    from PIL import Image
+
     root = Path(path)
     if (root / "train").is_dir():
         return root
@@ -283,11 +288,29 @@ def yolo_folder(name: str, path: str) -> Path:
         _split_copy(root, out)
         for p in out.rglob("broken*"):
             p.unlink()
+        for p in out.rglob("*.png"):
+            with Image.open(p) as im:
+                small = min(im.size) < 10
+                if small:
+                    im.resize((32, 32), Image.BILINEAR).save(p)
         (out / ".done").write_text("")
     return out
 
 
-def run_dataset(name: str, tmp: Path, search: bool, peers: bool, quick: bool) -> dict[str, Any]:
+def image_side(root: Path) -> int:
+    """The median shorter side of the first 200 images under `root` (what imgsz follows)."""
+    from PIL import Image
+
+    sides = []
+    for p in sorted(q for q in root.rglob("*") if q.suffix.lower() in (".png", ".jpg") and not q.name.startswith("broken"))[:200]:
+        with Image.open(p) as im:
+            sides.append(min(im.size))
+    return sorted(sides)[len(sides) // 2] if sides else 32
+
+
+def run_dataset(name: str, tmp: Path, search: bool, peers: bool, quick: bool, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every run of one dataset; `previous` (--keep-peers) is its last result, whose YOLO figures are
+    kept where they were measured at the same imgsz (YOLO does not depend on cnnlab's code)."""
     data = dataset_path(name)
     res: dict[str, Any] = {"note": DATASETS[name][3]}
     print(f"{name}: default", flush=True)
@@ -299,7 +322,7 @@ def run_dataset(name: str, tmp: Path, search: bool, peers: bool, quick: bool) ->
     res["quarter"] = cnnlab_run(data, tmp, "--epochs", str(max(1, e // 4)))
     print(f"  quarter: {res['quarter']}", flush=True)
     if search:
-        base_lr = default["lr"] * 256 / default["batch_size"]  # --lr is the recipe's rate per 256 images, scaled with the batch
+        base_lr = default["lr"]  # the rate the default chose for its batch (an explicit --lr is used as given; the batch still adapts the same way)
         grid = [("--lr", f"{base_lr * 0.5:.6g}", "--epochs", str(e)), ("--lr", f"{base_lr * 2:.6g}", "--epochs", str(e)), ("--epochs", str(2 * e))]
         res["search"] = [default] + [cnnlab_run(data, tmp, *g) for g in grid]
         for r in res["search"][1:]:
@@ -307,8 +330,9 @@ def run_dataset(name: str, tmp: Path, search: bool, peers: bool, quick: bool) ->
         res["best"] = max((r for r in res["search"] if "accuracy" in r), key=lambda r: r["accuracy"])
     if peers and DATASETS[name][2]:
         folder = yolo_folder(name, data)
-        side = max(int(s) for s in (default.get("input") or [{}])[0].values()) if default.get("input") else 32
-        res["yolo"] = yolo_run(folder, 64 if side > 32 else 32, tmp)
+        imgsz = 64 if image_side(Path(data)) > 32 else 32  # the issue's setting: imgsz 64 where the images are larger
+        kept = (previous or {}).get("yolo")
+        res["yolo"] = kept if kept and kept.get("imgsz") == imgsz and "accuracy" in kept else yolo_run(folder, imgsz, tmp)
         print(f"  yolo: {res['yolo']}", flush=True)
     return res
 
@@ -343,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-search", action="store_true", help="skip the lr x epochs search")
     p.add_argument("--no-peers", action="store_true", help="skip Ultralytics YOLO")
     p.add_argument("--quick", action="store_true", help="the default run of each dataset only")
+    p.add_argument("--keep-peers", action="store_true", help="reuse the YOLO figures of the last results file (same imgsz) instead of training YOLO again")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "defaults_suite.json"))
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -357,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            results[name] = run_dataset(name, Path(tmp), not args.no_search, not args.no_peers, args.quick)
+            kept = previous.get("datasets", {}).get(name) if args.keep_peers else None
+            results[name] = run_dataset(name, Path(tmp), not args.no_search, not args.no_peers, args.quick, kept)
     merged = {**previous.get("datasets", {}), **results}  # a run of some datasets keeps the others' last figures
     doc = {"machine": {"cpu": cpu_description(), "physical_cores": physical_cores(), "python": platform.python_version()}, "datasets": merged}
     out.parent.mkdir(parents=True, exist_ok=True)

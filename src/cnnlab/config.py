@@ -20,6 +20,15 @@ import yaml
 from cnnlab.errors import ConfigError
 
 DEFAULT_RECIPE = "fashion-mnist-fast"
+# what train.adapt fits to the dataset (plan.py), and the keys that fix each part where they are set
+# (--lr, --epochs, --set ...): a value the user gives is used as given
+ADAPT_PARTS: dict[str, tuple[str, ...]] = {
+    "batch": ("train.batch_size",),
+    "lr": ("optim.lr",),
+    "warmup": ("schedule.warmup_epochs", "schedule.name"),
+    "epochs": ("train.epochs", "train.min_steps", "train.reference_images"),
+    "augment": ("data.augment", "data.translate"),
+}
 
 
 @dataclass
@@ -93,7 +102,7 @@ class TrainConfig:
     epochs: int = 4
     min_steps: int | None = None  # train at least this many optimizer steps: a small dataset gets more epochs
     reference_images: int | None = None  # with adapt: the training-set size the epochs are for; n images train epochs * sqrt(reference / n) (at most 100)
-    adapt: bool = False  # fit batch, lr, warm-up, epochs and augmentation to the dataset (plan.py); config.yaml then holds the results
+    adapt: bool | list[str] = False  # fit batch, lr, warmup, epochs, augment (all: true, or a list) to the dataset (plan.py); config.yaml holds the results
     batch_size: int = 256
     eval_batch_size: int = 256  # 256 evaluates faster than 1024 on the 2-core CPU (the activations stay in cache)
     seed: int = 0
@@ -172,6 +181,8 @@ class RunConfig:
             (d.workers is None or d.workers >= 0, "data.workers", d.workers, "zero or positive, or null"),
             (t.class_weights in (None, "auto"), "train.class_weights", t.class_weights, "auto or null"),
             (t.tta in (True, False, "auto"), "train.tta", t.tta, "true, false or auto (on when training flips images)"),
+            (isinstance(t.adapt, bool) or (isinstance(t.adapt, list) and set(t.adapt) <= set(ADAPT_PARTS)), "train.adapt", t.adapt, f"true, false or a list of {', '.join(ADAPT_PARTS)}"),
+            (t.reference_images is None or t.reference_images >= 1, "train.reference_images", t.reference_images, "at least 1 or null"),
             (t.channels_last in (True, False, "auto"), "train.channels_last", t.channels_last, "true, false or auto (where measured faster)"),
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
@@ -283,6 +294,8 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return a copy of `cfg` with dotted keys replaced, e.g. {"train.epochs": 3}.
 
+    Where train.adapt fits parts of the recipe to the dataset, a part whose keys are overridden is no
+    longer fitted (config.ADAPT_PARTS): `--lr 0.05` is 0.05 whatever the batch.
     A different model.name drops the recipe's model.kwargs (they were its own model's arguments);
     model.kwargs.* overrides then apply to the new model."""
     values = cfg.to_dict()
@@ -298,6 +311,10 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         if parts[-1] not in node and not _is_open_mapping(parts[:-1]):
             raise ConfigError(f"unknown key {dotted!r}; keys look like train.epochs or optim.lr")
         node[parts[-1]] = value
+    adapt = values["train"].get("adapt")
+    if adapt and "train.adapt" not in overrides:  # what the user sets is not adapted
+        kept = [p for p in ADAPT_PARTS if (adapt is True or p in adapt) and not set(overrides) & set(ADAPT_PARTS[p])]
+        values["train"]["adapt"] = True if kept == list(ADAPT_PARTS) else kept
     return config_from_dict(values)
 
 

@@ -138,6 +138,8 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     ds = load_dataset(cfg.data, cfg.train.seed)
     mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
     cfg, notes = adapt(cfg, ds, augment_auto)  # train.adapt: batch, lr, warm-up, epochs, augmentation for this data
+    if cfg.data.preprocess is None and ds.preprocess:  # chosen from the files' sizes (data/folder.py auto_side)
+        notes.insert(0, f"input {'x'.join(map(str, ds.input_shape))}: the images' sizes vary or are large, so each is {' then '.join(f'{k} {v}' for step in ds.preprocess for k, v in step.items())}")
     if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images (never digits)
         flips = "flip" in parse_augment(cfg.data.augment) and cfg.data.name not in DIGITS
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta=flips))
