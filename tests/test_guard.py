@@ -39,6 +39,7 @@ def test_a_spike_rolls_back_the_weights_and_halves_the_rate():
     _steps(guard, state, [25.0])
     assert all(torch.equal(model.state_dict()[k], v) for k, v in good.items())
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05) and sched.base_lrs == [pytest.approx(0.05)]
+    opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # the schedule keeps the lower rate
     assert len(state.recoveries) == 1 and state.recoveries[0]["restored"] == "epoch 1, step 6" and not state.diverged

@@ -142,7 +142,7 @@ def _split_folder(root, sizes=(20, 33, 47)):
     return root
 
 
-SUITE = {"flat-png-rgb": lambda root: _flat_folder(root, 60, 24), "split-jpeg-mixed": _split_folder, "flat-gray-12px": lambda root: _flat_folder(root, 50, 12, "L")}
+SUITE = {"split-jpeg-mixed-rgb": _split_folder, "flat-png-gray-12px": lambda root: _flat_folder(root, 50, 12, "L")}
 
 
 @pytest.mark.parametrize("name", SUITE)

@@ -69,5 +69,6 @@ def test_recipe_runs_on_its_fixture(name, tmp_path):
     recipe = load_recipe(name)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["name"] == recipe.model.name and saved["optim"]["name"] == recipe.optim.name
-    assert saved["optim"]["lr"] == recipe.optim.lr and saved["train"]["seed"] == recipe.train.seed
+    lr = recipe.optim.lr * saved["train"]["batch_size"] / recipe.train.batch_size if recipe.train.adapt else recipe.optim.lr  # adapt scales it with the batch
+    assert saved["optim"]["lr"] == pytest.approx(lr) and saved["train"]["seed"] == recipe.train.seed
     assert 0 <= m["test"]["accuracy"] <= 1 and np.isfinite(m["test"]["loss"])

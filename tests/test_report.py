@@ -20,7 +20,8 @@ FIGURES = ["curves", "lr", "confusion", "per_class", "worst", "filters", "featur
 def run(fashion_dir, tmp_path_factory):
     """The default recipe (on the Fashion-MNIST fixture), as cnnlab train runs it: it writes the report."""
     out = tmp_path_factory.mktemp("report") / "run"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "3", "--set", "data.val_size=64", "--set", "train.batch_size=64"]) == 0
+    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "3", "--set", "data.val_size=64", "--set", "train.batch_size=64",
+                 "--set", "train.adapt=false"]) == 0  # as the recipe is: flips on, so a few test images stay wrong and the gallery has some
     return out
 
 

@@ -163,6 +163,6 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
         data=dataclasses.replace(dc, augment=augment, translate=translate),
         optim=dataclasses.replace(oc, lr=round(lr, 8)),
         schedule=dataclasses.replace(sc, warmup_epochs=warmup),
-        train=dataclasses.replace(tc, batch_size=batch, epochs=epochs, min_steps=None, reference_images=None, adapt=False),
+        train=dataclasses.replace(tc, batch_size=batch, epochs=epochs, adapt=False, **({"min_steps": None, "reference_images": None} if "epochs" in parts else {})),
     )
     return cfg, notes

@@ -373,9 +373,12 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     step = TrainStep(forward, optimizer, objective, scheduler, autocast_factory(device, amp_dtype), tc.clip_grad_norm, scaler, mix, ema)
     eval_model = ema.module if ema is not None else model
 
+    guard = DivergenceGuard(model, optimizer, scheduler, log=log.write, every=max(20, len(loaders["train"]) // 4))
     state = None
     if ckpt is not None:
         _restore(ckpt, model, optimizer, scheduler, scaler, ema)
+        if isinstance(ckpt.get("guard"), dict):
+            guard.load(ckpt["guard"])
         state = FitState.from_dict(ckpt["fit"], len(loaders["train"]), ckpt.get("loader"))
 
     def snapshot(s: FitState) -> dict[str, Any]:
@@ -398,10 +401,11 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
             normalization={"mean": mean, "std": std, "value_max": dataset_value_max(ds)},  # x_norm = (x / value_max - mean) / std
             objective=objective.name,
             policy=policy.to_dict(),  # a resumed run trains with the same precision and layout
+            guard=guard.kept,  # the divergence guard's last good point: a resumed run rolls back where this one would
         )
 
     every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds
-    fit_callbacks: list[Callback] = [DivergenceGuard(model, optimizer, scheduler, log=log.write, every=max(20, len(loaders["train"]) // 4))]
+    fit_callbacks: list[Callback] = [guard]
     if tc.freeze_epochs:
         fit_callbacks.append(FreezeBody(model, tc.freeze_epochs))
     if tc.time_limit is not None:
