@@ -130,7 +130,7 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
         epochs = min(MAX_AUTO_EPOCHS, max(epochs, math.ceil(tc.epochs * math.sqrt(tc.reference_images / max(n, 1)))))
     batch = adapted_batch(n, tc.batch_size, epochs) if "batch" in parts else tc.batch_size
     lr = oc.lr * batch / tc.batch_size if "lr" in parts else oc.lr
-    steps = max(1, n // batch) if n > batch else 1
+    steps = max(1, n // batch)  # the train loader drops the last partial batch, unless it is the only one
     if batch != tc.batch_size:
         scaled = f"; lr {lr:.4g}, the recipe's {oc.lr:g} per {tc.batch_size} images scaled with the batch" if lr != oc.lr else f"; lr {lr:g} as given"
         notes.append(f"batch {batch} for {n:,} training images: {steps} steps an epoch (the recipe's {tc.batch_size} would give {n // tc.batch_size}){scaled}")

@@ -377,8 +377,8 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     state = None
     if ckpt is not None:
         _restore(ckpt, model, optimizer, scheduler, scaler, ema)
-        if isinstance(ckpt.get("guard"), dict):
-            guard.load(ckpt["guard"])
+        if isinstance(ckpt.get("guard"), dict):  # absent in checkpoints from before the guard
+            guard.load_state_dict(ckpt["guard"])
         state = FitState.from_dict(ckpt["fit"], len(loaders["train"]), ckpt.get("loader"))
 
     def snapshot(s: FitState) -> dict[str, Any]:
@@ -401,7 +401,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
             normalization={"mean": mean, "std": std, "value_max": dataset_value_max(ds)},  # x_norm = (x / value_max - mean) / std
             objective=objective.name,
             policy=policy.to_dict(),  # a resumed run trains with the same precision and layout
-            guard=guard.kept,  # the divergence guard's last good point: a resumed run rolls back where this one would
+            guard=guard.state_dict(),  # the divergence guard's last good point and level: a resumed run judges and rolls back alike
         )
 
     every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds

@@ -46,7 +46,6 @@ class FitState:
     prior_seconds: float = 0.0  # training time of the sessions before a resume
     sessions: int = 1  # 1 + the number of resumes
     recoveries: list[dict[str, Any]] = field(default_factory=list)  # the DivergenceGuard's rollbacks (metrics.json)
-    guard: dict[str, Any] = field(default_factory=dict)  # the DivergenceGuard's running level, saved so a resumed run judges alike
     last_saved: str | None = None  # what checkpoints/last.pt holds, e.g. "epoch 2, step 30" (set by the Checkpointer)
     start_time: float = field(default_factory=time.perf_counter)
 
@@ -68,7 +67,6 @@ class FitState:
         """What a checkpoint keeps of the fit (tensors and plain values only: weights_only loads it)."""
         out = {k: getattr(self, k) for k in self.SAVED}
         out["recoveries"] = list(self.recoveries)
-        out["guard"] = dict(self.guard)
         out["progress"] = self.progress.to_dict() if self.progress is not None else None
         out["train_seconds"] = self.train_seconds
         return out
@@ -80,7 +78,6 @@ class FitState:
         state = cls(**{k: saved[k] for k in cls.SAVED}, steps_per_epoch=steps_per_epoch)
         state.history, state.steps = list(state.history), [list(r) for r in state.steps]
         state.recoveries = list(saved.get("recoveries", []))  # absent in checkpoints from before the guard
-        state.guard = dict(saved.get("guard") or {})
         state.progress = EpochProgress(**saved["progress"]) if saved.get("progress") else None
         state.loader = loader if state.progress is not None else None
         state.prior_seconds = float(saved.get("train_seconds", 0.0))
@@ -119,9 +116,9 @@ class DivergenceGuard(Callback):
     state.recoveries. After `max_recoveries` the fit stops as diverged, naming the last loss.
 
     The snapshot is refreshed every `every` healthy steps and after every healthy epoch; it is a copy
-    of the weights and the optimizer state (twice the model's size in memory). The running level is
-    saved in checkpoints (state.guard), and the snapshot too (`kept`, the checkpoint's `guard`), so a
-    resumed run rolls back to the same point as an uninterrupted one.
+    of the weights and the optimizer state (twice the model's size in memory). `state_dict()` (the
+    snapshot and the running level) goes into checkpoints, so a resumed run judges and rolls back
+    as an uninterrupted one would.
     """
 
     SPIKE = 3.0
@@ -146,24 +143,22 @@ class DivergenceGuard(Callback):
             "level": self.level,
         }
 
-    def load(self, kept: dict[str, Any]) -> None:
-        """A resumed run's snapshot, from its checkpoint (what the uninterrupted run would roll back to)."""
-        self.kept = kept
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the snapshot and the running level."""
+        return {"kept": self.kept, "level": self.level, "healthy": self.healthy, "best_val": self.best_val}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """A resumed run's guard, from its checkpoint: it rolls back where the uninterrupted run would."""
+        kept = saved.get("kept")
+        whole = isinstance(kept, dict) and {"model", "optimizer", "where", "step", "level"} <= kept.keys()
+        self.kept = kept if whole else None  # an edited or damaged entry: a new snapshot at the resumed weights
+        self.level, self.healthy, self.best_val = saved.get("level"), int(saved.get("healthy") or 0), saved.get("best_val")
 
     def on_fit_start(self, state: FitState) -> None:
-        # a resumed run continues the saved level and snapshot (load), so it judges and rolls back alike
-        self.level, self.healthy, self.best_val = state.guard.get("level"), state.guard.get("healthy", 0), state.guard.get("best_val")
-        if self.kept is None:
+        if self.kept is None:  # a resumed run keeps its loaded snapshot
             self._keep(state)
 
-    def _save_level(self, state: FitState) -> None:
-        state.guard = {"level": self.level, "healthy": self.healthy, "best_val": self.best_val}
-
     def on_batch_end(self, state: FitState, loss: float) -> None:
-        self._judge(state, loss)
-        self._save_level(state)
-
-    def _judge(self, state: FitState, loss: float) -> None:
         if state.diverged or state.stop_reason is not None:
             return
         level = self.level
@@ -186,7 +181,6 @@ class DivergenceGuard(Callback):
             self._recover(state, f"the validation loss rose to {val:.4g} at epoch {state.epoch}" + (f", {val / best:.1f}x its best {best:.3g}" if best and math.isfinite(val) else ""), val)
             return
         self.best_val = val if best is None else min(best, val)
-        self._save_level(state)
         self._keep(state)
 
     def _recover(self, state: FitState, what: str, loss: float) -> None:
