@@ -20,6 +20,7 @@ order and augmentation are the same whether the answer was measured or read from
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -28,7 +29,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -205,6 +206,27 @@ def _write_cache(path: Path, key: str, figures: dict[str, float]) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """One process at a time reads, probes and writes the cache: two runs started together would
+    otherwise both probe (and get different figures for the same machine), and the second write would
+    drop the first's entry. Best effort: where no lock can be taken (a read-only home, no fcntl), none is."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(f".{path.name}.lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield  # closing the file releases the lock
+
+
 # --- the choice ------------------------------------------------------------------------------------
 
 
@@ -254,15 +276,16 @@ def choose(
     batch = probe_batch(batch, input_shape)
     key = f"{machine_id()} | {signature} | input {tuple(input_shape)} batch {batch} | precision {precision} channels_last {channels_last}"
     path = cache if cache is not None else cache_path()
-    entries = _read_cache(path).get("entries")
-    figures = entries.get(key) if isinstance(entries, dict) else None
-    if isinstance(figures, dict):
-        try:  # an entry missing a figure this decision reads (edited, or another version's) is measured again
-            return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=True)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            pass
-    figures = _probe_in_stages(probe, model, tuple(input_shape), batch, num_outputs, dtypes, layout_auto, bool(channels_last) if not layout_auto else True)
-    _write_cache(path, key, figures)
+    with _cache_lock(path):
+        entries = _read_cache(path).get("entries")
+        figures = entries.get(key) if isinstance(entries, dict) else None
+        if isinstance(figures, dict):
+            try:  # an entry missing a figure this decision reads (edited, or another version's) is measured again
+                return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=True)
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                pass
+        figures = _probe_in_stages(probe, model, tuple(input_shape), batch, num_outputs, dtypes, layout_auto, bool(channels_last) if not layout_auto else True)
+        _write_cache(path, key, figures)
     return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=False)
 
 
