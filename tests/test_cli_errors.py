@@ -67,3 +67,17 @@ def test_out_holds_an_earlier_run(tmp_path, fashion_dir):
 def test_help_has_an_example():
     r = run_cli("train", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout and "cnnlab train" in r.stdout
+
+
+def test_the_fast_exit_keeps_output_exit_codes_and_profilers(tmp_path):
+    """`cnnlab` skips the interpreter's teardown after a command: what it printed is all there (the
+    exit codes are checked by every test here), and a profiler still writes its figures at the end."""
+    import subprocess
+    import sys
+
+    r = run_cli("data", "list")
+    assert r.returncode == 0 and "fashion-mnist" in r.stdout and r.stdout.endswith("\n")
+    stats = tmp_path / "profile.out"
+    r = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "cnnlab", "data", "list"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "fashion-mnist" in r.stdout
+    assert stats.is_file() and stats.stat().st_size > 0
