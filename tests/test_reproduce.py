@@ -2,6 +2,7 @@
 and writes our figures beside the report's (reproduction.md, .json, .html)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,13 +50,18 @@ def test_kth_study_with_two_seeds_gives_all_ten_rows(tmp_path):
     out = tmp_path / "kth"
     args = ["reproduce", "kth-cifar10", "--data", str(tmp_path / "cifar"), "--epochs", "1", "--seeds", "2", "--out", str(out), *FAST]
     assert main(args) == 0
-    rows = _table_rows(out)
-    assert len(rows) == 10
+    table = [[c.strip() for c in row.strip("|").split("|")] for row in _table_rows(out)]
+    assert len(table) == 12  # ten rows' recall, and the two wall times the report gives
+    times = [cells for cells in table if cells[1].startswith("training time")]
+    assert [(c[0], c[2]) for c in times] == [("BatchNorm after each activation", "1h 15m 44s"), ("batch 256", "1h 9m 24s")]
+    assert all(c[3].endswith("s (2 seeds)") and "x the report's time" in c[4] for c in times)
+    assert all(cells[8].endswith("s") for cells in table)  # every row's own wall time per run, beside the report's
+    rows = ["|".join(cells) for cells in table if not cells[1].startswith("training time")]
     study = load_study("kth-cifar10")
     payload = json.loads((out / "reproduction.json").read_text())
     assert len(payload["rows"]) == 10 and all(len(r["runs"]) == 2 for r in payload["rows"])
     for row, want, got in zip(rows, study.rows, payload["rows"]):
-        cells = [c.strip() for c in row.strip("|").split("|")]
+        cells = [c.strip() for c in row.split("|")]
         assert cells[0] == want.name and cells[2] == f"{100 * want.figures[0].reported:.2f}%"
         assert "(2 seeds)" in cells[3] and cells[4].endswith("pts") and "1 of the report's 300" in cells[6]
         assert "fewer epochs (1 of 300)" in cells[7] and cells[7].endswith("; kept" if got["kept"] else "; not kept")
@@ -78,9 +84,12 @@ def test_cifar10_ablation_gives_its_six_rows_as_changes(tmp_path):
     out = tmp_path / "abl"
     assert main(["reproduce", "cifar10-comprehensive", "--data", str(tmp_path / "cifar"), "--epochs", "1", "--out", str(out), "--set", "data.val_size=8", "--set", "train.batch_size=8", *FAST]) == 0
     rows = _table_rows(out)
-    assert len(rows) == 7  # the full model and the six ablations
+    assert len(rows) == 10  # the full model's four figures and the six ablations
     assert "75.00% to 85.00%" in rows[0]
-    ablations = rows[1:]
+    cells = [[c.strip() for c in r.strip("|").split("|")][1:3] for r in rows[1:4]]
+    assert cells == [["best epoch", "15 to 18"], ["final training loss", "0.30 to 0.50"], ["final validation loss", "0.50 to 0.70"]]
+    assert (out / "reproduction.png").is_file()
+    ablations = rows[4:]
     assert [r.split("|")[1].strip() for r in ablations] == ["no BatchNorm", "no dropout", "no augmentation", "half the channels", "double the channels", "SGD instead of Adam"]
     assert all("change from full model" in r and " pts" in r for r in ablations)
     assert "-10.0 to -5.0 pts" in ablations[0] and "+1.0 to +3.0 pts" in ablations[4]
@@ -89,7 +98,7 @@ def test_cifar10_ablation_gives_its_six_rows_as_changes(tmp_path):
     seed_dir = next((out / "00-full-model").iterdir())
     full = json.loads((seed_dir / "metrics.json").read_text())["test"]["accuracy"]
     nobn = json.loads((next((out / "01-no-batchnorm").iterdir()) / "metrics.json").read_text())["test"]["accuracy"]
-    assert res_rows[1]["mean"] == pytest.approx(nobn - full)
+    assert res_rows[4]["mean"] == pytest.approx(nobn - full)
 
 
 def test_stand_in_split_and_markers_on_mnist_5k(tmp_path):
@@ -130,14 +139,23 @@ def test_hanoi_models_train_in_three_periods(tmp_path, monkeypatch):
         assert [p["epochs_run"] for p in periods] == [1, 2, 3] and periods[-1]["sessions"] == 3
         assert len((run / "history.csv").read_text().splitlines()) == 4  # three epochs, one per period
     rows = _table_rows(out)
-    assert len(rows) == 8  # two models x (accuracy, loss) x (after period 1, after period 3)
-    assert sum("SqueezeNet" in r for r in rows) == 4 and "93.05%" in rows[4]
+    assert len(rows) == 12  # two models x (accuracy, loss, training time) x (after period 1, after period 3)
+    assert sum("SqueezeNet" in r for r in rows) == 6 and "93.05% (11336/12183)" in rows[6]  # the report's count beside its accuracy
+    ours = [c.strip() for c in rows[6].strip("|").split("|")][3]
+    assert re.search(r"% \(\d+/6\) \(1 seed\)$", ours), ours  # ours with its count: 24 images give 16 / 2 / 6
+    assert "2h 20m 12s" in rows[4] and "x the report's time" in rows[4]
+    page = (out / "reproduction.html").read_text()
+    assert "After the first and the last period" in page and "Predictions for a few test images" in page
+    assert (out / "reproduction-predictions.png").is_file()
+    for row in ("00-scratch", "03-squeezenet"):  # each period's curves are kept (confusion.png too where the report is drawn)
+        run = next((out / row).iterdir())
+        assert all((run / "plots" / f"curves-period-{k}.png").is_file() for k in (1, 2, 3))
     # a second run of the same command reads everything back
     trained = []
     res = run_reproduction("hanoi-animals", data=str(data), epochs=1, out=out, only=["Scratch", "SqueezeNet"],
                            sets={"train.batch_size": 4, "data.workers": 0, "data.preprocess": [{"resize": 64}], "train.report": False, "train.eval_batch_size": 64},
                            train=lambda *a, **k: trained.append(1))
-    assert not trained and len(figure_lines(res)) == 8
+    assert not trained and len(figure_lines(res)) == 12
 
 
 def test_a_period_interrupted_midway_is_resumed_not_mistaken_for_done(fashion_dir, tmp_path):
@@ -186,6 +204,20 @@ def test_uw_lab_fashion_prints_per_class_accuracy_and_the_goals(tmp_path, capsys
     assert "> 89.00% (goal)" in text and "> 83.50% (goal)" in text
     assert "Per-class test accuracy" in text and "worst class:" in text and "Ankle boot" in text
     assert "met)" in text  # each goal says met or not met
+    assert (out / "reproduction-curves.png").is_file()  # the lab's two panels: loss per iteration, validation accuracy per epoch
+    assert "Training loss and validation accuracy" in (out / "reproduction.html").read_text()
+
+
+def test_uw_lab_mnist_prints_the_labs_worked_examples(tmp_path, capsys):
+    """The lab's slides, computed by F.conv2d, F.pad, F.max_pool2d and F.avg_pool2d: each cell the
+    slides show agrees, except the one slip on the stride-1 slide (a 3 where the window sums to 2)."""
+    out = tmp_path / "uw"
+    assert main(["reproduce", "uw-lab-mnist", "--data", "mnist-5k", "--epochs", "1", "--out", str(out), "--set", "data.train_limit=200", *FAST]) == 0
+    text = capsys.readouterr().out
+    assert text.count("equal to the report") == 6
+    assert "differs from the report: row 2, column 1: the report shows 3, torch gives 2" in text
+    assert "  4.25 5.25    4.3 5.3" in text  # torch's averages beside the slide's, rounded half up
+    assert "worked examples" in (out / "reproduction.md").read_text()
 
 
 def test_bad_rows_and_rows_of_a_cumulative_study_are_refused(tmp_path):

@@ -41,6 +41,10 @@ class DataConfig:
     test_size: float = 0.2  # only where the dataset has no test part of its own
     split: str = "random"  # random | stratified (same class shares in every part) | first (val = the first N)
     split_seed: int = 0  # the test part of a single folder stays the same whatever the run's seed
+    # how a fraction becomes a count: round (the nearest) | floor (int(), as the Hanoi report's code: on a
+    # single folder, train int((1 - test - val) n), val int(val n), and the test part the rest)
+    rounding: str = "round"
+    given_limit: int | None = None  # use N of the images the dataset gives for training, before val (and test) are carved from them
     train_limit: int | None = None  # keep only the first N images of each part (subsets, quick runs)
     val_limit: int | None = None
     test_limit: int | None = None
@@ -126,6 +130,8 @@ class TrainConfig:
     freeze_epochs: int = 0  # train only the (new) head for this many epochs, then everything
     clip_grad_norm: float | None = None  # clip the gradients' global L2 norm to this (the comprehensive report: 1.0)
     monitor: str = "val_accuracy"  # what picks best.pt and drives early stopping: val_accuracy | val_loss (train_* without a val split)
+    test_weights: str = "best"  # the weights the test part scores: best (best.pt, by `monitor` on the validation part) | last
+    # (the end of training, as the reports tested); with no validation part, best means last, said in log.txt
     early_stopping: int | None = None  # stop after this many epochs without a better `monitor` figure (the best is kept)
     time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
 
@@ -159,6 +165,7 @@ class RunConfig:
             (t.freeze_epochs >= 0, "train.freeze_epochs", t.freeze_epochs, "zero or positive"),
             (t.clip_grad_norm is None or t.clip_grad_norm > 0, "train.clip_grad_norm", t.clip_grad_norm, "positive or null"),
             (t.monitor in ("val_accuracy", "val_loss"), "train.monitor", t.monitor, "val_accuracy or val_loss"),
+            (t.test_weights in ("best", "last"), "train.test_weights", t.test_weights, "best or last"),
             (t.early_stopping is None or t.early_stopping >= 1, "train.early_stopping", t.early_stopping, "at least 1 or null"),
             (self.schedule.monitor in ("val_loss", "val_accuracy"), "schedule.monitor", self.schedule.monitor, "val_loss or val_accuracy"),
             (0 < self.schedule.factor < 1, "schedule.factor", self.schedule.factor, "in (0, 1)"),
@@ -170,6 +177,7 @@ class RunConfig:
             (t.time_limit is None or t.time_limit > 0, "train.time_limit", t.time_limit, "positive"),
             (d.val_size >= 0, "data.val_size", d.val_size, "a count >= 1 or a fraction in [0, 1)"),
             (d.test_size >= 0, "data.test_size", d.test_size, "a count >= 1 or a fraction in [0, 1)"),
+            (d.rounding in ("round", "floor"), "data.rounding", d.rounding, "round or floor"),
             (d.split in ("random", "stratified", "first"), "data.split", d.split, "random, stratified or first"),
             (d.sampler in ("shuffle", "balanced"), "data.sampler", d.sampler, "shuffle or balanced"),
             (d.channels in (None, 1, 3), "data.channels", d.channels, "1, 3 or null"),
@@ -187,6 +195,7 @@ class RunConfig:
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
+            (d.given_limit is None or d.given_limit >= 1, "data.given_limit", d.given_limit, "at least 1"),
             (d.test_limit is None or d.test_limit >= 1, "data.test_limit", d.test_limit, "at least 1"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", t.precision, "auto, fp32, bf16 or fp16"),
             (t.threads is None or t.threads >= 1, "train.threads", t.threads, "at least 1 or null (the physical cores)"),

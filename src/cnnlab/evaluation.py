@@ -8,6 +8,7 @@ normalisation and preprocessing, batched by the same loaders).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +49,24 @@ class LoadedRun:
         return bool(self.cfg.train.tta) if override is None else override
 
 
+def tested_weights(run_dir: Path) -> str:
+    """best or last: the checkpoint whose weights the run's metrics.json scored (train.test_weights;
+    best for a run without metrics.json yet, or from before the key)."""
+    try:
+        return "last" if json.loads((run_dir / "metrics.json").read_text()).get("test_weights") == "last" else "best"
+    except (OSError, ValueError, AttributeError):
+        return "best"
+
+
 def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run folder or None) for a run folder or a checkpoint path."""
     path = Path(source)
     if path.is_dir():
-        best = path / "checkpoints" / "best.pt"
+        best = path / "checkpoints" / f"{tested_weights(path)}.pt"
         if not best.is_file():
             has_config = (path / "config.yaml").is_file()
             why = "its training was interrupted before the first epoch ended" if has_config else "it is not a run folder (no config.yaml)"
-            raise CnnlabError(f"{path} has no checkpoints/best.pt: {why}; give a run folder that cnnlab train finished, or a checkpoint file")
+            raise CnnlabError(f"{path} has no checkpoints/{best.name}: {why}; give a run folder that cnnlab train finished, or a checkpoint file")
         return best, path
     if not path.exists():
         raise CnnlabError(f"{path} does not exist; give a run folder (runs/<name>) or a checkpoint (.pt)")
@@ -65,7 +75,8 @@ def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
 
 
 def load_run(source: str | Path) -> LoadedRun:
-    """Rebuild the model of a run folder (its best.pt) or of a checkpoint file."""
+    """Rebuild the model of a run folder (the checkpoint its test scored: best.pt, or last.pt for
+    train.test_weights last) or of a checkpoint file."""
     path, run_dir = find_checkpoint(source)
     ckpt = load_checkpoint(path)
     missing = [k for k in ("config", "classes", "model", "input_shape", "normalization") if k not in ckpt]

@@ -39,7 +39,23 @@ from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
 
 # keys that do not change what a run computes: a reproduction resumes whatever they are
 PLAN_FREE = {"data.root", "data.workers", "data.download", "train.device", "train.threads", "train.eval_batch_size", "train.checkpoint_steps", "train.checkpoint_seconds", "train.report", "train.tensorboard"}
-VALUE = re.compile(r"^(test|val)\.(accuracy|balanced_accuracy|loss)$|^history\.(train_accuracy|val_accuracy|train_loss|val_loss)$")
+VALUE = re.compile(r"^(test|val)\.(accuracy|balanced_accuracy|loss)$|^history\.(train_accuracy|val_accuracy|train_loss|val_loss)$|^(best_epoch|train_seconds)$")
+DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
+
+
+def duration_seconds(text: str) -> float | None:
+    """ "1h 15m 44s" -> 4544.0 (a report's wall time); None for anything else."""
+    m = DURATION.match(text) if isinstance(text, str) and text.strip() else None
+    return None if m is None or not any(m.groups()) else float(int(m[1] or 0) * 3600 + int(m[2] or 0) * 60 + int(m[3] or 0))
+
+
+def duration_text(seconds: float) -> str:
+    """4544 -> "1h 15m 44s"; 12.3 -> "12.3 s"."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    h, m, sec = s // 3600, s % 3600 // 60, s % 60
+    return (f"{h}h " if h else "") + f"{m}m {sec}s"
 
 
 @dataclass
@@ -47,7 +63,7 @@ class Figure:
     value: str  # test.accuracy | val.balanced_accuracy | history.val_accuracy (with epoch) ...
     reported: float | list[float]  # a number, or a [low, high] range
     label: str = ""  # what the report calls it, e.g. "epoch 10 val accuracy"
-    epoch: int | None = None  # history.* figures: the epoch the report printed it at
+    epoch: int | str | None = None  # history.* figures: the epoch the report printed it at, or "last"
     period: int | None = None  # a periods study: test.* after this period (1-based)
     goal: bool = False  # the report's figure is a target to beat, not a result
     relative_to: str | None = None  # ours is this row's figure minus that row's (same seeds)
@@ -73,6 +89,10 @@ class Study:
     stand_ins: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_class: bool = False
     notes: list[str] = field(default_factory=list)
+    examples: list[Any] = field(default_factory=list)  # worked examples (cnnlab/worked.py), computed again by torch
+    test_images: int | None = None  # the report's test part: its accuracies are also shown as counts (Hanoi: 12,183)
+    two_panel: bool = False  # the report's figure: training loss against iteration over validation accuracy against epoch
+    predictions: bool = False  # the report's figure of a few test images with each row's prediction (cnnlab compare's)
 
 
 def study_names() -> list[str]:
@@ -92,6 +112,13 @@ def _figure(raw: Any, default_value: str | None, where: str) -> Figure:
         raise ConfigError(f"{where}: value {f.value!r} is not test.X, val.X (X accuracy, balanced_accuracy or loss) or history.X")
     if f.value.startswith("history.") and f.epoch is None:
         raise ConfigError(f"{where}: {f.value} needs the epoch the report printed it at")
+    if f.epoch is not None and f.epoch != "last" and not isinstance(f.epoch, int):
+        raise ConfigError(f"{where}: epoch {f.epoch!r} is not a number or last")
+    if f.value == "train_seconds" and isinstance(f.reported, str):
+        seconds = duration_seconds(f.reported)
+        if seconds is None:
+            raise ConfigError(f"{where}: reported time {f.reported!r} is not like 1h 15m 44s")
+        f.reported = seconds
     rep = f.reported
     if not (isinstance(rep, (int, float)) or (isinstance(rep, list) and len(rep) == 2 and all(isinstance(v, (int, float)) for v in rep))):
         raise ConfigError(f"{where}: reported must be a number or [low, high], got {rep!r}")
@@ -117,6 +144,9 @@ def load_study(name: str) -> Study:
     unknown = set(raw) - set(Study.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    from cnnlab import worked
+
+    raw["examples"] = worked.parse(raw.get("examples"), where)
     study = Study(name=name, rows=rows, **raw)
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
@@ -176,6 +206,13 @@ class Result:
     out: Path
 
     @cached_property
+    def worked_text(self) -> str:
+        """The study's worked examples as torch computes them, beside the report's numbers."""
+        from cnnlab import worked
+
+        return worked.text([worked.compute(e) for e in self.study.examples])
+
+    @cached_property
     def lines(self) -> list["Line"]:
         """figure_lines(self), worked out once (it reads every run's history.csv): the table, the JSON
         and the figure all show these."""
@@ -186,6 +223,10 @@ def run_reproduction(name: str, *, data: str | None = None, epochs: int | None =
     """Train study NAME's rows (over `seeds` seeds) and write the reproduction files under `out`."""
     t0 = time.perf_counter()
     study = load_study(name)
+    if study.examples:  # before any data is needed: they are the report's own arithmetic
+        from cnnlab import worked
+
+        log(f"reproduce {name}: the report's worked examples, computed by torch\n" + worked.text([worked.compute(e) for e in study.examples]).rstrip())
     rows = study.rows  # --rows A,B: those, and the rows their figures are relative to
     if only:
         missing = [o for o in only if o not in [r.name for r in rows]]
@@ -244,8 +285,9 @@ def _slug(text: str) -> str:
 # --- the figures ---------------------------------------------------------------------------------------
 
 
-def _history_value(run_dir: str, column: str, epoch: int) -> tuple[float, int] | None:
-    """`column` of history.csv at `epoch`, or at the last epoch run where the run is shorter."""
+def _history_value(run_dir: str, column: str, epoch: int | str) -> tuple[float, int] | None:
+    """`column` of history.csv at `epoch` ("last": the last epoch run), or at the last epoch run where
+    the run is shorter."""
     from cnnlab.report.plots import read_csv
 
     path = Path(run_dir) / "history.csv"
@@ -265,10 +307,16 @@ def seed_values(row: Row, f: Figure) -> tuple[list[float | None], int | None]:
     if kind == "history":
         got = [_history_value(r, key, f.epoch) for r in row.runs]  # type: ignore[arg-type]
         epochs = [g[1] for g in got if g is not None]
-        return [g[0] if g is not None else None for g in got], (min(epochs) if epochs else None)
+        return [g[0] if g is not None else None for g in got], (None if f.epoch == "last" else min(epochs) if epochs else None)
     sources = [p[f.period - 1] for p in row.periods] if f.period else row.metrics
-    values = [float(m[kind][key]) if key in (m.get(kind) or {}) else None for m in sources]
     epochs = [int(m["epochs_run"]) for m in sources if "epochs_run" in m] if f.period else []
+    if not key:  # best_epoch, train_seconds: top-level keys of metrics.json
+        values = [float(m[kind]) if m.get(kind) is not None else None for m in sources]
+        if kind == "train_seconds" and f.period and f.period > 1:  # a period's own time: the runs' clock is cumulative
+            before = [float(p[f.period - 2].get("train_seconds", 0.0)) for p in row.periods]
+            values = [v - b if v is not None else None for v, b in zip(values, before)]
+        return values, (min(epochs) if epochs else None)
+    values = [float(m[kind][key]) if key in (m.get(kind) or {}) else None for m in sources]
     return values, (min(epochs) if epochs else None)
 
 
@@ -283,12 +331,68 @@ class Line:
     reported_value: float | list[float]
     mean: float | None
     std: float | None
-    scale: float  # 100 for fractions shown as %, 1 for losses
+    scale: float  # 100 for fractions shown as %, 1 for losses, epochs and seconds
     relative: bool  # a change from another row, in points
+    kind: str = "fraction"  # fraction | loss | epoch | seconds (_kind)
 
 
 def _fmt(v: float, scale: float) -> str:
     return f"{v * scale:.2f}{'%' if scale == 100 else ''}"
+
+
+def _kind(value: str) -> str:
+    """How a figure is shown: fraction (as %), loss, epoch or seconds (as a duration)."""
+    return {"train_seconds": "seconds", "best_epoch": "epoch"}.get(value, "loss" if value.endswith("loss") else "fraction")
+
+
+def _show(v: float, kind: str) -> str:
+    return duration_text(v) if kind == "seconds" else f"{v:.1f}".removesuffix(".0") if kind == "epoch" else _fmt(v, 100.0 if kind == "fraction" else 1.0)
+
+
+def _counts(res: Result, row: Row, f: Figure) -> tuple[str, str]:
+    """(the report's, ours) accuracy as counts, e.g. "(9678/12183)", where the study gives its test size."""
+    if res.study.test_images is None or f.value != "test.accuracy" or f.relative_to or isinstance(f.reported, list):
+        return "", ""
+    sources = [p[f.period - 1] for p in row.periods] if f.period else row.metrics
+    tests = [m["test"] for m in sources if "num_samples" in (m.get("test") or {})]
+    ours = ""
+    if tests:
+        correct = statistics.fmean(t["accuracy"] * t["num_samples"] for t in tests)
+        ours = f" ({correct:.0f}/{tests[0]['num_samples']})"
+    return f" ({round(float(f.reported) * res.study.test_images)}/{res.study.test_images})", ours
+
+
+def _reported_text(f: Figure, kind: str) -> str:
+    rep, unit = f.reported, " pts" if f.relative_to else ""
+    scale = 100.0 if kind == "fraction" else 1.0
+    if isinstance(rep, list):
+        lo, hi = sorted(rep)
+        return f"{lo * scale:+.1f} to {hi * scale:+.1f}{unit or ' pts'}" if f.relative_to else f"{_show(lo, kind)} to {_show(hi, kind)}"
+    return f"> {_show(rep, kind)} (goal)" if f.goal else f"{rep * scale:+.2f}{unit}" if f.relative_to else _show(rep, kind)
+
+
+def _difference(f: Figure, mean: float, kind: str) -> str:
+    rep, scale = f.reported, (100.0 if kind == "fraction" else 1.0)
+    if kind == "seconds" and not isinstance(rep, list):
+        return f"{mean / rep:.3g}x the report's time" if rep else ""
+    if isinstance(rep, list):
+        lo, hi = sorted(rep)
+        d = 0.0 if lo <= mean <= hi else (mean - hi if mean > hi else mean - lo)
+        return "within the range" if d == 0 else f"{d * scale:+.2f}{' pts' if kind == 'fraction' else ''} outside"
+    return f"{(mean - rep) * scale:+.2f}{' pts' if kind == 'fraction' else ''}" + ((" (met)" if mean > rep else " (not met)") if f.goal else "")
+
+
+def _label(res: Result, f: Figure) -> str:
+    pretty = _pretty(f.value)
+    if f.epoch == "last":
+        label = f.label or f"{pretty} at the last epoch"
+    elif f.epoch:
+        label = f.label or f"{pretty} at epoch {f.epoch}"
+    elif f.period:
+        label = f.label or f"{pretty} after period {f.period} ({_period_end(res, f.period)} epochs)"
+    else:
+        label = f.label or pretty
+    return label + (f" (change from {f.relative_to})" if f.relative_to else "")
 
 
 def figure_lines(res: Result) -> list[Line]:
@@ -298,44 +402,30 @@ def figure_lines(res: Result) -> list[Line]:
         study_row = next(r for r in res.study.rows if r.name == name)
         for f in study_row.figures:
             got_values, at_epoch = seed_values(row, f)
-            scale = 1.0 if f.value.endswith("loss") else 100.0
+            kind = _kind(f.value)
             if f.relative_to:  # paired by seed: this row's run minus the reference row's run of the same seed
                 base_values, _ = seed_values(by_name[f.relative_to], Figure(f.value, 0, epoch=f.epoch, period=f.period))
                 got_values = [a - b if a is not None and b is not None else None for a, b in zip(got_values, base_values)]
             values = [v for v in got_values if v is not None]
-            label = f.label or (f"{_pretty(f.value)} at epoch {f.epoch}" if f.epoch else f"{_pretty(f.value)} after period {f.period} ({_period_end(res, f.period)} epochs)" if f.period else _pretty(f.value))
-            if f.relative_to:
-                label += f" (change from {f.relative_to})"
-            notes = []
-            if res.stand_in:
-                notes.append(f"stand-in data ({res.stand_in}, not {res.study.data})")
-            wanted = f.epoch if f.epoch else (res.study.periods[f.period - 1] if f.period else report_epochs)
-            got = at_epoch if (f.epoch or f.period) else ran
-            if got is not None and got < wanted:
+            notes = [f"stand-in data ({res.stand_in}, not {res.study.data})"] if res.stand_in else []
+            numbered = f.epoch is not None and f.epoch != "last"
+            wanted = f.epoch if numbered else (res.study.periods[f.period - 1] if f.period else report_epochs)
+            got = at_epoch if (numbered or f.period) else ran
+            if got is not None and got < wanted:  # type: ignore[operator]
                 notes.append(f"fewer epochs ({got} of {wanted})")
             if row.kept is not None:
                 notes.append("kept" if row.kept else "not kept")
             mean = statistics.fmean(values) if values else None
             std = statistics.stdev(values) if len(values) > 1 else 0.0
-            rep = f.reported
-            unit = " pts" if f.relative_to else ""
-            if isinstance(rep, list):
-                lo, hi = sorted(rep)
-                rep_text = f"{lo * scale:+.1f} to {hi * scale:+.1f}{unit or ' pts'}" if f.relative_to else f"{_fmt(lo, scale)} to {_fmt(hi, scale)}"
-            else:
-                rep_text = (f"> {_fmt(rep, scale)} (goal)" if f.goal else f"{rep * scale:+.2f}{unit}" if f.relative_to else _fmt(rep, scale))
+            scale = 100.0 if kind == "fraction" else 1.0
+            rep_count, our_count = _counts(res, row, f)
             if mean is None:
                 ours, diff = "no value", ""
             else:
-                spread = f" ± {std * scale:.2f}" if len(values) > 1 else ""
-                ours = (f"{mean * scale:+.2f}{spread} pts" if f.relative_to else f"{_fmt(mean, scale)}{spread}") + f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
-                if isinstance(rep, list):
-                    lo, hi = sorted(rep)
-                    d = 0.0 if lo <= mean <= hi else (mean - hi if mean > hi else mean - lo)
-                    diff = "within the range" if d == 0 else f"{d * scale:+.2f} pts outside"
-                else:
-                    diff = f"{(mean - rep) * scale:+.2f} pts" + ((" (met)" if mean > rep else " (not met)") if f.goal else "")
-            lines.append(Line(name, label, rep_text, ours, diff, "; ".join(notes), rep, mean, std, scale, bool(f.relative_to)))
+                spread = f" ± {_show(std, kind) if kind == 'seconds' else f'{std * scale:.2f}'}" if len(values) > 1 else ""
+                ours = (f"{mean * scale:+.2f}{spread} pts" if f.relative_to else f"{_show(mean, kind)}{spread}") + our_count + f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+                diff = _difference(f, mean, kind)
+            lines.append(Line(name, _label(res, f), _reported_text(f, kind) + rep_count, ours, diff, "; ".join(notes), f.reported, mean, std, scale, bool(f.relative_to), kind))
     return lines
 
 
@@ -358,12 +448,21 @@ def per_class_accuracy(row: Row) -> dict[str, float]:
 
 # --- the files -----------------------------------------------------------------------------------------
 
-HEADER = ["configuration", "figure", "report", "ours (mean ± std)", "difference", "data", "epochs", "notes"]
+HEADER = ["configuration", "figure", "report", "ours (mean ± std)", "difference", "data", "epochs", "notes", "wall time per run (ours)"]
+
+
+def run_wall_seconds(row: Row) -> float | None:
+    """A row's wall time per run, the mean over its seeds: each run's total_seconds, summed over its
+    periods where it trained in periods (each period is a session of its own)."""
+    per_run = [sum(float(m.get("total_seconds", 0.0)) for m in p) for p in row.periods] if row.periods else [float(m.get("total_seconds", 0.0)) for m in row.metrics]
+    return statistics.fmean(per_run) if per_run else None
 
 
 def table_rows(res: Result) -> list[list[str]]:
     epochs = {name: f"{ran}" + (f" of the report's {ref}" if ran < ref else "") for name, (ran, ref) in zip(res.names, res.row_epochs)}
-    return [[ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes] for ln in res.lines]
+    walls = {name: run_wall_seconds(row) for name, row in zip(res.names, res.rows)}
+    wall = {name: duration_text(w) if w is not None else "" for name, w in walls.items()}
+    return [[ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes, wall[ln.row]] for ln in res.lines]
 
 
 def epochs_text(res: Result) -> str:
@@ -412,6 +511,8 @@ def write_reproduction(res: Result) -> None:
     md = [f"# Reproduction: {res.study.name}", "", *[f"- {x}" for x in _summary_lines(res)], "", markdown_table(HEADER, rows)]
     if res.study.per_class:
         md += ["```", per_class_text(res).rstrip(), "```", ""]
+    if res.study.examples:
+        md += ["## The report's worked examples, computed by torch", "", "```", res.worked_text.rstrip(), "```", ""]
     md += ["Run folders: " + ", ".join(f"[{Path(r).relative_to(res.out)}]({run_link(res, r)})" for row in res.rows for r in row.runs), ""]
     write_text(res.out / "reproduction.md", "\n".join(md))
     payload = {

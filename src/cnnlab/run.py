@@ -174,7 +174,7 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
 # keys a resumed run may change; anything else that differs from the run's config is refused
 RESUME_FREE = (
     "name", "train.epochs", "train.min_steps", "train.reference_images", "train.time_limit", "train.early_stopping", "train.checkpoint_steps",
-    "train.checkpoint_seconds", "train.device", "train.threads", "train.eval_batch_size", "train.tta", "train.clip_grad_norm",
+    "train.checkpoint_seconds", "train.device", "train.threads", "train.eval_batch_size", "train.tta", "train.test_weights", "train.clip_grad_norm",
     "data.root", "data.workers", "data.download",
 )
 
@@ -434,14 +434,18 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         log.write(f"stopped: {state.stop_reason}")
         raise RunDiverged(f"{state.stop_reason}; {kept}. Lower the learning rate (--lr) or set train.clip_grad_norm")
 
-    # Test with the best epoch's weights, read back from best.pt: what metrics.json reports is
-    # exactly what that file restores. In fp32 (whatever the training precision), so re-evaluating
-    # the checkpoint anywhere gives the same figures.
+    # Test with the weights of train.test_weights, read back from best.pt or last.pt: what
+    # metrics.json reports is exactly what that file restores. In fp32 (whatever the training
+    # precision), so re-evaluating the checkpoint anywhere gives the same figures.
     # Only rank 0 goes on: it scores the whole test and val parts (unsharded) and writes the report.
     if not dist.main:
         return RunResult(run_dir, {}, state, time.perf_counter() - t_start, main=False)
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    eval_model.load_state_dict(best["model"])
+    test_weights = tc.test_weights
+    if test_weights == "best" and "val" not in loaders:
+        log.write("test weights: the last epoch's (there is no validation part, and best.pt would be chosen by training accuracy)")
+        test_weights = "last"
+    tested = load_checkpoint(run_dir / "checkpoints" / f"{test_weights}.pt")
+    eval_model.load_state_dict(tested["model"])
     final = loaders if not dist.enabled else build_loaders(ds, cfg.data, tc, device, mean, std)
     metrics: dict[str, Any] = {}
     predictions: dict[str, Predictions] = {}
@@ -455,6 +459,8 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     metrics.update(
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
+        test_weights=test_weights,
+        tested_epoch=int(tested["epoch"]),
         stop_reason=state.stop_reason,
         train_seconds=round(train_seconds, 3),
         sessions=state.sessions,

@@ -128,6 +128,7 @@ def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: Train)
         snap = folder / f"metrics-period-{k}.json"
         if not snap.is_file():
             if out and out[-1].get("stop_reason"):
+                _keep_period_plots(folder, k)
                 write_text(snap, json.dumps(out[-1], indent=2) + "\n")
                 out.append(out[-1])
                 continue
@@ -139,9 +140,24 @@ def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: Train)
                     _one_run(apply_overrides(cfg, {"train.epochs": end}), folder, train)
                 else:
                     train(None, resume=folder, overrides={"train.epochs": end, "train.min_steps": None})
+            _keep_period_plots(folder, k)
             write_text(snap, (folder / "metrics.json").read_text())
         out.append(_read_json(snap))
     return out
+
+
+PERIOD_PLOTS = ("confusion", "curves")  # the report draws them again after each period: each period's is kept
+
+
+def _keep_period_plots(folder: Path, k: int) -> None:
+    """plots/confusion.png -> plots/confusion-period-K.png (and curves): the next period redraws them."""
+    from cnnlab.runs import atomic_write
+
+    for name in PERIOD_PLOTS:
+        src = folder / "plots" / f"{name}.png"
+        if src.is_file():
+            data = src.read_bytes()
+            atomic_write(folder / "plots" / f"{name}-period-{k}.png", lambda f, data=data: f.write(data), mode="wb")
 
 
 def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int, metric: str, folder: Path, train: Train, log: Callable[[str], None], periods: list[int] | None = None) -> Row:

@@ -66,8 +66,9 @@ def format_table(rows: list[dict[str, str]], fmt: str = "md") -> str:
     return markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
 
 
-def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 8) -> Path:
-    """Each run's prediction for the first `images` test images of the first run's data."""
+def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 8, labels: Sequence[str] | None = None) -> Path:
+    """Each run's prediction for the first `images` test images of the first run's data (each row
+    named by `labels`, or by its folder's name)."""
     runs = [load_run(d) for d in run_dirs]
     first = runs[0]
     others = [r for r in runs[1:] if r.classes != first.classes]
@@ -77,7 +78,7 @@ def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 
     ids = torch.arange(min(images, len(split)))
     subset = split.subset(ids)
     rows = []
-    for d, run in zip(run_dirs, runs):
+    for d, run, label in zip(run_dirs, runs, labels or [Path(d).name for d in run_dirs]):
         if run.input_shape != first.input_shape or run.preprocess != first.preprocess:
             _, sub = load_split(run, "auto")  # the same images, prepared as this run expects
             sub = sub.subset(ids)
@@ -89,7 +90,7 @@ def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 
         if len(p.index) != len(ids):
             raise CnnlabError(f"some of the first {len(ids)} test images did not decode for {d}; cnnlab data check lists them")
         k = p.probs.argmax(1)
-        rows.append((Path(d).name, [run.classes[int(i)] for i in k], [float(p.probs[j, k[j]]) for j in range(len(k))]))
+        rows.append((label, [run.classes[int(i)] for i in k], [float(p.probs[j, k[j]]) for j in range(len(k))]))
     truths = [first.classes[int(y)] for y in subset.labels]
     pics = [display_image(subset, i, first.preprocess, first.input_shape[0]) for i in range(len(subset))]
     return plot_predictions_grid(pics, truths, rows, Path(out))
