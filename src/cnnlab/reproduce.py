@@ -346,7 +346,11 @@ def _kind(value: str) -> str:
 
 
 def _show(v: float, kind: str) -> str:
-    return duration_text(v) if kind == "seconds" else f"{v:.1f}".removesuffix(".0") if kind == "epoch" else _fmt(v, 100.0 if kind == "fraction" else 1.0)
+    if kind == "seconds":
+        return duration_text(v)
+    if kind == "epoch":
+        return f"{v:.1f}".removesuffix(".0")
+    return _fmt(v, 100.0) if kind == "fraction" else f"{v:.4g}"  # a loss to four figures, as the reports print them
 
 
 def _counts(res: Result, row: Row, f: Figure) -> tuple[str, str]:
@@ -374,7 +378,7 @@ def _reported_text(f: Figure, kind: str) -> str:
 def _difference(f: Figure, mean: float, kind: str) -> str:
     rep, scale = f.reported, (100.0 if kind == "fraction" else 1.0)
     if kind == "seconds" and not isinstance(rep, list):
-        return f"{mean / rep:.3g}x the report's time" if rep else ""
+        return f"{100 * mean / rep:.2g}% of the report's time" if rep else ""
     if isinstance(rep, list):
         lo, hi = sorted(rep)
         d = 0.0 if lo <= mean <= hi else (mean - hi if mean > hi else mean - lo)
@@ -389,7 +393,8 @@ def _label(res: Result, f: Figure) -> str:
     elif f.epoch:
         label = f.label or f"{pretty} at epoch {f.epoch}"
     elif f.period:
-        label = f.label or f"{pretty} after period {f.period} ({_period_end(res, f.period)} epochs)"
+        n = _period_end(res, f.period)
+        label = f.label or f"{pretty} after period {f.period} ({n} epoch{'s' if n != 1 else ''})"
     else:
         label = f.label or pretty
     return label + (f" (change from {f.relative_to})" if f.relative_to else "")
@@ -432,6 +437,8 @@ def figure_lines(res: Result) -> list[Line]:
 def _pretty(value: str) -> str:
     """test.balanced_accuracy -> "test mean per-class recall"; history.val_loss -> "val loss"."""
     kind, _, key = value.partition(".")
+    if not key:
+        return {"best_epoch": "best epoch", "train_seconds": "training time"}.get(kind, kind)
     key = key.replace("balanced_accuracy", "mean per-class recall").replace("_", " ")
     return key if kind == "history" else f"{kind} {key}"
 

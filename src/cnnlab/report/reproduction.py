@@ -78,7 +78,7 @@ def period_images(res: Any) -> str:
         if not row.runs:
             continue
         plots = Path(row.runs[0]) / "plots"
-        cells = [image_tag(plots / f"{kind}-period-{k}.png", f"{name}: {kind} after period {k} ({res.periods[k - 1]} epochs)")
+        cells = [image_tag(plots / f"{kind}-period-{k}.png", f"{name}: {kind} after period {k} ({res.periods[k - 1]} epoch{'s' if res.periods[k - 1] != 1 else ''})")
                  for kind in ("confusion", "curves") for k in dict.fromkeys((1, last))]
         parts.append(f"<h3>{html.escape(name)}</h3><p>after {res.periods[0]} and {res.periods[-1]} epochs</p>" + "".join(cells))
     return "".join(parts)
