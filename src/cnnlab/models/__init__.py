@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -11,12 +12,18 @@ from cnnlab.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-from cnnlab.models import backbones, fastnet, presets  # noqa: E402,F401  (register their models)
+from cnnlab.models import backbones, fastnet, presets, timm_zoo  # noqa: E402,F401  (register their models)
+
+MODELS.set_fallback(timm_zoo.find)  # timm/NAME, or a timm name that is not ours
+if importlib.util.find_spec("timm") is not None:  # the timm models we name (their weights ship on PyPI)
+    for _arch in timm_zoo.REGISTERED:
+        MODELS.register(_arch)(timm_zoo.builder_for(_arch))
 
 # name -> (default input (C, H, W), default number of classes), for `models list` and `summary`
 DEFAULT_INPUTS: dict[str, tuple[tuple[int, int, int], int]] = {"fastnet": ((1, 28, 28), 10)}
 DEFAULT_INPUTS.update({n: (inp, k) for n, (_, inp, k) in presets.PRESETS.items()})
 DEFAULT_INPUTS.update({n: ((3, 224, 224), 20) for n in [*backbones.BACKBONES, "squeezenet-finetuned"]})  # the Hanoi set-up
+DEFAULT_INPUTS.update({n: ((3, 224, 224), 1000) for n in timm_zoo.REGISTERED})  # ImageNet, as the weights
 
 
 def create_model(name: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs: Any) -> nn.Module:

@@ -74,7 +74,7 @@ def _load_pretrained(name: str, pretrained: str | None) -> nn.Module:
         model.load_state_dict(state)
         return model
     try:
-        weights = tvm.get_model_weights(name)[pretrained]
+        weights = tvm.get_model_weights(name)["DEFAULT" if pretrained == "imagenet" else pretrained]  # imagenet: as for timm models (--pretrained)
     except KeyError:
         raise ConfigError(f"{name} has no weights {pretrained!r}; torchvision has {', '.join(tvm.get_model_weights(name).__members__)}, or give a .pt/.pth file") from None
     try:
