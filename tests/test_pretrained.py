@@ -107,3 +107,35 @@ def test_finetune_takes_the_weights_input_and_normalisation(tmp_path):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["data"]["preprocess"] == [{"resize": 256}, {"center_crop": 224}] and cfg["model"]["kwargs"]["pretrained"] == "imagenet"
     assert cfg["train"]["freeze_epochs"] == 1 and cfg["optim"]["name"] == "adamw"
+
+
+def test_lr_find_writes_its_plot_suggests_a_rate_and_leaves_the_model_alone(fashion_dir, tmp_path, capsys, monkeypatch):
+    """The range test on a small fastnet: the plot and the figures are written, the suggestion lies
+    inside the swept range, and the model and optimizer are restored after the sweep."""
+    import cnnlab.lr_find as lf
+    from cnnlab.config import apply_overrides, load_recipe
+
+    seen = {}
+    real_sweep = lf.sweep
+
+    def watching(step, loader, optimizer, lrs, **kw):
+        seen["before"] = {k: v.clone() for k, v in step.model.state_dict().items()}
+        seen["model"], seen["optimizer"] = step.model, optimizer
+        return real_sweep(step, loader, optimizer, lrs, **kw)
+
+    monkeypatch.setattr(lf, "sweep", watching)
+    cfg = apply_overrides(load_recipe(None), {"data.root": str(fashion_dir), "data.val_size": 64, "train.batch_size": 32, "model.kwargs": {"widths": [8, 16]}})
+    res = lf.lr_find(cfg, steps=40, start=1e-4, end=10.0, out=str(tmp_path / "lrf"), log=lambda m: None)
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
+    assert saved["suggestion"] == res.suggestion and len(saved["lrs"]) == len(saved["losses"]) == len(res.lrs) >= 3
+    assert 1e-4 <= res.suggestion <= res.minimum <= 10.0
+    after = seen["model"].state_dict()
+    assert all(torch.equal(after[k], v) for k, v in seen["before"].items())  # the sweep's steps are undone
+    assert not seen["optimizer"].state  # and the optimizer starts afresh, as before the sweep
+    # the command: the suggestion, and how to use it
+    assert main(["lr-find", "--data", str(fashion_dir), "--steps", "30", "--out", str(tmp_path / "cli"), "--set", "data.val_size=64", "--set", "train.batch_size=32", "--set", "model.kwargs={widths: [8, 16]}"]) == 0
+    text = capsys.readouterr().out
+    assert "suggested learning rate:" in text and "cnnlab train --lr " in text and (tmp_path / "cli" / "lr_find.png").is_file()
+    with pytest.raises(ConfigError, match="need 0 < start < end"):
+        lf.lr_find(cfg, start=1.0, end=0.1)

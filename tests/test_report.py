@@ -134,7 +134,7 @@ def test_gradcam_heat_lies_on_the_garment_in_real_fashion_mnist(tmp_path):
     if DATASETS.get("fashion-mnist").find(DataConfig(download=False)) is None:
         pytest.skip("the real Fashion-MNIST is not installed (make bootstrap installs it)")
     out = tmp_path / "run"
-    assert main(["train", "--data", "fashion-mnist", "--out", str(out), "--epochs", "2", "--set", "data.train_limit=12000", "--set", "data.test_limit=500"]) == 0
+    assert main(["train", "--data", "fashion-mnist", "--out", str(out), "--epochs", "2", "--set", "data.train_limit=12000", "--set", "data.test_limit=500", "--set", "train.report=false"]) == 0
     run = load_run(out)
     _, split = load_split(run, "test")
     subset = split.subset(torch.arange(50))

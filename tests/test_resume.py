@@ -149,7 +149,8 @@ def test_ctrl_c_saves_the_position_and_exits_cleanly(straight, fashion_dir, tmp_
 def test_periods_continue_a_finished_run(fashion_dir, tmp_path):
     """Three epochs, then --resume --epochs 5: two more, history continued, the schedule stretched."""
     out = tmp_path / "run"
-    base = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--set", "train.report=false"]
+    base = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--set", "train.report=false",
+            "--set", "model.kwargs={widths: [8, 16]}"]  # the model is not the point
     assert run_cli("train", "--out", str(out), "--epochs", "3", *base).returncode == 0
     r = run_cli("train", "--resume", str(out), "--epochs", "5")
     assert r.returncode == 0, r.stderr

@@ -151,3 +151,20 @@ def plot_per_class(metrics: dict, classes: list[str], path: Path) -> Path:
         ax2.text(0.5, 0.5, "no confusions" if not metrics.get("multilabel") else "multi-label: see the per-attribute table", ha="center", va="center")
     fig.tight_layout()
     return save(fig, path)
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float, minimum: float, path: Path) -> Path:
+    """cnnlab lr-find's figure: the smoothed loss against the learning rate (log axis), with the
+    suggested rate (half the minimum) and the loss's minimum marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(lrs, losses, color="#2060c0", lw=2)
+    ax.set_xscale("log")
+    ax.axvline(suggestion, color="#e07020", ls="--", label=f"suggested: {suggestion:.3g} (half the minimum)")
+    ax.axvline(minimum, color="#808080", ls=":", label=f"minimum of the loss: {minimum:.3g}")
+    top = min(max(losses), 3 * min(losses) + 1e-12) if losses else 1.0
+    ax.set_ylim(min(losses) * 0.95 if losses else 0, max(top, losses[0] * 1.05) if losses else 1)
+    ax.set(xlabel="learning rate", ylabel="training loss (smoothed)", title="Learning-rate range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
