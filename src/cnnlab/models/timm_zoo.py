@@ -176,7 +176,11 @@ def _load(model: nn.Module, arch: str, state: dict[str, torch.Tensor], in_channe
 def data_defaults(model_name: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The weights' input size, resize and normalisation (timm's pretrained config) for a timm model
     given pretrained weights: {"mean", "std", "size", "resize"}; None for any other model."""
+    from cnnlab.models import MODELS
+
     if not kwargs.get("pretrained"):
+        return None
+    if model_name in MODELS and model_name not in REGISTERED:  # ours (torchvision's resnet18 is not timm's)
         return None
     arch = model_name[len(PREFIX):] if model_name.startswith(PREFIX) else model_name
     if importlib.util.find_spec("timm") is None or not _timm().is_model(arch):
