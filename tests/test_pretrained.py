@@ -136,6 +136,7 @@ def test_lr_find_writes_its_plot_suggests_a_rate_and_leaves_the_model_alone(fash
     # the command: the suggestion, and how to use it
     assert main(["lr-find", "--data", str(fashion_dir), "--steps", "30", "--out", str(tmp_path / "cli"), "--set", "data.val_size=64", "--set", "train.batch_size=32", "--set", "model.kwargs={widths: [8, 16]}"]) == 0
     text = capsys.readouterr().out
-    assert "suggested learning rate:" in text and "cnnlab train --lr " in text and (tmp_path / "cli" / "lr_find.png").is_file()
+    assert "suggested learning rate:" in text and (tmp_path / "cli" / "lr_find.png").is_file()
+    assert f"train with it: cnnlab train --data {fashion_dir} --set data.val_size=64" in text and " --lr " in text  # the same data and keys, the new rate
     with pytest.raises(ConfigError, match="need 0 < start < end"):
         lf.lr_find(cfg, start=1.0, end=0.1)

@@ -636,7 +636,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     res = lr_find(apply_overrides(load_recipe(args.recipe), overrides), steps=args.steps, start=args.start, end=args.end, out=args.out)
     ended = "stopped where the loss blew up" if res.stopped == "diverged" else "ran to --end without a blow-up: a higher --end may find more"
     print(f"suggested learning rate: {res.suggestion:.3g} (half the rate at the loss's minimum, {res.minimum:.3g}; the steepest descent is at {res.steepest:.3g}; the sweep {ended})")
-    print(f"train with it: cnnlab train {args.recipe or ''}{' ' if args.recipe else ''}--lr {res.suggestion:.3g}".replace("  ", " "))
+    same = [args.recipe or ""] + [f"{flag} {value}" for flag, value in (("--data", args.data), ("--model", args.model)) if value is not None]
+    same += ["--pretrained" + (f" {args.pretrained}" if args.pretrained != "imagenet" else "")] if args.pretrained else []
+    same += [f"--set {kv}" for kv in args.set]
+    print("train with it: " + " ".join(["cnnlab train", *[x for x in same if x], f"--lr {res.suggestion:.3g}"]))
     print(f"written: {res.folder}/lr_find.png and lr_find.json")
     return 0
 
