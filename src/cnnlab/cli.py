@@ -232,16 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         "lr-find",
         help="the learning-rate range test: a plot of loss against lr, and a suggested --lr",
         description="Train a recipe for a few hundred steps while the learning rate grows exponentially from --start to --end, "
-        "and plot the smoothed loss against it (lr_find.png in runs/lr-find-<recipe>-<n>/). The suggestion is the rate where the "
-        "loss falls fastest; train with it as --lr. Nothing is saved of the weights: the sweep only looks.",
+        "and plot the smoothed loss against it (lr_find.png in runs/lr-find-<recipe>-<n>/). The suggestion is half the rate at the "
+        "loss's minimum (the steepest descent is printed too); train with it as --lr. Nothing is saved of the weights: the sweep only looks.",
         epilog="examples:\n  cnnlab lr-find\n  cnnlab lr-find finetune --data ~/photos/pets --steps 200\n  cnnlab train --lr 0.35   # the suggestion\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     lf.add_argument("recipe", nargs="?", metavar="RECIPE", help="a recipe name or a .yaml file (default: fashion-mnist-fast)")
-    lf.add_argument("--data", metavar="NAME|PATH")
-    lf.add_argument("--model", metavar="NAME")
-    lf.add_argument("--pretrained", nargs="?", const="imagenet", metavar="WEIGHTS")
-    lf.add_argument("--optimizer", metavar="NAME")
+    lf.add_argument("--data", metavar="NAME|PATH", help="a dataset name or folder, as for train")
+    lf.add_argument("--model", metavar="NAME", help="a registered model or timm/NAME, as for train")
+    lf.add_argument("--pretrained", nargs="?", const="imagenet", metavar="WEIGHTS", help="start from pretrained weights, as for train")
+    lf.add_argument("--optimizer", metavar="NAME", help="sgd, adam, adamw or rmsprop, as for train")
     lf.add_argument("--steps", type=_positive_int, default=100, metavar="N", help="steps of the sweep (default: 100)")
     lf.add_argument("--start", type=_positive_float, default=1e-5, metavar="LR", help="the first rate (default: 1e-5)")
     lf.add_argument("--end", type=_positive_float, default=10.0, metavar="LR", help="the last rate (default: 10); the sweep stops early where the loss blows up")
