@@ -210,7 +210,7 @@ class Result:
         """The study's worked examples as torch computes them, beside the report's numbers."""
         from cnnlab import worked
 
-        return worked.text([worked.compute(e) for e in self.study.examples])
+        return worked.report(self.study.examples)
 
     @cached_property
     def lines(self) -> list["Line"]:
@@ -226,7 +226,7 @@ def run_reproduction(name: str, *, data: str | None = None, epochs: int | None =
     if study.examples:  # before any data is needed: they are the report's own arithmetic
         from cnnlab import worked
 
-        log(f"reproduce {name}: the report's worked examples, computed by torch\n" + worked.text([worked.compute(e) for e in study.examples]).rstrip())
+        log(f"reproduce {name}: the report's worked examples, computed by torch\n" + worked.report(study.examples).rstrip())
     rows = study.rows  # --rows A,B: those, and the rows their figures are relative to
     if only:
         missing = [o for o in only if o not in [r.name for r in rows]]
@@ -300,6 +300,11 @@ def _history_value(run_dir: str, column: str, epoch: int | str) -> tuple[float, 
     return float(at[0][column]), int(at[0]["epoch"])
 
 
+def _sources(row: Row, f: Figure) -> list[dict[str, Any]]:
+    """Each seed's metrics.json that figure `f` reads: after its period, or at the end."""
+    return [p[f.period - 1] for p in row.periods] if f.period else row.metrics
+
+
 def seed_values(row: Row, f: Figure) -> tuple[list[float | None], int | None]:
     """This figure of each seed's run (None where a run lacks it), and the fewest epochs a value was
     read after (history figures: the epoch read; period figures: the epochs the period ran)."""
@@ -308,7 +313,7 @@ def seed_values(row: Row, f: Figure) -> tuple[list[float | None], int | None]:
         got = [_history_value(r, key, f.epoch) for r in row.runs]  # type: ignore[arg-type]
         epochs = [g[1] for g in got if g is not None]
         return [g[0] if g is not None else None for g in got], (None if f.epoch == "last" else min(epochs) if epochs else None)
-    sources = [p[f.period - 1] for p in row.periods] if f.period else row.metrics
+    sources = _sources(row, f)
     epochs = [int(m["epochs_run"]) for m in sources if "epochs_run" in m] if f.period else []
     if not key:  # best_epoch, train_seconds: top-level keys of metrics.json
         values = [float(m[kind]) if m.get(kind) is not None else None for m in sources]
@@ -357,8 +362,7 @@ def _counts(res: Result, row: Row, f: Figure) -> tuple[str, str]:
     """(the report's, ours) accuracy as counts, e.g. "(9678/12183)", where the study gives its test size."""
     if res.study.test_images is None or f.value != "test.accuracy" or f.relative_to or isinstance(f.reported, list):
         return "", ""
-    sources = [p[f.period - 1] for p in row.periods] if f.period else row.metrics
-    tests = [m["test"] for m in sources if "num_samples" in (m.get("test") or {})]
+    tests = [m["test"] for m in _sources(row, f) if "num_samples" in (m.get("test") or {})]
     ours = ""
     if tests:
         correct = statistics.fmean(t["accuracy"] * t["num_samples"] for t in tests)
@@ -467,8 +471,7 @@ def run_wall_seconds(row: Row) -> float | None:
 
 def table_rows(res: Result) -> list[list[str]]:
     epochs = {name: f"{ran}" + (f" of the report's {ref}" if ran < ref else "") for name, (ran, ref) in zip(res.names, res.row_epochs)}
-    walls = {name: run_wall_seconds(row) for name, row in zip(res.names, res.rows)}
-    wall = {name: duration_text(w) if w is not None else "" for name, w in walls.items()}
+    wall = {name: duration_text(w) if (w := run_wall_seconds(row)) is not None else "" for name, row in zip(res.names, res.rows)}
     return [[ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes, wall[ln.row]] for ln in res.lines]
 
 

@@ -125,13 +125,11 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
 DIGITS = ("mnist", "mnist-5k")  # no mirror-image test-time augmentation: a mirrored digit is another digit or none
 
 
-def weights_data_defaults(cfg: RunConfig) -> tuple[RunConfig, list[str]]:
-    """Image files fed to pretrained timm weights at the weights' own input size and resize (timm's
-    pretrained config), where data.preprocess is left to cnnlab; and the log line that says so."""
+def weights_data_defaults(cfg: RunConfig, w: dict[str, Any] | None) -> tuple[RunConfig, list[str]]:
+    """Image files fed to pretrained timm weights at the weights' own input size and resize (`w`,
+    timm_zoo.data_defaults), where data.preprocess is left to cnnlab; and the log line that says so."""
     from cnnlab.data import DATASETS
-    from cnnlab.models.timm_zoo import data_defaults
 
-    w = data_defaults(cfg.model.name, cfg.model.kwargs)
     if w is None or cfg.data.preprocess is not None or not DATASETS.get(cfg.data.name).reads_files:
         return cfg, []
     steps = [{"resize": w["resize"]}, {"center_crop": w["size"]}]
@@ -139,13 +137,11 @@ def weights_data_defaults(cfg: RunConfig) -> tuple[RunConfig, list[str]]:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, preprocess=steps)), [note]
 
 
-def weights_normalization(cfg: RunConfig, ds) -> tuple[RunConfig, list[str]]:
-    """ImageNet's mean/std for pretrained timm weights that were trained with it, where
+def weights_normalization(cfg: RunConfig, ds, w: dict[str, Any] | None) -> tuple[RunConfig, list[str]]:
+    """ImageNet's mean/std for pretrained timm weights (`w`) that were trained with it, where
     data.normalize is auto and the images are RGB (the weights' statistics, not the data's)."""
     from cnnlab.data.normalize import IMAGENET_STATS
-    from cnnlab.models.timm_zoo import data_defaults
 
-    w = data_defaults(cfg.model.name, cfg.model.kwargs)
     if w is None or cfg.data.normalize != "auto" or ds.input_shape[0] != 3:
         return cfg, []
     if (tuple(round(v, 3) for v in w["mean"]), tuple(round(v, 3) for v in w["std"])) != IMAGENET_STATS:
@@ -155,6 +151,8 @@ def weights_normalization(cfg: RunConfig, ds) -> tuple[RunConfig, list[str]]:
 
 def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     """Validate and resolve `cfg`, read the data and its statistics, and build the model and objective."""
+    from cnnlab.models.timm_zoo import data_defaults
+
     cfg.validate()
     augment_auto = cfg.data.augment == "auto"
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # --data PATH's layout; augment=auto
@@ -163,9 +161,10 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     set_threads(cfg.train.threads)
     check_combination(cfg, device, world)
     seed_everything(cfg.train.seed)
-    cfg, weight_notes = weights_data_defaults(cfg)
+    weights = data_defaults(cfg.model.name, cfg.model.kwargs)  # pretrained timm weights: their input and statistics
+    cfg, weight_notes = weights_data_defaults(cfg, weights)
     ds = load_dataset(cfg.data, cfg.train.seed)
-    cfg, more_notes = weights_normalization(cfg, ds)
+    cfg, more_notes = weights_normalization(cfg, ds, weights)
     mean_t, std_t = normalization_stats(ds, cfg.data)  # statistics of the training part only
     cfg, notes = adapt(cfg, ds, augment_auto)  # train.adapt: batch, lr, warm-up, epochs, augmentation for this data
     notes = weight_notes + more_notes + notes

@@ -141,3 +141,8 @@ def text(worked: list[Worked]) -> str:
         for i in range(max(len(left), len(right))):
             out.append(f"  {(left[i] if i < len(left) else '').ljust(lw)}    {right[i] if i < len(right) else ''}")
     return "\n".join(out) + ("\n" if out else "")
+
+
+def report(examples: list[Example]) -> str:
+    """text() of the examples, each computed by torch."""
+    return text([compute(e) for e in examples])

@@ -69,9 +69,7 @@ def part_sizes(cfg: DataConfig, n: int, carve_test: bool) -> tuple[float, float]
     if cfg.rounding != "floor":
         return cfg.test_size, cfg.val_size
     val = cfg.val_size if cfg.val_size >= 1 else float(int(cfg.val_size * n))
-    if not carve_test:
-        return cfg.test_size, val
-    if cfg.test_size >= 1:
+    if not carve_test or cfg.test_size >= 1:  # the dataset's own test part, or a count
         return cfg.test_size, val
     train_share = round(1.0 - cfg.test_size - (cfg.val_size if cfg.val_size < 1 else 0.0), 12)
     train = int(train_share * n) if cfg.val_size < 1 else int(train_share * n) - int(val)

@@ -42,19 +42,28 @@ def _timm():
     return timm
 
 
+def timm_arch(name: str) -> str | None:
+    """The timm architecture the model name `name` is: `timm/ARCH` (one timm lacks is refused with the
+    three nearest), one of REGISTERED, or a bare name timm knows that is not ours; None otherwise."""
+    from cnnlab.models import MODELS
+
+    if name.startswith(PREFIX):
+        arch, timm = name[len(PREFIX):], _timm()
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.3)
+            raise ConfigError(f"timm has no model {arch!r}; the nearest: {', '.join(close) or 'none'} (cnnlab models list --timm PATTERN lists them)")
+        return arch
+    if name in REGISTERED:
+        return name
+    if name in MODELS or importlib.util.find_spec("timm") is None:  # ours (torchvision's resnet18 is not timm's)
+        return None
+    return name if _timm().is_model(name) else None
+
+
 def find(name: str) -> Callable[..., nn.Module] | None:
-    """The models registry's answer for names it does not hold: `timm/ARCH`, or a bare ARCH that timm
-    knows (where timm is installed); None otherwise."""
-    arch = name[len(PREFIX):] if name.startswith(PREFIX) else name
-    if not name.startswith(PREFIX):
-        if importlib.util.find_spec("timm") is None:
-            return None
-        return builder_for(arch) if _timm().is_model(arch) else None
-    timm = _timm()
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.3)
-        raise ConfigError(f"timm has no model {arch!r}; the nearest: {', '.join(close) or 'none'} (cnnlab models list --timm PATTERN lists them)")
-    return builder_for(arch)
+    """The models registry's answer for names it does not hold: a builder for timm_arch(name), or None."""
+    arch = timm_arch(name)
+    return builder_for(arch) if arch is not None else None
 
 
 def builder_for(arch: str) -> Callable[..., nn.Module]:
@@ -150,7 +159,8 @@ def _load(model: nn.Module, arch: str, state: dict[str, torch.Tensor], in_channe
 
     timm = _timm()
     cfg = model.pretrained_cfg
-    reference = timm.create_model(arch, pretrained=False, num_classes=cfg.get("num_classes", 1000)).state_dict()
+    with torch.device("meta"):  # the weights' own layout, names and shapes only: no memory, no initialisation
+        reference = timm.create_model(arch, pretrained=False, num_classes=cfg.get("num_classes", 1000)).state_dict()
     state = dict(to_timm_names(state, reference, source, arch))
     ours = model.state_dict()
     head = cfg.get("classifier", "classifier")
@@ -176,14 +186,8 @@ def _load(model: nn.Module, arch: str, state: dict[str, torch.Tensor], in_channe
 def data_defaults(model_name: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The weights' input size, resize and normalisation (timm's pretrained config) for a timm model
     given pretrained weights: {"mean", "std", "size", "resize"}; None for any other model."""
-    from cnnlab.models import MODELS
-
-    if not kwargs.get("pretrained"):
-        return None
-    if model_name in MODELS and model_name not in REGISTERED:  # ours (torchvision's resnet18 is not timm's)
-        return None
-    arch = model_name[len(PREFIX):] if model_name.startswith(PREFIX) else model_name
-    if importlib.util.find_spec("timm") is None or not _timm().is_model(arch):
+    arch = timm_arch(model_name) if kwargs.get("pretrained") else None
+    if arch is None:
         return None
     cfg = _timm().get_pretrained_cfg(arch)
     if cfg is None:

@@ -43,14 +43,18 @@ def plot_figures(res: Any, path: Path) -> Path | None:
     return save(fig, path)
 
 
+def first_runs(res: Any) -> list[tuple[str, Path]]:
+    """(row name, its first seed's run folder) for each row that has a run: what the figures below draw."""
+    return [(name, Path(row.runs[0])) for name, row in zip(res.names, res.rows) if row.runs]
+
+
 def plot_two_panel(res: Any, path: Path) -> Path | None:
     """The lab's figure, laid out as the lab has it (figsize 15 x 9, two rows): the training loss
     against the iteration above the validation accuracy against the epoch, a line per row (its first
     seed's run)."""
     from cnnlab.report.plots import read_csv
 
-    runs = [(name, Path(row.runs[0])) for name, row in zip(res.names, res.rows) if row.runs]
-    runs = [(name, d) for name, d in runs if (d / "steps.csv").is_file() and (d / "history.csv").is_file()]
+    runs = [(name, d) for name, d in first_runs(res) if (d / "steps.csv").is_file() and (d / "history.csv").is_file()]
     if not runs:
         return None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(15, 9))
@@ -74,10 +78,8 @@ def period_images(res: Any) -> str:
         return ""
     last = len(res.periods)
     parts = []
-    for name, row in zip(res.names, res.rows):
-        if not row.runs:
-            continue
-        plots = Path(row.runs[0]) / "plots"
+    for name, run in first_runs(res):
+        plots = run / "plots"
         cells = [image_tag(plots / f"{kind}-period-{k}.png", f"{name}: {kind} after period {k} ({res.periods[k - 1]} epoch{'s' if res.periods[k - 1] != 1 else ''})")
                  for kind in ("confusion", "curves") for k in dict.fromkeys((1, last))]
         parts.append(f"<h3>{html.escape(name)}</h3><p>after {res.periods[0]} and {res.periods[-1]} epochs</p>" + "".join(cells))
@@ -89,7 +91,7 @@ def plot_predictions(res: Any, path: Path) -> Path | None:
     from cnnlab.errors import CnnlabError
     from cnnlab.report.compare import predictions_figure
 
-    runs = [(name, row.runs[0]) for name, row in zip(res.names, res.rows) if row.runs]
+    runs = first_runs(res)
     if not runs:
         return None
     try:
