@@ -68,6 +68,45 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict
     return subprocess.run([sys.executable, "-m", "cnnlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_main(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The `main()` that `cnnlab ARGS` runs, in this process, with its stdout, stderr and exit code as
+    run_cli gives them. For commands that stop before training (a refused flag, a listing, `--help`):
+    it saves the ~2.5 s a subprocess spends importing torch and cnnlab. An exception that escapes
+    main() is printed as the interpreter would print it (a "Traceback" the tests look for), with
+    exit code 1. The command's own way out (`cli.entry`) and every run that trains are tested
+    through run_cli."""
+    import contextlib
+    import io
+    import traceback
+
+    import torch
+
+    from cnnlab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads, old_cwd, old_env = torch.get_num_threads(), os.getcwd(), dict(os.environ)
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: --help (0) and refused flags (2), after printing
+                code = e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1) if e.code else 0
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["cnnlab", *args], int(code or 0), out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def deploy_run(tmp_path_factory) -> Path:
     """A quick run on the Fashion-MNIST fixture with 1,000 test images (predict, export, serve)."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import QUICK, run_cli
+from conftest import QUICK, run_cli, run_main
 
 
 def assert_one_line_error(r, *needles):
@@ -15,12 +15,12 @@ def assert_one_line_error(r, *needles):
 
 
 def test_missing_data_path():
-    r = run_cli("train", "--data", "/nonexistent")
+    r = run_main("train", "--data", "/nonexistent")
     assert_one_line_error(r, "/nonexistent", "does not exist", "--data")
 
 
 def test_folder_without_the_files(tmp_path):
-    assert_one_line_error(run_cli("train", "--data", str(tmp_path)), "no dataset found in", str(tmp_path), "cnnlab data list")
+    assert_one_line_error(run_main("train", "--data", str(tmp_path)), "no dataset found in", str(tmp_path), "cnnlab data list")
 
 
 def test_corrupt_data_file(tmp_path, fashion_dir):
@@ -28,7 +28,7 @@ def test_corrupt_data_file(tmp_path, fashion_dir):
 
     shutil.copytree(fashion_dir, tmp_path / "d")
     (tmp_path / "d" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
-    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "d")), "train-images-idx3-ubyte.gz")
+    assert_one_line_error(run_main("train", "--data", str(tmp_path / "d")), "train-images-idx3-ubyte.gz")
 
 
 @pytest.mark.parametrize(
@@ -48,24 +48,24 @@ def test_corrupt_data_file(tmp_path, fashion_dir):
     ],
 )
 def test_bad_flags(args, needle, fashion_dir):
-    assert_one_line_error(run_cli("train", "--data", str(fashion_dir), *QUICK, *args), needle)
+    assert_one_line_error(run_main("train", "--data", str(fashion_dir), *QUICK, *args), needle)
 
 
 def test_out_is_a_file(tmp_path, fashion_dir):
     (tmp_path / "f").write_text("mine")
-    assert_one_line_error(run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "f"), *QUICK), "is a file")
+    assert_one_line_error(run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "f"), *QUICK), "is a file")
     assert (tmp_path / "f").read_text() == "mine"
 
 
 def test_out_holds_an_earlier_run(tmp_path, fashion_dir):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text("{}")
-    assert_one_line_error(run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK), "already holds files")
+    assert_one_line_error(run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK), "already holds files")
     assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
 
 
 def test_help_has_an_example():
-    r = run_cli("train", "--help")
+    r = run_main("train", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout and "cnnlab train" in r.stdout
 
 

@@ -14,13 +14,13 @@ from cnnlab.data.images import open_image
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.data.splits import carve
 from cnnlab.errors import DataError
-from conftest import QUICK, run_cli, write_image_folder, write_npy_pairs
+from conftest import QUICK, run_main, write_image_folder, write_npy_pairs
 
 
 @pytest.mark.parametrize("steps", ["[{resize: -1}]", "[resize]", "[{resize: 8, center_crop: 8}]", "[{resize: abc}]", "[{resize: 8.5}]", "{resize: 8}", "[{resize: [1, 2, 3]}]"])
 def test_bad_preprocess_is_one_line_before_any_work(tmp_path, steps):
     write_image_folder(tmp_path / "d", {"a": 3, "b": 3})
-    r = run_cli("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *QUICK, "--set", f"data.preprocess={steps}")
+    r = run_main("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *QUICK, "--set", f"data.preprocess={steps}")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "data.preprocess" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
@@ -33,7 +33,7 @@ def test_one_number_list_resizes_the_shorter_side(tmp_path):
 
 @pytest.mark.parametrize("key, value, needle", [("data.attributes", "Smiling", "data.attributes"), ("data.jitter", "1.5", "data.jitter"), ("data.workers", "-1", "data.workers")])
 def test_keys_the_dataset_would_ignore_are_refused(fashion_dir, tmp_path, key, value, needle):
-    r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK, "--set", f"{key}={value}")
+    r = run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK, "--set", f"{key}={value}")
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
 
@@ -87,7 +87,7 @@ def test_config_yaml_records_the_inferred_preprocess(tmp_path):
 
 def test_stats_failing_leaves_no_run_folder(tmp_path):
     write_image_folder(tmp_path / "d", {"a": 6, "b": 6})
-    r = run_cli("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *QUICK, "--set", "data.val_size=2",
+    r = run_main("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *QUICK, "--set", "data.val_size=2",
                 "--set", "data.normalize=standard-scaler", "--set", "data.in_memory=false", "--set", "data.workers=0")
     assert r.returncode == 2 and "standard-scaler" in r.stderr and not (tmp_path / "run").exists()
 
@@ -140,5 +140,5 @@ def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
 
 def test_data_check_validates_its_keys(tmp_path):
     write_image_folder(tmp_path / "d", {"a": 2})
-    r = run_cli("data", "check", str(tmp_path / "d"), "--set", "data.max_pixels=-5")
+    r = run_main("data", "check", str(tmp_path / "d"), "--set", "data.max_pixels=-5")
     assert r.returncode == 2 and "data.max_pixels" in r.stderr and "Traceback" not in r.stderr

@@ -394,7 +394,11 @@ def _checkpoint(path: Path, name: str) -> Path:
 def test_every_registered_model_exports_with_parity(name, tmp_path):
     """ONNX (onnxruntime) and TorchScript give PyTorch's probabilities at a batch size other than the
     one exported with (the batch dimension is dynamic); a one-output model gives both classes'."""
-    clf = Classifier.load(_checkpoint(tmp_path / "c.pt", name))
+    path = _checkpoint(tmp_path / "c.pt", name)
+    clf = Classifier.load(path)
+    state = torch.load(path, weights_only=True)["model"]
+    loaded = clf.model.state_dict()
+    assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[k], state[k]) and not loaded[k].is_meta for k in state)
     x = torch.rand(3, *clf.input_shape, generator=torch.Generator().manual_seed(0))
     want = clf.probabilities(x * 255)
     assert want.shape == (3, len(clf.classes)) and torch.allclose(want.sum(1), torch.ones(3), atol=1e-5)
@@ -403,6 +407,31 @@ def test_every_registered_model_exports_with_parity(name, tmp_path):
         export_model(clf, fmt, out)
         got = runner(fmt, out)(x)
         assert got.shape == want.shape and (got - want).abs().max() < 1e-4, fmt
+
+
+def test_a_checkpoint_is_loaded_without_initialising_the_model_first(tmp_path, monkeypatch):
+    """The model is built on the meta device and takes the checkpoint's tensors; a builder that cannot
+    be built there gets the ordinary build and load, with the same weights."""
+    import cnnlab.evaluation as evaluation
+
+    path = _checkpoint(tmp_path / "c.pt", "fastnet")
+    state = {k: v.contiguous() for k, v in torch.load(path, weights_only=True)["model"].items()}
+    model = evaluation._model_with_weights("fastnet", state, 3, (1, 28, 28), {})
+    assert all(t.data_ptr() == state[k].data_ptr() for k, t in model.state_dict().items())  # the checkpoint's own tensors
+    built = []
+
+    def no_meta(name, **kw):
+        built.append(torch.empty(0).is_meta)
+        if built[-1]:
+            raise RuntimeError("this builder computes on real tensors")
+        return create_model(name, **kw)
+
+    monkeypatch.setattr(evaluation, "create_model", no_meta)
+    model = evaluation._model_with_weights("fastnet", state, 3, (1, 28, 28), {})
+    assert built == [True, False]
+    assert all(torch.equal(t, state[k]) and t.data_ptr() != state[k].data_ptr() for k, t in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a state that does not fit: load_state_dict's own error
+        evaluation._model_with_weights("fastnet", state, 5, (1, 28, 28), {})
 
 
 def test_check_parity_reports_a_mismatch(run, clf, tmp_path):

@@ -9,11 +9,11 @@ import pytest
 from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS
 from cnnlab.data.doctor import check, list_datasets
-from conftest import run_cli, write_corrupt_files, write_fashion_fixture, write_image_folder, write_npy_pairs
+from conftest import run_main, write_corrupt_files, write_fashion_fixture, write_image_folder, write_npy_pairs
 
 
 def _check_json(*args):
-    r = run_cli("data", "check", *args, "--json")
+    r = run_main("data", "check", *args, "--json")
     assert "Traceback" not in r.stderr, r.stderr
     return r.returncode, json.loads(r.stdout)
 
@@ -28,7 +28,7 @@ def test_lists_exactly_the_corrupt_files(tmp_path):
     assert all(c["reason"] for c in report["corrupt"])
     assert report["class_counts"]["train"] == {"cat": 6, "dog": 6}
     assert "3 file(s) that will not decode" in report["verdict"]
-    text = run_cli("data", "check", str(data)).stdout
+    text = run_main("data", "check", str(data)).stdout
     for path in bad:
         assert path in text
     assert text.strip().splitlines()[-1].startswith("verdict: 1 problem(s)")
@@ -92,12 +92,12 @@ def test_idx_dataset_by_path(tmp_path):
 
 def test_bad_input_is_one_line(tmp_path):
     for args in (["/nonexistent"], [str(tmp_path)], ["fashion-mnist", "--set", "train.epochs=3"]):
-        r = run_cli("data", "check", *args)
+        r = run_main("data", "check", *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_data_list_names_every_registered_dataset():
-    r = run_cli("data", "list")
+    r = run_main("data", "list")
     assert r.returncode == 0
     names = [line.split()[0] for line in r.stdout.splitlines()[1:] if line.strip() and not line.startswith("Any")]
     assert names == DATASETS.names()

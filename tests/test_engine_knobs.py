@@ -9,7 +9,7 @@ import torch
 from cnnlab.cli import main
 from cnnlab.config import ScheduleConfig
 from cnnlab.engine.optim import create_scheduler
-from conftest import QUICK, run_cli
+from conftest import QUICK, run_cli, run_main
 
 TWO_STEPS = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320", "--set", "train.report=false"]  # 256 images: 2 steps
 
@@ -136,7 +136,7 @@ def test_train_threads_is_applied_and_recorded(fashion_dir, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert json.loads((out / "metrics.json").read_text())["threads"] == 1
-    r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "bad"), *QUICK, "--set", "train.threads=0")
+    r = run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "bad"), *QUICK, "--set", "train.threads=0")
     assert r.returncode == 2 and "train.threads" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -151,7 +151,7 @@ def test_tta_auto_mirrors_at_test_time_only_where_training_flips(fashion_dir, au
 
 
 def test_tta_takes_true_false_or_auto(fashion_dir, tmp_path):
-    r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), "--set", "train.tta=sometimes")
+    r = run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), "--set", "train.tta=sometimes")
     assert r.returncode == 2 and "train.tta is 'sometimes'; it must be true, false or auto" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = run_cli("train", "--data", "mnist-5k", "--out", str(tmp_path / "m"), "--set", "train.tta=true")
+    r = run_main("train", "--data", "mnist-5k", "--out", str(tmp_path / "m"), "--set", "train.tta=true")
     assert r.returncode == 2 and "changes digits" in r.stderr

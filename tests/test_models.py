@@ -6,7 +6,7 @@ import torch
 from cnnlab.errors import ConfigError
 from cnnlab.models import DEFAULT_INPUTS, MODELS, create_model, num_parameters
 from cnnlab.models.summary import summarize
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 # The figures the reports give (hanoi-scratch: 20 classes at 3x224x224), or that the layers add up to
 # (cifar10-comprehensive: the report says "about 1.28 M"; lenet5: LeCun's, on 28x28 with padding 2).
@@ -86,11 +86,11 @@ def test_hanoi_table_has_no_relu_rows_and_the_reports_sizes():
 
 
 def test_summary_cli_prints_the_reports_figures():
-    r = run_cli("summary", "kth-default", "--input", "3x32x32")
+    r = run_main("summary", "kth-default", "--input", "3x32x32")
     assert r.returncode == 0, r.stderr
     for text in ("Total params: 256,058", "[-1, 24, 28, 28]", "[-1, 96, 2, 2]", "Params size (MB): 0.98", "Estimated Total Size (MB): 1.46", "MACs per image"):
         assert text in r.stdout, text
-    r = run_cli("summary", "hanoi-scratch", "--input", "3x224x224", "--num-classes", "20")
+    r = run_main("summary", "hanoi-scratch", "--input", "3x224x224", "--num-classes", "20")
     for text in ("Total params: 6,983,444", "Input size (MB): 0.57", "Forward/backward pass size (MB): 17.90", "Params size (MB): 26.64", "Estimated Total Size (MB): 45.12"):
         assert text in r.stdout, text
 
@@ -102,7 +102,7 @@ def test_macs_of_a_conv_and_a_linear():
 
 
 def test_models_list_names_every_model_with_its_count():
-    r = run_cli("models", "list")
+    r = run_main("models", "list")
     assert r.returncode == 0
     lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
     assert sorted(lines) == MODELS.names()
@@ -135,7 +135,7 @@ def test_unknown_model_and_bad_kwargs():
 
 @pytest.mark.parametrize("args, needle", [(["summary", "nope"], "unknown model"), (["summary", "uw-lab", "--input", "1x28"], "CxHxW"), (["summary", "hanoi-scratch", "--input", "3x28x28"], "too small")])
 def test_summary_errors_are_one_line(args, needle):
-    r = run_cli(*args)
+    r = run_main(*args)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -183,7 +183,7 @@ def test_bad_spec_values_name_the_key(key, value):
 
 
 def test_summary_of_an_input_too_small_is_one_line():
-    r = run_cli("summary", "alexnet", "--input", "3x32x32")
+    r = run_main("summary", "alexnet", "--input", "3x32x32")
     assert r.returncode == 2 and "cannot take a 3x32x32 input" in r.stderr and r.stdout == "" and "Traceback" not in r.stderr
 
 

@@ -9,7 +9,7 @@ import torch
 
 from cnnlab.cli import main
 from cnnlab.report.plots import shorten
-from conftest import QUICK, run_cli, write_image_folder
+from conftest import QUICK, run_main, write_image_folder
 
 SECTIONS = ["Training curves", "Metrics (test)", "Confusion matrix", "Per-class accuracy and the most-confused pairs",
             "Worst misclassifications", "What the layers see", "Grad-CAM", "Configuration"]
@@ -75,7 +75,7 @@ def test_evaluate_val_with_tta_writes_its_own_file(run):
 
 @pytest.mark.parametrize("command", ["evaluate", "report"])
 def test_a_folder_that_is_not_a_run_says_what_is_missing(command, tmp_path):
-    r = run_cli(command, str(tmp_path))
+    r = run_main(command, str(tmp_path))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "not a run folder" in r.stderr
 
@@ -86,10 +86,10 @@ def test_a_run_interrupted_before_evaluation_says_so(run, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(run, partial)
     (partial / "metrics.json").unlink()
-    r = run_cli("report", str(partial))
+    r = run_main("report", str(partial))
     assert r.returncode == 2 and "interrupted before the test evaluation" in r.stderr and "--resume" in r.stderr
     (partial / "checkpoints" / "best.pt").unlink()
-    r = run_cli("evaluate", str(partial))
+    r = run_main("evaluate", str(partial))
     assert r.returncode == 2 and "interrupted before the first epoch" in r.stderr
 
 
@@ -195,7 +195,7 @@ def test_gradcam_of_a_squeezenet_is_not_flat():
 def test_evaluate_out_into_a_new_folder_and_a_file_that_is_not_a_checkpoint(run, tmp_path):
     assert main(["evaluate", str(run), "--out", str(tmp_path / "new" / "dir" / "m.json")]) == 0
     assert (tmp_path / "new" / "dir" / "m.json").is_file()
-    r = run_cli("evaluate", str(run / "config.yaml"))
+    r = run_main("evaluate", str(run / "config.yaml"))
     assert r.returncode == 2 and "is not a checkpoint file" in r.stderr
 
 

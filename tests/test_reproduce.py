@@ -12,7 +12,7 @@ import torch
 from cnnlab.cli import main
 from cnnlab.config import recipe_names
 from cnnlab.reproduce import figure_lines, load_study, run_reproduction, study_names
-from conftest import run_cli, write_cifar_fixture, write_fashion_fixture, write_image_folder
+from conftest import run_cli, run_main, write_cifar_fixture, write_fashion_fixture, write_image_folder
 
 FAST = ["--set", "train.report=false", "--set", "train.eval_batch_size=64"]
 
@@ -31,7 +31,7 @@ def test_every_report_recipe_has_a_study():
 
 
 def test_unknown_name_lists_the_known_ones():
-    r = run_cli("reproduce", "kth-cifar100")
+    r = run_main("reproduce", "kth-cifar100")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     for name in study_names():
         assert name in r.stderr
@@ -221,8 +221,8 @@ def test_uw_lab_mnist_prints_the_labs_worked_examples(tmp_path, capsys):
 
 
 def test_bad_rows_and_rows_of_a_cumulative_study_are_refused(tmp_path):
-    r = run_cli("reproduce", "hanoi-animals", "--rows", "Scratch,GoogLeNet", "--data", str(tmp_path))
+    r = run_main("reproduce", "hanoi-animals", "--rows", "Scratch,GoogLeNet", "--data", str(tmp_path))
     assert r.returncode == 2 and "GoogLeNet" in r.stderr and "ResNet34" in r.stderr and "Traceback" not in r.stderr
     write_cifar_fixture(tmp_path / "cifar", n_per_batch=8, n_test=10)
-    r = run_cli("reproduce", "kth-cifar10", "--rows", "default", "--data", str(tmp_path / "cifar"))
+    r = run_main("reproduce", "kth-cifar10", "--rows", "default", "--data", str(tmp_path / "cifar"))
     assert r.returncode == 2 and "cumulative" in r.stderr

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli, write_image_folder
+from conftest import run_cli, run_main, write_image_folder
 
 # 256 training images in batches of 32: 8 steps an epoch, 3 epochs. last.pt is also saved every 3
 # steps inside epochs. Augmentation (flip+translate), mixup (global RNG) and an EMA are on, so every
@@ -186,14 +186,14 @@ def test_resume_refuses_a_different_model_or_data_saying_what_differs(extra, nee
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     before = (out / "checkpoints" / "last.pt").read_bytes()
-    r = run_cli("train", "--resume", str(out), *extra)
+    r = run_main("train", "--resume", str(out), *extra)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (needle or "epoch") in r.stderr
     assert (out / "checkpoints" / "last.pt").read_bytes() == before  # nothing touched
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
-    r = run_cli("train", "--resume", str(tmp_path))
+    r = run_main("train", "--resume", str(tmp_path))
     assert r.returncode == 2 and "not a run folder" in r.stderr
 
 
