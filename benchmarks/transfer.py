@@ -91,10 +91,11 @@ def run_row(args: list[str], data: Path, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-class", default="100", help="training images per class, e.g. 100,1000 (default 100)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", default="3", help="N: seeds 0..N-1 (default 3); or a list, e.g. 1,2 (to add seeds to a table)")
     p.add_argument("--only", help=f"rows to run, of {', '.join(ROWS)}")
     p.add_argument("--out", default=str(HERE / "results" / "transfer.json"))
     a = p.parse_args(argv)
+    seeds = [int(v) for v in a.seeds.split(",")] if "," in a.seeds else list(range(int(a.seeds)))
     rows = a.only.split(",") if a.only else list(ROWS)
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -104,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in [int(v) for v in a.per_class.split(",")]:
         data = build_folder(n)
         results["sizes"][n] = {}
-        lines += [f"\n{n} training images per class ({10 * n} in all), {10 * TEST_PER_CLASS} test images; seeds 0-{a.seeds - 1}\n", "| row | test accuracy (mean ± std) | wall time (median) |", "|---|---|---|"]
+        lines += [f"\n{n} training images per class ({10 * n} in all), {10 * TEST_PER_CLASS} test images; seeds {', '.join(map(str, seeds))}\n", "| row | test accuracy (mean ± std) | wall time (median) |", "|---|---|---|"]
         for key in rows:
             label, args = ROWS[key]
             runs = []
-            for s in range(a.seeds):
+            for s in seeds:
                 runs.append(run_row(args, data, s))
                 print(f"{n}/class {key} seed {s}: {100 * runs[-1]['accuracy']:.2f}% in {runs[-1]['wall_seconds']:.0f} s", flush=True)
             accs = [r["accuracy"] for r in runs]

@@ -44,7 +44,8 @@ def test_not_idx_is_a_clear_error(tmp_path, content):
 
 
 def test_corrupt_gzip_is_a_clear_error(tmp_path):
-    (tmp_path / "x.gz").write_bytes(gzip.compress(b"\x00" * 100)[:20])
+    # an IDX header and data, gzipped, then cut: the header decompresses, the rest of the stream does not
+    (tmp_path / "x.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + (5000).to_bytes(4, "big") + bytes(range(256)) * 20)[:60])
     with pytest.raises(DataError, match="cannot read IDX file"):
         read_idx(tmp_path / "x.gz")
 

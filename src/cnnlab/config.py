@@ -136,6 +136,11 @@ class TrainConfig:
     time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
 
 
+def _one_component(name: Any) -> bool:
+    """A run name is one path component inside runs/: never a way to another folder."""
+    return isinstance(name, str) and bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0") and len(name) <= 200
+
+
 @dataclass
 class RunConfig:
     name: str = DEFAULT_RECIPE  # names the run folder: runs/<name>-<n>
@@ -155,6 +160,7 @@ class RunConfig:
         """Check values that types alone do not catch; raise ConfigError naming the key."""
         t, d, o = self.train, self.data, self.optim
         checks = [
+            (_one_component(self.name), "name", self.name, "one folder name (no /, \\, .. or leading dot): the run folder is runs/<name>-<n>"),
             (t.epochs >= 1, "train.epochs", t.epochs, "at least 1"),
             (t.min_steps is None or t.min_steps >= 1, "train.min_steps", t.min_steps, "at least 1 or null"),
             (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),

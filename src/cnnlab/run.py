@@ -37,6 +37,7 @@ from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
 from cnnlab.plan import MAX_AUTO_EPOCHS, adapt, epochs_for
 from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
+from cnnlab.text import printable
 
 
 class RunDiverged(CnnlabError):
@@ -507,7 +508,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         precision_policy=policy.to_dict(),
         loss=objective.name,
         processes=dist.world,
-        skipped_files=[{"path": p, "reason": r} for p, r in skipped],
+        skipped_files=[{"path": printable(p), "reason": r} for p, r in skipped],  # strict UTF-8 JSON, whatever the file names
     )
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 3)
     write_json(run_dir / "metrics.json", metrics)

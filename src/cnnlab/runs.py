@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab.errors import ConfigError
+from cnnlab.text import printable
 
 RUNS_ROOT = Path("runs")
 _UMASK = os.umask(0o022)  # read once (setting it is the only way to read it), then put back
@@ -64,9 +65,10 @@ class RunLog:
     def write(self, line: str, echo: bool = True) -> None:
         from tqdm.auto import tqdm
 
+        line = printable(line)  # a file name that is not UTF-8 (the data's) must not end the run here
         if echo:
             tqdm.write(line)
-        with open(self.path, "a") as f:  # appended line by line: a crash loses at most the last line
+        with open(self.path, "a", encoding="utf-8") as f:  # appended line by line: a crash loses at most the last line
             f.write(line + "\n")
 
 

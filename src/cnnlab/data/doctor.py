@@ -21,6 +21,7 @@ from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS, resolve_data
 from cnnlab.data.base import ArraySplit
 from cnnlab.data.images import BadImage, header_info, open_image
+from cnnlab.text import printable
 
 IMBALANCE_WARN = 10.0  # largest class / smallest class in train above this is worth a warning
 
@@ -42,13 +43,13 @@ def _file_item(split: str, path: Path, label: int, max_pixels: int) -> Item:
     try:
         data = path.read_bytes()
     except OSError as e:
-        return Item(split, str(path), label, None, error=f"unreadable ({e.strerror})")
+        return Item(split, printable(str(path)), label, None, error=f"unreadable ({e.strerror})")
     try:
         (w, h), mode = header_info(path)
         open_image(path, 3, max_pixels)  # a full decode: truncated files fail here
     except BadImage as e:
-        return Item(split, str(path), label, None, error=str(e))
-    return Item(split, str(path), label, hashlib.sha256(data).hexdigest(), f"{w}x{h}", mode)
+        return Item(split, printable(str(path)), label, None, error=str(e))
+    return Item(split, printable(str(path)), label, hashlib.sha256(data).hexdigest(), f"{w}x{h}", mode)
 
 
 def _file_items(scan, cfg: DataConfig) -> list[Item]:

@@ -20,6 +20,7 @@ from cnnlab.data import DATASETS
 from cnnlab.data.base import ArraySplit, DataSource, Dataset, FileSplit
 from cnnlab.data.images import IMAGE_SUFFIXES, BadImage, header_info, open_image, output_size, preprocess_transform, to_uint8_tensor
 from cnnlab.errors import DataError
+from cnnlab.text import printable
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IN_MEMORY_BYTES = 2 * 1024**3  # decode into memory when the uint8 tensor fits in this
@@ -32,8 +33,51 @@ def visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
+def _class_dirs(folder: Path, root: Path | None = None, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The visible sub-folders of `folder`; with `root`, only those inside it (a link that leads out of
+    the dataset is listed in `skipped` and not followed)."""
+    found = []
+    for p in sorted(p for p in folder.iterdir() if p.is_dir() and visible(p)):
+        if root is not None and not _inside(p, root):
+            if skipped is not None:
+                skipped.append((printable(str(p)), f"a link to {printable(str(p.resolve()))}, outside the dataset: not followed"))
+            continue
+        found.append(p)
+    return found
+
+
+def _inside(p: Path, root: Path) -> bool:
+    """Whether `p`, its links resolved, lies in the (resolved) folder `root`."""
+    return p.resolve().is_relative_to(root)
+
+
+def _files_under(cdir: Path, root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """Every visible file under `cdir`, sorted, following links only where they stay inside `root`
+    (each folder once, so a link to a parent cannot loop); the others are listed in `skipped`."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        keep = []
+        for name in dirnames:
+            if _inside(here / name, root):
+                keep.append(name)
+            else:
+                skipped.append((printable(str(here / name)), f"a link to {printable(str((here / name).resolve()))}, outside the dataset: not followed"))
+        dirnames[:] = keep
+        for name in filenames:
+            p = here / name
+            if not visible(p) or not p.is_file():
+                continue
+            if _inside(p, root):
+                found.append(p)
+            else:
+                skipped.append((printable(str(p)), f"a link to {printable(str(p.resolve()))}, outside the dataset: not read"))
+    return sorted(found)
 
 
 @dataclass
@@ -60,24 +104,29 @@ def split_folders(root: Path) -> dict[str, Path]:
 def scan_folder(root: Path) -> FolderScan:
     """List every file under the class folders; files without an image suffix are skipped and listed."""
     splits = split_folders(root) or {"all": root}
-    classes = [p.name for p in _class_dirs(splits.get("train", root))]
+    inside = root.resolve()  # nothing outside the dataset is read: links out of it are listed as skipped
+    skipped: list[tuple[str, str]] = []
+    # class names are shown, logged and saved in checkpoints: a folder name that is not UTF-8 is
+    # named with \xNN for its undecodable bytes (text.printable)
+    train_dirs = _class_dirs(splits.get("train", root), inside, skipped)
+    classes = [printable(p.name) for p in train_dirs]
     if not classes:
         raise DataError(f"{root} has no class folders; an image folder is PATH/<class>/* or PATH/train/<class>/*")
-    scan = FolderScan(root, classes, {})
-    index = {c: i for i, c in enumerate(classes)}
+    scan = FolderScan(root, classes, {}, skipped)
+    index = {p.name: i for i, p in enumerate(train_dirs)}
     for split, folder in splits.items():
         entries: list[tuple[Path, int]] = []
-        for cdir in _class_dirs(folder):
+        for cdir in train_dirs if folder == splits.get("train", root) else _class_dirs(folder, inside, skipped):
             if cdir.name not in index:
-                raise DataError(f"{cdir} is a class that {splits.get('train', root)} does not have; every split needs the same class folders")
-            files = sorted(p for p in cdir.rglob("*") if p.is_file() and visible(p))
+                raise DataError(f"{printable(str(cdir))} is a class that {splits.get('train', root)} does not have; every split needs the same class folders")
+            files = _files_under(cdir, inside, skipped)
             if not files:
-                scan.warnings.append(f"class folder {cdir} is empty")
+                scan.warnings.append(f"class folder {printable(str(cdir))} is empty")
             for p in files:
                 if p.suffix.lower() in IMAGE_SUFFIXES:
                     entries.append((p, index[cdir.name]))
                 else:
-                    scan.skipped.append((str(p), f"not an image file (suffix {p.suffix or 'none'})"))
+                    skipped.append((printable(str(p)), f"not an image file (suffix {printable(p.suffix) or 'none'})"))
         scan.files[split] = entries
     return scan
 
@@ -96,7 +145,7 @@ def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict
         try:
             return to_uint8_tensor(open_image(entry[0], channels, max_pixels), transform)
         except BadImage as e:
-            skipped.append((str(entry[0]), str(e)))
+            skipped.append((printable(str(entry[0])), str(e)))
             return None
 
     # Pillow releases the GIL while decoding, so threads use both cores without pickling anything.

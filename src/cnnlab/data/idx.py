@@ -12,6 +12,7 @@ then the data in row-major order, big-endian.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -33,33 +34,44 @@ _CODES = {dt.newbyteorder("="): code for code, dt in _TYPES.items()}
 
 
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped where it starts with the gzip magic (whatever its suffix)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    return gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw
+# The largest array a header may claim: 16 GiB (Fashion-MNIST's training images are 47 MB). A claim
+# beyond it is refused before anything is read or allocated.
+MAX_IDX_BYTES = 1 << 34
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
-    """Read an IDX file, plain or gzipped, into a tensor of its stored shape and type."""
+    """Read an IDX file, plain or gzipped (by its first bytes, whatever its suffix), into a tensor of
+    its stored shape and type.
+
+    The header is read first, from the (decompressing) stream, and its sizes are multiplied in
+    Python integers: a file that is not IDX is refused after 4 bytes, not after gunzipping all of it,
+    and a claimed shape whose product overflows 64 bits cannot pass the length check. Then exactly
+    the promised bytes are read, so memory never exceeds the data that is there, up to the claim."""
     path = Path(path)
     try:
-        raw = _read_bytes(path)
+        with open(path, "rb") as file:
+            gz = file.read(2) == GZIP_MAGIC
+            file.seek(0)
+            stream = gzip.GzipFile(fileobj=file) if gz else file
+            head = stream.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _TYPES or head[3] == 0:
+                raise DataError(f"{path} is not an IDX file (its first bytes are no IDX header); check the path")
+            dtype, ndim = _TYPES[head[2]], head[3]
+            sizes = stream.read(4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise DataError(f"{path} is not an IDX file (its header is cut short); check the path")
+            shape = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            expected = math.prod(shape) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"IDX file {path} claims a {'x'.join(map(str, shape))} array ({expected:,} bytes), over the {MAX_IDX_BYTES >> 30} GiB cnnlab reads; it is corrupt or not a dataset")
+            data = stream.read(expected)
+            extra = stream.read(1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read IDX file {path}: {e}; replace it with an intact copy") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES or raw[3] == 0:
-        raise DataError(f"{path} is not an IDX file (its first bytes are no IDX header); check the path")
-    dtype, ndim = _TYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is not an IDX file (its header is cut short); check the path")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        raise DataError(f"IDX file {path} is truncated or corrupt: {len(raw)} bytes where its header promises {expected}; replace it with an intact copy")
-    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    if len(data) != expected or extra:
+        found = f"{len(data) + len(head) + len(sizes)} bytes" if not extra else "more bytes"
+        raise DataError(f"IDX file {path} is truncated or corrupt: {found} where its header promises {expected + len(head) + len(sizes)}; replace it with an intact copy")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
 

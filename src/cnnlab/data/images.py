@@ -62,6 +62,12 @@ def decoding(kind: str = "corrupt or truncated", bomb_warning_is_error: bool = T
         raise TooManyPixels(f"refused as a decompression bomb ({e})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise BadImage(f"{kind} ({str(e).strip() or type(e).__name__})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  hostile bytes reach Pillow's parsers in ways their own errors do not cover:
+        # struct.error from a bad EXIF entry (tests/corpus/images), TypeError inside exif_transpose. Whatever
+        # its type, a failure while decoding one file is that file's problem: it is skipped or refused, never a crash.
+        raise BadImage(f"{kind} ({type(e).__name__}: {str(e).strip()[:120]})") from None
 
 
 def _open(source: ImageSource, max_pixels: int | None = None) -> Image.Image:

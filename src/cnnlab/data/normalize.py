@@ -22,6 +22,7 @@ import torch
 from cnnlab.data.base import ArraySplit, Split
 from cnnlab.errors import ConfigError
 from cnnlab.registry import Registry
+from cnnlab.text import fs_bytes
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # (mean, std), each (C,) or (C, H, W)
 NORMALIZATIONS: Registry = Registry("normalization")
@@ -90,8 +91,8 @@ def _file_split_stats(split: Split, channels: int, file_batches: Callable[[], ob
     h = hashlib.sha256()
     for p in split.paths:  # type: ignore[union-attr]
         st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    h.update(cache_key.encode())
+        h.update(fs_bytes(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n"))
+    h.update(fs_bytes(cache_key))
     path = cache_dir() / "stats" / f"{h.hexdigest()[:32]}.json"
     if path.is_file():
         try:

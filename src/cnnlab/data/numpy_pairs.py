@@ -63,11 +63,34 @@ def _images(a: np.ndarray, path: Path) -> torch.Tensor:
 
 
 def _load(path: Path) -> np.ndarray:
+    """The array of a .npy file, its header checked before any data is read or allocated: real
+    numbers only (no complex, object or text), and a shape whose bytes the file actually holds (a
+    128-byte file cannot make numpy allocate the terabyte its header claims)."""
     try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)  # the parser np.load itself uses (3.0 differs only in the text's encoding)
+            offset, size = f.tell(), path.stat().st_size
+        if dtype.kind not in "biuf":
+            raise DataError(f"refusing {path}: dtype {dtype} is not real numbers; save integer or float arrays")
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed != size - offset:
+            raise DataError(f"refusing {path}: its header claims a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array ({claimed:,} bytes) but the file holds {size - offset:,}; it is truncated or corrupt")
         return np.load(path, allow_pickle=False)
     except ValueError as e:
         raise DataError(f"refusing {path}: {e}") from None
     except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def _class_names(path: Path) -> list[str]:
+    """classes.txt: one name per line, UTF-8 (whatever the locale says)."""
+    try:
+        return [c.strip() for c in path.read_text(encoding="utf-8").splitlines() if c.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}); save the class names as UTF-8, one per line") from None
+    except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from None
 
 
@@ -100,7 +123,7 @@ class NumpyPairsSource(DataSource):
         k = 1 + max(int(s.labels.max()) for s in splits.values() if len(s))
         if k > MAX_UNNAMED_CLASSES and not names_file.is_file():
             raise DataError(f"{folder}: labels run up to {k - 1}; number the classes 0..K-1, or name them in classes.txt (one per line)")
-        classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()] if names_file.is_file() else [str(i) for i in range(k)]
+        classes = _class_names(names_file) if names_file.is_file() else [str(i) for i in range(k)]
         return Dataset(splits["train"], splits.get("test"), classes, source=str(folder), val=splits.get("val"))
 
 

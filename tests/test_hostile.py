@@ -1,0 +1,184 @@
+"""Hostile files (issue 20): each finding's case, refused or skipped with a reason, never a traceback.
+
+Files that once crashed a reader are kept in tests/corpus/ (how each was found is in its README);
+every command that reads images is run over them here."""
+
+import gzip
+import json
+import os
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.config import DataConfig
+from cnnlab.data import load_dataset
+from cnnlab.data.folder import scan_folder
+from cnnlab.data.idx import read_idx
+from cnnlab.data.images import BadImage, open_image
+from cnnlab.errors import DataError
+from conftest import QUICK, run_main, write_image_folder, write_npy_pairs
+
+CORPUS = Path(__file__).parent / "corpus"
+CORPUS_IMAGES = sorted((CORPUS / "images").iterdir())
+
+
+def no_traceback(r):
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-2000:]
+
+
+# --- 1. a crafted image escapes the decoder's error handling ----------------------------------------
+
+
+@pytest.mark.parametrize("path", CORPUS_IMAGES, ids=lambda p: p.name)
+def test_every_corpus_image_is_refused_with_a_reason(path):
+    with pytest.raises(BadImage):
+        open_image(path, 3, 10**7)
+    with pytest.raises(BadImage):
+        open_image(path.read_bytes(), 1, 10**7)
+
+
+def test_any_error_while_decoding_is_the_files_not_the_programs(tmp_path, monkeypatch):
+    """Pillow's EXIF code raising TypeError (the issue's mutated WEBP) is a BadImage like any other."""
+    import cnnlab.data.images as images
+
+    def broken(im):
+        raise TypeError("'<' not supported between instances of 'tuple' and 'int'")
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.webp")
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", broken)
+    with pytest.raises(BadImage, match="TypeError"):
+        open_image(tmp_path / "x.webp", 3, 10**7)
+    monkeypatch.undo()
+    assert open_image(tmp_path / "x.webp", 3, 10**7).size == (8, 8)
+
+
+def test_corpus_images_in_a_folder_are_skipped_by_training_and_listed_by_check(tmp_path):
+    data = write_image_folder(tmp_path / "d", {"a": 6, "b": 6})
+    for p in CORPUS_IMAGES:
+        shutil.copy(p, data / "a" / p.name)
+    ds = load_dataset(DataConfig(root=str(data), val_size=0, test_size=2), 0)
+    skipped = dict(ds.skipped)
+    assert all(any(p.name in s for s in skipped) for p in CORPUS_IMAGES), skipped
+    r = run_main("data", "check", str(data), "--json")
+    no_traceback(r)
+    corrupt = {Path(c["path"]).name for c in json.loads(r.stdout)["corrupt"]}
+    assert {p.name for p in CORPUS_IMAGES} <= corrupt
+
+
+def test_predict_over_the_corpus_names_each_file(deploy_run, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in CORPUS_IMAGES:
+        shutil.copy(p, folder / p.name)
+    Image.new("L", (28, 28), 128).save(folder / "good.png")
+    r = run_main("predict", str(deploy_run), str(folder), "--format", "json")
+    no_traceback(r)
+    for p in CORPUS_IMAGES:
+        assert p.name in r.stdout + r.stderr
+
+
+# --- 3. IDX readers trust the header ---------------------------------------------------------------
+
+
+def test_a_gzip_that_is_not_idx_is_refused_from_its_first_bytes(tmp_path):
+    """32 MiB of zeros, 32 KiB gzipped: refused after its header, not after gunzipping all of it."""
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"\x01" * (32 << 20), compresslevel=1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="not an IDX file"):
+            read_idx(tmp_path / "x.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+
+
+def test_a_header_whose_sizes_overflow_64_bits_is_one_line(tmp_path):
+    """Four dimensions of 65,536 (2**64 elements): np.prod wrapped to 0 and the 20-byte file passed."""
+    (tmp_path / "x").write_bytes(bytes([0, 0, 8, 4]) + (65536).to_bytes(4, "big") * 4)
+    with pytest.raises(DataError, match="claims a 65536x65536x65536x65536 array"):
+        read_idx(tmp_path / "x")
+
+
+# --- 4. .npy pairs with a huge claimed shape, complex numbers, classes.txt not UTF-8 --------------
+
+
+def _pairs(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (12, 8, 8)).astype(np.uint8), np.arange(12) % 3
+    return write_npy_pairs(tmp_path / "d", {"train": (x, y), "test": (x[:6], y[:6])})
+
+
+def test_npy_claiming_a_terabyte_is_refused_from_its_header(tmp_path):
+    folder = _pairs(tmp_path)
+    with open(folder / "mnist_train_features.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 9, 1 << 9)})
+    assert (folder / "mnist_train_features.npy").stat().st_size <= 128
+    with pytest.raises(DataError, match="claims a 1048576x512x512 float32 array"):
+        load_dataset(DataConfig(root=str(folder)), 0)
+
+
+def test_complex_features_and_a_latin1_classes_file_are_one_line(tmp_path):
+    folder = _pairs(tmp_path)
+    x = np.load(folder / "mnist_train_features.npy")
+    np.save(folder / "mnist_train_features.npy", x.astype(np.complex64) * (1 + 1j))
+    with pytest.raises(DataError, match="complex64 is not real numbers"):
+        load_dataset(DataConfig(root=str(folder)), 0)
+    np.save(folder / "mnist_train_features.npy", x)
+    (folder / "classes.txt").write_bytes("caf\xe9\nth\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="classes.txt is not UTF-8"):
+        load_dataset(DataConfig(root=str(folder)), 0)
+
+
+# --- 5. file and class names that are not UTF-8 ----------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file names are bytes")
+def test_a_run_on_files_and_classes_named_in_latin1(tmp_path):
+    data = write_image_folder(tmp_path / "d", {"a": 8, "b": 8})
+    os.rename(os.fsencode(data / "b"), os.fsencode(data) + b"/caf\xe9")  # a class folder named in Latin-1
+    (data / "a" / "notes.txt").write_text("x")
+    os.rename(os.fsencode(data / "a" / "notes.txt"), os.fsencode(data / "a") + b"/r\xe9sum\xe9.txt")
+    out = tmp_path / "run"
+    r = run_main("train", "--data", str(data), "--out", str(out), *QUICK, "--set", "data.val_size=2", "--set", "train.batch_size=4")
+    no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))  # strict UTF-8
+    assert "caf\\xe9" in metrics["test"]["per_class"] and any("r\\xe9sum\\xe9.txt" in f["path"] for f in metrics["skipped_files"])
+    assert "r\\xe9sum\\xe9.txt" in (out / "log.txt").read_text(encoding="utf-8")
+    r = run_main("predict", str(out), str(data / "a" / "000.png"), "--format", "json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+# --- 6. symlinks that lead out of the dataset -----------------------------------------------------
+
+
+def test_links_out_of_the_dataset_are_not_followed_and_are_listed(tmp_path):
+    outside = write_image_folder(tmp_path / "outside", {"x": 3})
+    data = write_image_folder(tmp_path / "d", {"a": 4, "b": 4})
+    (data / "c").symlink_to(outside / "x", target_is_directory=True)  # a class folder that is a link out
+    (data / "a" / "host.png").symlink_to(outside / "x" / "000.png")  # a file that is a link out
+    (data / "b" / "again.png").symlink_to(data / "a" / "000.png")  # a link inside the dataset: kept
+    (data / "a" / "loop").symlink_to(data / "a", target_is_directory=True)  # a loop inside it: walked once
+    scan = scan_folder(data)
+    assert scan.classes == ["a", "b"]
+    files = [p for entries in scan.files.values() for p, _ in entries]
+    assert all(p.resolve().is_relative_to(data.resolve()) for p in files)
+    assert data / "b" / "again.png" in files and len(files) == 9
+    reasons = dict(scan.skipped)
+    assert "outside the dataset" in reasons[str(data / "c")] and "outside the dataset" in reasons[str(data / "a" / "host.png")]
+
+
+# --- 10. the run name becomes a path --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/abs", "a/b", "..", ".hidden", ""])
+def test_a_run_name_is_one_folder_name(fashion_dir, tmp_path, name):
+    r = run_main("train", "--data", str(fashion_dir), *QUICK, "--set", f"name={name}", cwd=tmp_path)
+    no_traceback(r)
+    assert r.returncode == 2 and "name" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escaped-1").exists()
