@@ -29,7 +29,6 @@ import gzip
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys

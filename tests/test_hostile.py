@@ -182,3 +182,59 @@ def test_a_run_name_is_one_folder_name(fashion_dir, tmp_path, name):
     no_traceback(r)
     assert r.returncode == 2 and "name" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "escaped-1").exists()
+
+
+# --- 9. non-finite numbers past the loss check ----------------------------------------------------
+
+
+def test_a_finite_loss_with_non_finite_gradients_never_reaches_the_weights():
+    import torch
+
+    from cnnlab.engine.loop import TrainStep
+    from cnnlab.engine.losses import Target, create_objective
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = TrainStep(model, optimizer, create_objective("cross-entropy", model, Target(3, False), 3))
+    x, y = torch.randn(8, 1, 4, 4), torch.arange(8) % 3
+    before = [p.detach().clone() for p in model.parameters()]
+    hook = model[1].weight.register_hook(lambda g: g * float("nan"))  # the loss stays finite
+    loss, _ = step(x, y)
+    assert loss != loss  # NaN: what the divergence guard answers
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not optimizer.state  # no momentum was taken from the bad gradients either
+    hook.remove()
+    loss, _ = step(x, y)
+    assert loss == loss and not torch.equal(before[0], model[1].weight)
+
+
+def test_json_files_and_answers_are_strict_json(tmp_path):
+    from cnnlab.runs import json_text, write_json
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+
+    write_json(tmp_path / "m.json", {"loss": float("nan"), "rows": [1.5, float("inf"), {"x": -float("inf")}]})
+    assert strict((tmp_path / "m.json").read_text()) == {"loss": None, "rows": [1.5, None, {"x": None}]}
+    assert strict(json_text({"p": [float("nan")]}, indent=None)) == {"p": [None]}
+
+
+# --- 11. temporary files after a kill ---------------------------------------------------------------
+
+
+def test_resume_removes_the_temp_file_a_kill_left_and_renames_are_fsynced(fashion_dir, tmp_path, monkeypatch):
+    import stat
+
+    import cnnlab.runs as runs
+
+    out = tmp_path / "run"
+    assert run_main("train", "--data", str(fashion_dir), "--out", str(out), *QUICK).returncode == 0
+    stale = out / "checkpoints" / ".last.pt.k1ll3d.tmp"  # what a SIGKILL between mkstemp and rename leaves
+    stale.write_bytes(b"\0" * 4096)
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(runs.os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real(fd))[1])
+    r = run_main("train", "--resume", str(out), "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and ".last.pt.k1ll3d.tmp" in (out / "log.txt").read_text()
+    assert True in synced and False in synced  # each file, then the folder that holds its new name

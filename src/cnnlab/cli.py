@@ -578,10 +578,9 @@ def print_per_class(m: dict[str, Any]) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import json
 
     from cnnlab.evaluation import load_run, load_split, metrics_of, predict, split_loader
-    from cnnlab.runs import write_user_file
+    from cnnlab.runs import json_text, write_user_file
 
     run = load_run(args.source)
     _, split = load_split(run, args.split, args.data)
@@ -599,7 +598,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if extra:
         print("  " + ", ".join(extra))
     print_per_class(m)
-    write_user_file(out, json.dumps(m, indent=2) + "\n")
+    write_user_file(out, json_text(m))
     print(f"metrics written to {out}")
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +98,7 @@ def lr_find(cfg: RunConfig, *, steps: int = 100, start: float = 1e-5, end: float
     from cnnlab.engine.loop import TrainStep
     from cnnlab.engine.optim import create_optimizer
     from cnnlab.run import prepare, training_policy
-    from cnnlab.runs import make_run_dir, write_text
+    from cnnlab.runs import make_run_dir, write_json
 
     if not 0 < start < end:
         raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end")
@@ -123,7 +122,7 @@ def lr_find(cfg: RunConfig, *, steps: int = 100, start: float = 1e-5, end: float
     res = LrFind(tried, losses, suggestion, minimum, steepest, stopped)
     res.folder = make_run_dir(out, f"lr-find-{p.cfg.name}")
     payload = {"recipe": p.cfg.name, "suggestion": suggestion, "minimum": minimum, "steepest": steepest, "stopped": stopped, "batch_size": tc.batch_size, "lrs": tried, "losses": losses}
-    write_text(res.folder / "lr_find.json", json.dumps(payload, indent=2) + "\n")
+    write_json(res.folder / "lr_find.json", payload)
     from cnnlab.report.plots import plot_lr_find
 
     res.files = [res.folder / "lr_find.json", plot_lr_find(tried, losses, suggestion, minimum, res.folder / "lr_find.png")]

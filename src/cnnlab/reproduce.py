@@ -20,7 +20,6 @@ The results go to reproduction.md, reproduction.json and reproduction.html (with
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import statistics
 import time
@@ -34,7 +33,7 @@ import yaml
 from cnnlab.config import RunConfig, apply_overrides, load_recipe, recipe_dir, recipe_names
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.report.tables import markdown_table
-from cnnlab.runs import write_text
+from cnnlab.runs import write_json, write_text
 from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
 
 # keys that do not change what a run computes: a reproduction resumes whatever they are
@@ -531,7 +530,7 @@ def write_reproduction(res: Result) -> None:
         "figures": [{"row": ln.row, "figure": ln.figure, "reported": ln.reported_value, "mean": ln.mean, "std": ln.std, "notes": ln.notes} for ln in res.lines],
         "rows": [{"name": n, "runs": r.runs, "kept": r.kept, "parameters": r.parameters, "train_seconds": r.seconds, **({"per_class_accuracy": per_class_accuracy(r)} if res.study.per_class else {})} for n, r in zip(res.names, res.rows)],
     }
-    write_text(res.out / "reproduction.json", json.dumps(payload, indent=2) + "\n")
+    write_json(res.out / "reproduction.json", payload)
     from cnnlab.report.reproduction import write_html
 
     write_html(res, rows, HEADER)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
 import time
@@ -36,7 +35,7 @@ from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
 from cnnlab.plan import MAX_AUTO_EPOCHS, adapt, epochs_for
-from cnnlab.runs import RunLog, log_data_issues, make_run_dir, write_json, write_text
+from cnnlab.runs import RunLog, log_data_issues, make_run_dir, remove_stale_temps, write_json, write_text
 from cnnlab.text import printable
 
 
@@ -361,6 +360,10 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if resume is not None:
         run_dir = resume
+        if dist.main:  # a kill mid-write left a full-size temporary file: the resumed run is the only writer here
+            for folder in (run_dir, run_dir / "checkpoints"):
+                for stale in remove_stale_temps(folder):
+                    notes = [*notes, f"removed {stale.name}, a half-written file left by the stopped run"]
     else:
         made: tuple[str, str] = ("", "")
         if dist.main:

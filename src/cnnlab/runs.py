@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -31,10 +32,33 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files atomic_write left in `folder` when its process was killed mid-write
+    (`.NAME.XXXX.tmp`, as large as the file being written). Called where a run (re)starts writing a
+    folder, so no writer of this run is between mkstemp and rename there."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
 
 
 def write_text(path: Path, text: str) -> None:
@@ -52,8 +76,25 @@ def write_user_file(path: str | Path, text: str) -> Path:
     return path
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (also inside lists and dicts) made None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON: a figure that is not finite (a diverged loss) is null, not the bare NaN that
+    Python writes by default and strict parsers (browsers' JSON.parse, jq, Go, Rust) refuse."""
+    return json.dumps(finite(obj), indent=indent, allow_nan=False) + ("\n" if indent is not None else "")
+
+
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, json_text(obj))
 
 
 class RunLog:

@@ -25,7 +25,7 @@ import yaml
 from cnnlab.config import RunConfig, apply_overrides, flatten
 from cnnlab.errors import ConfigError
 from cnnlab.report.tables import markdown_table
-from cnnlab.runs import write_text
+from cnnlab.runs import write_json, write_text
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -129,7 +129,7 @@ def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: Train)
         if not snap.is_file():
             if out and out[-1].get("stop_reason"):
                 _keep_period_plots(folder, k)
-                write_text(snap, json.dumps(out[-1], indent=2) + "\n")
+                write_json(snap, out[-1])
                 out.append(out[-1])
                 continue
             m = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
@@ -279,4 +279,4 @@ def write_tables(rows: list[Row], out: Path, metric: str, cumulative: bool) -> N
     write_text(out / "sweep.md", table_text(rows, metric, cumulative))
     write_text(out / "sweep.csv", table_text(rows, metric, cumulative, "csv"))
     payload = [{**{k: v for k, v in asdict(r).items() if k not in ("metrics", "periods")}, "mean": r.mean, "std": r.std} for r in rows]
-    write_text(out / "sweep.json", json.dumps({"metric": metric, "cumulative": cumulative, "rows": payload}, indent=2) + "\n")
+    write_json(out / "sweep.json", {"metric": metric, "cumulative": cumulative, "rows": payload})

@@ -49,7 +49,17 @@ class TrainStep:
         else:
             loss.backward()
         if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        elif self.scaler is None:
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if self.scaler is None and not torch.isfinite(norm):
+            # A finite loss can still have non-finite gradients (an overflow in the backward): the
+            # step is not taken, so no NaN reaches the weights, the EMA or a checkpoint. The loss is
+            # reported as NaN, which the divergence guard answers (roll back, lower the lr). fp16's
+            # GradScaler skips such steps itself.
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan"), out.detach()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any, Sequence
 
+from cnnlab.runs import json_text
 from cnnlab.serve.predictor import Classifier, Prediction
 
 
@@ -44,7 +44,7 @@ def as_json(preds: Sequence[Prediction], skipped: Sequence[tuple[str, str]], clf
         "predictions": [p.to_dict() for p in preds],
         "skipped": [{"file": f, "reason": r} for f, r in skipped],
     }
-    return json.dumps(doc, indent=2) + "\n"
+    return json_text(doc)
 
 
 def format_predictions(fmt: str, preds: Sequence[Prediction], skipped: Sequence[tuple[str, str]], clf: Classifier) -> str:
