@@ -238,3 +238,48 @@ def test_resume_removes_the_temp_file_a_kill_left_and_renames_are_fsynced(fashio
     assert r.returncode == 0, r.stderr
     assert not stale.exists() and ".last.pt.k1ll3d.tmp" in (out / "log.txt").read_text()
     assert True in synced and False in synced  # each file, then the folder that holds its new name
+
+
+# --- 7. CIFAR batches with bad values -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("data", lambda d: d.astype(np.int64) + np.eye(1, d.size, 5, dtype=np.int64).reshape(d.shape) * 300, "outside the pixel range"),
+    ("labels", lambda y: ["cat"] * len(y), "not whole numbers"),
+    ("labels", lambda y: [0] * (len(y) - 1), "labels for"),
+    ("labels", lambda y: [10] * len(y), "names 10 classes"),
+])
+def test_cifar_batches_with_bad_values_are_one_line(tmp_path, key, value, needle):
+    import pickle
+
+    from conftest import write_cifar_fixture
+
+    folder = write_cifar_fixture(tmp_path, keys="str")["folder"]
+    path = folder / "data_batch_2"
+    batch = pickle.loads(path.read_bytes(), encoding="bytes")
+    batch[key] = value(np.asarray(batch[key]))
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=needle):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)), 0)
+    r = run_main("data", "check", str(tmp_path))
+    no_traceback(r)
+
+
+# --- 8. --resume with other data ------------------------------------------------------------------
+
+
+def test_resume_on_other_data_is_refused_saying_what_differs(tmp_path):
+    a = write_image_folder(tmp_path / "a", {"cat": 6, "dog": 6})
+    out = tmp_path / "run"
+    assert run_main("train", "--data", str(a), "--out", str(out), *QUICK, "--set", "data.val_size=2", "--set", "train.batch_size=4").returncode == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes(), (out / "config.yaml").read_text()
+    renamed = write_image_folder(tmp_path / "b", {"ant": 6, "bee": 6})  # the same count, other names
+    more = write_image_folder(tmp_path / "c", {"cat": 6, "dog": 6, "eel": 6})
+    for data, needle in ((renamed, "class names 2 (cat, dog) there, 2 (ant, bee) here"), (more, "3 (cat, dog, eel) here")):
+        r = run_main("train", "--resume", str(out), "--data", str(data), "--epochs", "2")
+        no_traceback(r)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert ((out / "checkpoints" / "last.pt").read_bytes(), (out / "config.yaml").read_text()) == before
+    moved = tmp_path / "moved"
+    shutil.copytree(a, moved)  # the same data somewhere else still resumes
+    assert run_main("train", "--resume", str(out), "--data", str(moved), "--epochs", "2").returncode == 0

@@ -246,6 +246,28 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunCo
     return cfg, ckpt, notes
 
 
+def _rounded(values: Any) -> list[float]:
+    """Statistics (per channel, or per pixel: nested lists) as one flat list, to 6 places."""
+    return [round(v, 6) for v in torch.as_tensor(values, dtype=torch.float64).flatten().tolist()]
+
+
+def check_resumed_data(ckpt: dict[str, Any], p: Prepared, run_dir: Path) -> None:
+    """A resumed run's data must be the data it was trained on, wherever it now lies (data.root may
+    change): the same class names in the same order, input shape and normalisation. Other names in
+    the same count would train on silently, and the checkpoints would then carry the new names."""
+    saved_norm = ckpt.get("normalization") or {}
+    pairs = [
+        ("class names", list(ckpt.get("classes", [])), list(p.ds.classes)),
+        ("input shape", list(ckpt.get("input_shape", [])), list(p.ds.input_shape)),
+        ("normalisation mean", _rounded(saved_norm.get("mean", [])), _rounded(p.mean)),
+        ("normalisation std", _rounded(saved_norm.get("std", [])), _rounded(p.std)),
+    ]
+    for what, old, new in pairs:
+        if old != new:
+            show = (lambda v: f"{len(v)} ({', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''})") if what == "class names" else str
+            raise ConfigError(f"--resume {run_dir}: the data differs from the run's: {what} {show(old)} there, {show(new)} here; resume on the same data, or start a new run (--init-from {run_dir} keeps the weights)")
+
+
 def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler, ema) -> None:
     """Put a run's saved training state back: weights, optimizer, schedule, scaler, EMA, random streams."""
     model.load_state_dict(ckpt.get("raw_model") or ckpt["model"])
@@ -360,6 +382,7 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if resume is not None:
         run_dir = resume
+        check_resumed_data(ckpt, p, run_dir)  # before anything in the folder is rewritten
         if dist.main:  # a kill mid-write left a full-size temporary file: the resumed run is the only writer here
             for folder in (run_dir, run_dir / "checkpoints"):
                 for stale in remove_stale_temps(folder):

@@ -57,17 +57,32 @@ def read_batch(path: Path) -> dict[str, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+def _numbers(value: Any, path: Path, key: str) -> np.ndarray:
+    """`value` (an array or list from the batch) as whole numbers, or one line saying what it holds."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise DataError(f"{path}: '{key}' is not an array ({e})") from None
+    if a.dtype.kind not in "iub":
+        raise DataError(f"{path}: '{key}' holds {a.dtype} values, not whole numbers; is it a CIFAR-10 batch?")
+    return a
+
+
 def _split(paths: list[Path]) -> ArraySplit:
     images, labels = [], []
     for path in paths:
         batch = read_batch(path)
         if "data" not in batch or "labels" not in batch:
             raise DataError(f"{path} has no 'data' and 'labels'; is it a CIFAR-10 batch?")
-        data = np.asarray(batch["data"], dtype=np.uint8)
+        data, label = _numbers(batch["data"], path, "data"), _numbers(batch["labels"], path, "labels")
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise DataError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
-        images.append(data.reshape(-1, 3, 32, 32))  # each row: 1024 red, 1024 green, 1024 blue, row-major
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise DataError(f"{path}: data holds {data.min() if data.min() < 0 else data.max()}, outside the pixel range 0..255; replace it with an intact copy")
+        if label.ndim != 1 or len(label) != len(data) or (label.size and label.min() < 0):
+            raise DataError(f"{path}: {len(label) if label.ndim == 1 else label.shape} labels for {len(data)} images, or a negative one; replace it with an intact copy")
+        images.append(data.astype(np.uint8).reshape(-1, 3, 32, 32))  # each row: 1024 red, 1024 green, 1024 blue, row-major
+        labels.append(label.astype(np.int64))
     return ArraySplit(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
 
@@ -106,8 +121,11 @@ class Cifar10Source(DataSource):
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("label_names", [])]
         if not classes:
             raise DataError(f"{folder / 'batches.meta'} has no label_names")
-        train = _split([folder / n for n in TRAIN_BATCHES])
-        return Dataset(train, _split([folder / "test_batch"]), classes, source=str(folder))
+        train, test = _split([folder / n for n in TRAIN_BATCHES]), _split([folder / "test_batch"])
+        for name, part in (("training", train), ("test", test)):
+            if len(part) and int(part.labels.max()) >= len(classes):
+                raise DataError(f"{folder}: a {name} label is {int(part.labels.max())}, but batches.meta names {len(classes)} classes; replace the batches with intact copies")
+        return Dataset(train, test, classes, source=str(folder))
 
 
 DATASETS.register("cifar10")(Cifar10Source())
