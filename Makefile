@@ -11,13 +11,19 @@ STAMP := $(VENV)/.cnnlab-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test bootstrap data browser clean-venv
+.PHONY: demo test fuzz bootstrap data browser clean-venv
 
 demo: bootstrap
 	$(BIN)/cnnlab train $(ARGS)
 
 test: bootstrap browser
 	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+
+# The fuzz targets of tests/test_fuzz.py with fresh seeds, FUZZ_SECONDS each (5 targets: 10 minutes in all);
+# a crash is kept in tests/corpus/<target>/ and fails the run.
+FUZZ_SECONDS ?= 120
+fuzz: bootstrap
+	CNNLAB_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest tests/test_fuzz.py -k test_fuzz -p no:xdist -p no:cacheprovider -s -q -W ignore
 
 bootstrap: $(STAMP) data
 

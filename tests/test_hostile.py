@@ -4,6 +4,8 @@ Files that once crashed a reader are kept in tests/corpus/ (how each was found i
 every command that reads images is run over them here."""
 
 import gzip
+import io
+import time
 import json
 import os
 import shutil
@@ -283,3 +285,125 @@ def test_resume_on_other_data_is_refused_saying_what_differs(tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(a, moved)  # the same data somewhere else still resumes
     assert run_main("train", "--resume", str(out), "--data", str(moved), "--epochs", "2").returncode == 0
+
+
+# --- 2. the server bounds what a client holds -----------------------------------------------------
+
+
+def _start_server(run, *flags):
+    import select
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(run), "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line, deadline = "", time.time() + 60
+    while "http://" not in line:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        if select.select([proc.stdout], [], [], 1)[0]:
+            line = proc.stdout.readline()
+    return proc, int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
+
+
+def _trickle(port, head: bytes, body: bytes, until: float) -> tuple[float, bytes]:
+    """Send `head` at once, then `body` a byte every 0.2 s: (seconds until the server answered or
+    closed, what it said)."""
+    import select
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    t0 = time.monotonic()
+    try:
+        s.sendall(head)
+        for i in range(len(body)):
+            if time.monotonic() - t0 > until:
+                return float("inf"), b""
+            try:
+                s.send(body[i : i + 1])
+            except OSError:
+                break
+            if select.select([s], [], [], 0.2)[0]:
+                break
+        try:
+            said = s.recv(4096)
+        except OSError:
+            said = b""
+        return time.monotonic() - t0, said
+    finally:
+        s.close()
+
+
+def test_slow_clients_are_cut_off_and_ordinary_uploads_still_get_answers(deploy_run):
+    import http.client
+    import threading
+
+    proc, port = _start_server(deploy_run, "--header-seconds", "1", "--upload-seconds", "1.5")
+    try:
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+        slow = {}
+        threads = [threading.Thread(target=lambda i=i: slow.__setitem__(i, _trickle(port, b"" if i % 2 else head, head if i % 2 else b"\x89" * 5000, 15)))
+                   for i in range(20)]  # odd: a slowloris trickling its headers; even: headers, then the body trickled
+        for t in threads:
+            t.start()
+        buf = io.BytesIO()
+        Image.new("L", (28, 28), 90).save(buf, "PNG")
+
+        def ordinary(_):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/predict", body=buf.getvalue(), headers={"Content-Type": "image/png"})
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(ordinary, range(20)))
+        for t in threads:
+            t.join(20)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert statuses == [200] * 20
+    for i, (held, said) in slow.items():
+        if i % 2:
+            assert held < 1 + 2 and not said.startswith(b"HTTP/1.1 5"), (i, held, said[:40])  # closed at the header deadline
+        else:
+            assert held < 1.5 + 2 and said.startswith(b"HTTP/1.1 408"), (i, held, said[:40])
+
+
+def test_uploads_in_hand_are_bounded_by_the_queue(deploy_run):
+    """--queue 1 with a 1 MB limit holds about 2 MB of uploads: a second client that sends 0.9 MB
+    while the first holds its 0.9 MB is answered 503 at once, not queued without bound."""
+    import socket
+
+    proc, port = _start_server(deploy_run, "--queue", "1", "--max-upload-mb", "1", "--upload-seconds", "20")
+    try:
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n"
+        first = socket.create_connection(("127.0.0.1", port), timeout=10)
+        first.sendall(head + b"\0" * 900_000)  # and holds the connection, 100,000 bytes short
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        second = socket.create_connection(("127.0.0.1", port), timeout=10)
+        second.sendall(head + b"\0" * 900_000)
+        said = b""
+        while b"busy" not in said and time.monotonic() - t0 < 5:
+            chunk = second.recv(4096)
+            if not chunk:
+                break
+            said += chunk
+        assert said.startswith(b"HTTP/1.1 503") and b"busy" in said and time.monotonic() - t0 < 5, said[:200]
+        second.close()
+        first.close()
+        from PIL import Image as _Image  # the budget is given back: an ordinary upload is answered again
+
+        buf = io.BytesIO()
+        _Image.new("L", (28, 28), 90).save(buf, "PNG")
+        import http.client
+
+        time.sleep(0.3)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/predict", body=buf.getvalue(), headers={"Content-Type": "image/png"})
+        assert conn.getresponse().status == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--topk", type=_topk, default=5, metavar="K", help="classes the page shows (default 5, at most 100)")
     sv.add_argument("--max-upload-mb", type=_positive_float, default=10.0, metavar="MB", help="the largest upload (default 10)")
     sv.add_argument("--max-pixels", type=_positive_int, metavar="N", help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)")
+    sv.add_argument("--upload-seconds", type=_positive_float, default=30.0, metavar="S", help="an upload must arrive within S seconds, else 408 (default 30)")
+    sv.add_argument("--header-seconds", type=_positive_float, default=10.0, metavar="S", help="a request's headers must arrive within S seconds of connecting, else the connection is closed (default 10)")
+    sv.add_argument("--queue", type=_positive_int, default=8, metavar="N", help="full-size uploads held at once (being read or waiting for the model); past it 503 (default 8)")
     _tta_flag(sv)
     sv.set_defaults(func=cmd_serve)
     return parser
@@ -432,7 +435,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _print_notes("serve", clf.notes)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"cnnlab serve: listening on {args.host}: other machines can reach this server", file=sys.stderr)
-    serve(clf, args.host, args.port, max_upload_bytes=max_upload, topk=args.topk, announce=lambda line: print(line, flush=True))
+    serve(clf, args.host, args.port, max_upload_bytes=max_upload, topk=args.topk, announce=lambda line: print(line, flush=True),
+          upload_seconds=args.upload_seconds, header_seconds=args.header_seconds, queue=args.queue)
     return 0
 
 

@@ -68,9 +68,15 @@ def _load(path: Path) -> np.ndarray:
     128-byte file cannot make numpy allocate the terabyte its header claims)."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)  # the parser np.load itself uses (3.0 differs only in the text's encoding)
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)  # the parser np.load itself uses (3.0 differs only in the text's encoding)
+            except (OSError, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001  numpy parses the header text with Python's tokenizer: a mangled one
+                # raises tokenize.TokenError or SyntaxError, not only ValueError (tests/corpus/npy)
+                raise DataError(f"refusing {path}: not a .npy header numpy can read ({type(e).__name__}: {str(e)[:100]})") from None
             offset, size = f.tell(), path.stat().st_size
         if dtype.kind not in "biuf":
             raise DataError(f"refusing {path}: dtype {dtype} is not real numbers; save integer or float arrays")

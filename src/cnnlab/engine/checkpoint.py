@@ -61,10 +61,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # it could run code, so it is never loaded
         raise CnnlabError(f"refusing {path}: it holds more than weights (pickled objects, which could run code when loaded); "
                           "cnnlab reads only the checkpoints cnnlab train writes") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except MemoryError:  # a storage size that claims more than there is
+        raise CnnlabError(f"cannot read checkpoint {path}: it claims more memory than this machine has; it is corrupt") from None
+    except Exception as e:  # noqa: BLE001  torch.load's errors on mangled bytes are of many kinds (TypeError from the
+        # weights-only unpickler: tests/corpus/checkpoints); none is the program's fault
         if "TorchScript" in str(e):
             raise CnnlabError(f"{path} is an exported TorchScript model, not a training checkpoint; give the run folder or its checkpoints/best.pt") from None
-        raise CnnlabError(f"cannot read checkpoint {path}: {_first_line(e, type(e).__name__)}") from None
+        raise CnnlabError(f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e, type(e).__name__)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint; give a run folder's checkpoints/best.pt")
     return payload

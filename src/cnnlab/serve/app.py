@@ -16,6 +16,7 @@ see another request's forward pass.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -36,6 +37,10 @@ from cnnlab.serve.predictor import Classifier
 
 MAX_TOPK = 100
 DECODERS = 2  # uploads decoded at once: a 40-megapixel 16-bit PNG takes about 400 MB while it decodes
+UPLOAD_SECONDS = 30.0  # a body must arrive within this (10 MB at 3 Mbit/s); then 408
+HEADER_SECONDS = 10.0  # a request line and headers must arrive within this of connecting; then the connection is closed
+QUEUE = 8  # full-size uploads held at once (read, or waiting for the model); past it 503
+MAX_CONNECTIONS = 1000  # connections at once (within the open-file limit); past it 503
 
 
 def overlay_png(image: Any, heat: Any) -> bytes:
@@ -60,9 +65,30 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status)
 
 
-async def _read_body(request: Request, limit: int, shown: int) -> bytes:
+class Budget:
+    """Bytes of uploads the server holds at once (bodies being read, and waiting for the model),
+    across every request: when the next chunk would pass `capacity`, that request gets 503 at once
+    rather than waiting in an unbounded queue. Memory for uploads stays under `capacity`, however
+    many clients there are; a client that trickles its body holds only the bytes it has sent.
+    Used from the event loop only (no lock needed)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used = capacity, 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.capacity:
+            raise HTTPException(503, f"the server is busy ({self.used:,} bytes of uploads in hand); retry in a moment")
+        self.used += n
+
+    def give_back(self, n: int) -> None:
+        self.used -= n
+
+
+async def _read_body(request: Request, limit: int, shown: int, budget: Budget, held: list[int], seconds: float) -> bytes:
     """The request body, refused with 413 as soon as it is known to pass `limit` bytes (the upload
-    limit plus a form's overhead; the message names the upload limit, `shown`)."""
+    limit plus a form's overhead; the message names the upload limit, `shown`), with 408 when it has
+    not all come within `seconds`. Every byte is taken from `budget` (twice: the chunks and their
+    join) and added to held[0], which the caller gives back when the request is answered."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -71,11 +97,16 @@ async def _read_body(request: Request, limit: int, shown: int) -> bytes:
             raise HTTPException(413, f"the upload is {int(declared):,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
-            chunks.append(chunk)
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
+                budget.take(2 * len(chunk))
+                held[0] += 2 * len(chunk)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPException(408, f"the upload did not arrive within {seconds:g} s (cnnlab serve --upload-seconds)") from None
     except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log
         raise HTTPException(400, "the client disconnected during the upload") from None
     return b"".join(chunks)
@@ -84,17 +115,17 @@ async def _read_body(request: Request, limit: int, shown: int) -> bytes:
 FORM_OVERHEAD = 16 * 1024  # bytes a multipart body may hold beyond its file: boundaries and part headers
 
 
-async def _image_bytes(request: Request, limit: int) -> bytes:
+async def _image_bytes(request: Request, limit: int, budget: Budget, held: list[int], seconds: float) -> bytes:
     """The image: the raw body, or the 'file' (or only) file field of a multipart form; 413 where
     the image itself is over `limit` bytes."""
-    data = await _image_field(request, limit)
+    data = await _image_field(request, limit, budget, held, seconds)
     if len(data) > limit:
         raise HTTPException(413, f"the image is {len(data):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)")
     return data
 
 
-async def _image_field(request: Request, limit: int) -> bytes:
-    body = await _read_body(request, limit + FORM_OVERHEAD, limit)
+async def _image_field(request: Request, limit: int, budget: Budget, held: list[int], seconds: float) -> bytes:
+    body = await _read_body(request, limit + FORM_OVERHEAD, limit, budget, held, seconds)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         if not body:
             raise HTTPException(400, "no image: send the image file as the request body, or as the 'file' field of a multipart form")
@@ -133,11 +164,13 @@ def _topk(request: Request, default: int) -> int:
     return int(value)
 
 
-def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5) -> Starlette:
-    """The ASGI app serving `clf` (whose max_pixels is the pixel limit)."""
+def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5, upload_seconds: float = UPLOAD_SECONDS, queue: int = QUEUE) -> Starlette:
+    """The ASGI app serving `clf` (whose max_pixels is the pixel limit). Uploads in hand are bounded
+    by `queue` full-size uploads (Budget); each body must arrive within `upload_seconds`."""
     lock = threading.Lock()  # the model: one request at a time
     decode_slots = threading.BoundedSemaphore(DECODERS)
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": clf.max_pixels}
+    budget = Budget(queue * 2 * (max_upload_bytes + FORM_OVERHEAD))
+    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": clf.max_pixels, "upload_seconds": upload_seconds, "queue": queue}
     page = resources.files("cnnlab.serve").joinpath("page.html").read_text(encoding="utf-8")
     page = page.replace("__CONFIG__", json.dumps({**limits, "topk": topk, "model": clf.name, "classes": len(clf.classes)}))
 
@@ -168,13 +201,16 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: i
     async def predict(request: Request) -> Response:
         k = _topk(request, topk)
         gradcam = _flag(request, "gradcam")
-        data = await _image_bytes(request, max_upload_bytes)
+        held = [0]  # bytes of this request in the budget, given back however it ends
         try:
+            data = await _image_bytes(request, max_upload_bytes, budget, held, upload_seconds)
             return JSONResponse(await run_in_threadpool(run_model, data, k, gradcam))
         except TooManyPixels as e:
             return _error(413, f"the image is too large: {e}")
         except BadImage as e:
             return _error(400, f"not an image this server can read: {e}")
+        finally:
+            budget.give_back(held[0])
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -189,7 +225,58 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: i
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5, announce=print) -> None:
+def header_deadline_protocol(seconds: float) -> type:
+    """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers: a connection that has not
+    sent a whole request line and headers within `seconds` of opening (or of its last answer) is
+    closed. uvicorn has no such timeout (its keep-alive timer stops at the first byte), so one byte
+    a second would hold a connection, and its file descriptor, for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._headers_due = self.loop.call_later(seconds, self._headers_late)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete and self._headers_due is not None:
+                self._headers_due.cancel()  # a request is in: the app's own deadline (the body's) takes over
+                self._headers_due = None
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                if self._headers_due is not None:
+                    self._headers_due.cancel()
+                self._headers_due = self.loop.call_later(seconds, self._headers_late)
+
+        def connection_lost(self, exc) -> None:
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+            super().connection_lost(exc)
+
+        def _headers_late(self) -> None:
+            self._headers_due = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
+
+
+def max_connections(wanted: int = MAX_CONNECTIONS) -> int:
+    """Connections served at once: `wanted`, within the open-file limit (less room for the process's
+    own files). Past it uvicorn answers 503 (limit_concurrency) instead of running out of descriptors."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return wanted
+    return wanted if soft == resource.RLIM_INFINITY else max(8, min(wanted, soft - 64))
+
+
+def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5, announce=print,
+          upload_seconds: float = UPLOAD_SECONDS, header_seconds: float = HEADER_SECONDS, queue: int = QUEUE) -> None:
     """Bind host:port (port 0: a free one), announce the address, and serve until Ctrl-C."""
     import socket
 
@@ -217,6 +304,7 @@ def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, *, max_upl
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     announce(f"serving {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}) on http://{shown}:{bound}/  (POST /predict, GET /health; Ctrl-C stops)")
-    app = create_app(clf, max_upload_bytes=max_upload_bytes, topk=topk)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    app = create_app(clf, max_upload_bytes=max_upload_bytes, topk=topk, upload_seconds=upload_seconds, queue=queue)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, http=header_deadline_protocol(header_seconds),
+                            limit_concurrency=max_connections(), ws="none", lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
