@@ -21,7 +21,7 @@ from cnnlab.data import load_dataset
 from cnnlab.data.folder import scan_folder
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import BadImage, open_image
-from cnnlab.errors import DataError
+from cnnlab.errors import CnnlabError, DataError
 from conftest import QUICK, run_main, write_image_folder, write_npy_pairs
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -404,6 +404,37 @@ def test_uploads_in_hand_are_bounded_by_the_queue(deploy_run):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("POST", "/predict", body=buf.getvalue(), headers={"Content-Type": "image/png"})
         assert conn.getresponse().status == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# --- 12. smaller findings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [[3, 100_000, 100_000], [100_000, 28, 28]])
+def test_a_checkpoint_claiming_a_huge_input_is_refused_before_the_dry_run(deploy_run, tmp_path, shape):
+    import torch
+
+    from cnnlab.engine.checkpoint import save_checkpoint
+    from cnnlab.evaluation import load_run
+
+    ckpt = torch.load(deploy_run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["input_shape"] = shape
+    save_checkpoint(tmp_path / "c.pt", **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
+    with pytest.raises(CnnlabError, match="input_shape"):
+        load_run(tmp_path / "c.pt")
+
+
+def test_a_chunked_upload_over_the_limit_is_413(deploy_run):
+    import http.client
+
+    proc, port = _start_server(deploy_run, "--max-upload-mb", "1")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/predict", body=iter([b"\0" * 65536] * 20), headers={"Content-Type": "image/png"}, encode_chunked=True)  # 1.25 MB, no Content-Length
+        r = conn.getresponse()
+        assert r.status == 413 and b"this server takes images of at most" in r.read()
     finally:
         proc.terminate()
         proc.wait(10)

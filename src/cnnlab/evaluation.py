@@ -143,6 +143,10 @@ def load_run(source: str | Path) -> LoadedRun:
     return LoadedRun(path, run_dir, ckpt, cfg, model, objective, classes, norm["mean"], norm["std"], shape, list(ckpt.get("preprocess", [])), float(norm.get("value_max", 255.0)))
 
 
+MAX_INPUT_CHANNELS = 64  # a model's input, as a checkpoint may claim it (cnnlab's data gives 1 or 3)
+MAX_INPUT_PIXELS = 40_000_000  # data.max_pixels' default: no image a run was trained on is larger
+
+
 def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     """The fields a rebuilt model is fed by, checked before they are used: a checkpoint edited by hand
     gets a line naming the field, not a torch error later."""
@@ -154,6 +158,8 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     shape = ckpt["input_shape"]
     if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
         raise bad("input_shape", f"is {shape!r}, not [C, H, W]")
+    if shape[0] > MAX_INPUT_CHANNELS or shape[1] * shape[2] > MAX_INPUT_PIXELS:  # the dry run below would allocate it
+        raise bad("input_shape", f"is {shape!r}, over {MAX_INPUT_CHANNELS} channels or {MAX_INPUT_PIXELS:,} pixels")
     classes = ckpt["classes"]
     if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
         raise bad("classes", "are not a list of names")
