@@ -214,3 +214,36 @@ def test_fuzz(name, capsys):
 def test_corpus_regressions(path, tmp_path):
     """Every input a target ever crashed on is read or refused with cnnlab's own error now."""
     _check(path.parent.name, path.read_bytes(), tmp_path)
+
+
+def test_no_command_prints_a_traceback_for_the_corpus(tmp_path):
+    """`cnnlab data check` over the corpus laid out as each kind of dataset, and `predict` with each
+    corpus checkpoint: one line or a report, never a traceback."""
+    from conftest import run_main
+
+    outputs = []
+    for path in sorted((CORPUS / "npy").glob("*")):
+        folder = tmp_path / f"npy-{path.stem}"
+        folder.mkdir()
+        (folder / "mnist_train_features.npy").write_bytes(path.read_bytes())
+        np.save(folder / "mnist_train_targets.npy", np.arange(3))
+        outputs.append(run_main("data", "check", str(folder)))
+    for path in sorted((CORPUS / "idx").glob("*")):
+        folder = tmp_path / f"idx-{path.stem}"
+        folder.mkdir()
+        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            (folder / name).write_bytes(path.read_bytes())
+        outputs.append(run_main("data", "check", str(folder)))
+    for path in sorted((CORPUS / "cifar").glob("*")):
+        folder = tmp_path / f"cifar-{path.stem}" / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for name in ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
+            (folder / name).write_bytes(path.read_bytes())
+        outputs.append(run_main("data", "check", str(folder.parent)))
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    for path in sorted((CORPUS / "checkpoints").glob("*")):
+        outputs.append(run_main("predict", str(path), str(image)))
+    assert outputs
+    for r in outputs:
+        assert "Traceback" not in r.stderr + r.stdout and r.returncode in (0, 1, 2), r.stderr[-1500:]

@@ -438,3 +438,44 @@ def test_a_chunked_upload_over_the_limit_is_413(deploy_run):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_celeba_names_that_lead_outside_the_images_folder_are_not_read(tmp_path):
+    from conftest import write_celeba_fixture
+
+    folder, _ = write_celeba_fixture(tmp_path / "celeba", [0, 0, 0, 0, 2, 2], size=(20, 24))
+    secret = write_image_folder(tmp_path / "outside", {"x": 1})
+    attr, part = folder / "list_attr_celeba.txt", folder / "list_eval_partition.txt"
+    lines = attr.read_text().splitlines()
+    first = lines[2].split(" ", 1)[1]
+    escapes = [str(secret / "x" / "000.png"), "../../outside/x/000.png"]
+    attr.write_text("\n".join([str(len(lines) - 2 + len(escapes)), lines[1], *lines[2:], *(f"{e} {first}" for e in escapes)]) + "\n")
+    part.write_text(part.read_text() + "".join(f"{e} 0\n" for e in escapes))
+    scan = scan_celeba = __import__("cnnlab.data.celeba", fromlist=["CelebASource"]).CelebASource().scan(DataConfig(name="celeba", root=str(folder)))
+    read = [p for entries in scan_celeba.files.values() for p, _ in entries]
+    assert len(read) == 6 and all(p.resolve().is_relative_to((folder / "img_align_celeba").resolve()) for p in read)
+    assert sum("leads outside img_align_celeba" in reason for _, reason in scan.skipped) == 2
+
+
+def test_a_model_gone_nan_is_served_as_null_not_500(deploy_run, tmp_path):
+    import http.client
+
+    import torch
+
+    from cnnlab.engine.checkpoint import save_checkpoint
+
+    ckpt = torch.load(deploy_run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["model"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    save_checkpoint(tmp_path / "nan.pt", **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
+    proc, port = _start_server(tmp_path / "nan.pt")
+    try:
+        buf = io.BytesIO()
+        Image.new("L", (28, 28), 90).save(buf, "PNG")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/predict", body=buf.getvalue(), headers={"Content-Type": "image/png"})
+        r = conn.getresponse()
+        body = json.loads(r.read(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+        assert r.status == 200 and body["top"][0]["probability"] is None, body
+    finally:
+        proc.terminate()
+        proc.wait(10)

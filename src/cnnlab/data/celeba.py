@@ -18,6 +18,7 @@ from cnnlab.data import DATASETS
 from cnnlab.data.base import DataSource, Dataset
 from cnnlab.data.folder import FolderScan, decode_scan
 from cnnlab.errors import DataError
+from cnnlab.text import printable
 
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -114,12 +115,18 @@ class CelebASource(DataSource):
         multilabel = len(cols) > 1
         classes = [names[c] for c in cols] if multilabel else [f"not {names[cols[0]]}", names[cols[0]]]
         scan = FolderScan(folder, classes, {"train": [], "val": [], "test": []})
+        images = (folder / IMAGES).resolve()
         for file, values in rows.items():
             part = partition.get(file)
             if part is None:
-                scan.skipped.append((str(folder / IMAGES / file), f"not in {PARTITION_FILE}"))
+                scan.skipped.append((printable(str(folder / IMAGES / file)), f"not in {PARTITION_FILE}"))
                 continue
             path = folder / IMAGES / file
+            # the attribute file names the images: a name that is absolute, climbs out with .., or is a
+            # link out of img_align_celeba/ would read a file outside the dataset
+            if Path(file).is_absolute() or not path.resolve().is_relative_to(images):
+                scan.skipped.append((printable(file), f"a name in {ATTR_FILE} that leads outside {IMAGES}/: not read"))
+                continue
             label: Any = [float(values[c] > 0) for c in cols] if multilabel else int(values[cols[0]] > 0)
             scan.files[PARTS[part]].append((path, label))
         for split in ("train", "test"):

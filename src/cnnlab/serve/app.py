@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from cnnlab.data.images import BadImage, TooManyPixels
+from cnnlab.runs import json_text
 from cnnlab.serve.predictor import Classifier
 
 MAX_TOPK = 100
@@ -59,6 +60,15 @@ def overlay_png(image: Any, heat: Any) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((blend * 255).round().astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class StrictJSONResponse(JSONResponse):
+    """Starlette's JSONResponse refuses NaN (allow_nan=False) with an exception, so a model whose
+    weights went NaN would answer 500 to every request; here a non-finite number is null, as in every
+    JSON file cnnlab writes (runs.json_text)."""
+
+    def render(self, content: Any) -> bytes:
+        return json_text(content, indent=None).encode("utf-8")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -204,7 +214,7 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: i
         held = [0]  # bytes of this request in the budget, given back however it ends
         try:
             data = await _image_bytes(request, max_upload_bytes, budget, held, upload_seconds)
-            return JSONResponse(await run_in_threadpool(run_model, data, k, gradcam))
+            return StrictJSONResponse(await run_in_threadpool(run_model, data, k, gradcam))
         except TooManyPixels as e:
             return _error(413, f"the image is too large: {e}")
         except BadImage as e:
