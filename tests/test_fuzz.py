@@ -157,6 +157,9 @@ def _check(name: str, data: bytes, tmp: Path, crashed: list[bytes] | None = None
     """Feed `data` to the target: read, or refused with its own error. Anything else is re-raised,
     the input kept in `crashed` (the last one kept is the example Hypothesis shrank to)."""
     target, _, allowed = TARGETS[name]
+    if SECONDS > 0:  # make fuzz: a crash that kills the process (a segfault) leaves its input here
+        (CORPUS / name).mkdir(parents=True, exist_ok=True)
+        (CORPUS / name / LAST).write_bytes(data)
     try:
         target(data, tmp)
     except allowed:
@@ -196,9 +199,17 @@ def _fuzz(name: str, examples: int, rng_seed: int | None) -> int:
     return count[0]
 
 
+LAST = ".last-input"  # the input a long run is on; after a run that died, kept as a crash
+
+
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_fuzz(name, capsys):
     """Seeded and short in the suite; CNNLAB_FUZZ_SECONDS=N (make fuzz) keeps going with fresh seeds."""
+    last = CORPUS / name / LAST
+    if last.is_file():  # the previous long run died on this input (no Python exception to catch)
+        kept = _keep(name, last.read_bytes())
+        last.unlink()
+        pytest.fail(f"the last make fuzz died on an input of {name}: kept as {kept}; run it with test_corpus_regressions")
     if SECONDS <= 0:
         assert _fuzz(name, EXAMPLES, None) >= EXAMPLES // 2
         return
@@ -206,11 +217,12 @@ def test_fuzz(name, capsys):
     while time.monotonic() - start < SECONDS:
         total += _fuzz(name, 500, int.from_bytes(os.urandom(4), "big"))
         rounds += 1
+    last.unlink(missing_ok=True)
     with capsys.disabled():
         print(f"\nfuzz {name}: {total:,} inputs in {time.monotonic() - start:.0f} s ({rounds} rounds of 500), no crash")
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CORPUS.glob("*/*") if p.parent.name in TARGETS), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", sorted(p for p in CORPUS.glob("*/*") if p.parent.name in TARGETS and not p.name.startswith(".")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_corpus_regressions(path, tmp_path):
     """Every input a target ever crashed on is read or refused with cnnlab's own error now."""
     _check(path.parent.name, path.read_bytes(), tmp_path)

@@ -479,3 +479,23 @@ def test_a_model_gone_nan_is_served_as_null_not_500(deploy_run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_pillows_process_wide_pixel_limit_is_left_as_it_was(tmp_path):
+    """A user's larger data.max_pixels is honoured for cnnlab's own opens only."""
+    from cnnlab.data.images import _open
+
+    default = Image.MAX_IMAGE_PIXELS
+    Image.new("1", (10_000, 9_500)).save(tmp_path / "big.png")  # 95 M pixels: over Pillow's 89 M warning
+    assert _open(tmp_path / "big.png", max_pixels=10**8).size == (10_000, 9_500)
+    assert Image.MAX_IMAGE_PIXELS == default
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(tmp_path / "big.png")  # anyone else's open still gets Pillow's own check
+
+
+def test_folder_decoding_threads_are_bounded_by_memory(monkeypatch):
+    from cnnlab.data import folder
+
+    monkeypatch.setattr(folder.os, "cpu_count", lambda: 64)
+    assert folder.decode_threads(40_000_000) == 13  # 2 GiB / (4 x 40 M pixels)
+    assert folder.decode_threads(10**6) == 64 and folder.decode_threads(10**9) == 1

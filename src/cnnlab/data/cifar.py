@@ -36,11 +36,43 @@ _ALLOWED = {
 }
 
 
-class _ArraysOnly(pickle.Unpickler):
+def _plain_scalar(dtype: Any, *args: Any) -> Any:
+    """numpy's scalar(), for number dtypes only: scalar(dtype('O'), 8 bytes) takes the bytes for a
+    pointer to a Python object and crashes the process (found by tests/test_fuzz.py)."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("refusing a scalar that is not a plain number")
+    from numpy._core.multiarray import scalar
+
+    return scalar(dtype, *args)
+
+
+class _ArraysOnly(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler, restricted to numpy arrays of plain numbers, lists, dicts, bytes and
+    text. Written over pickle's own because the restriction has to reach the BUILD opcode, which
+    sets an object's state: a dtype whose state claims object references, or an array of objects,
+    makes numpy read pickled bytes as pointers (a crash at best). C's Unpickler cannot check BUILD."""
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if name == "scalar":
+            return _plain_scalar
         return super().find_class(module, name)
+
+    def load_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.dtype):  # a plain number type: (3, byte order, None, None, None, -1, -1, 0)
+            ok = isinstance(state, tuple) and len(state) >= 8 and state[2:5] == (None, None, None) and state[7] == 0
+        elif isinstance(inst, np.ndarray):  # (version, shape, dtype, fortran, the raw bytes)
+            ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype) and not state[2].hasobject and isinstance(state[4], (bytes, bytearray))
+        else:
+            ok = False
+        if not ok:
+            raise pickle.UnpicklingError(f"refusing the state given to a {type(inst).__name__}: a CIFAR batch holds plain number arrays")
+        super().load_build()
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def read_batch(path: Path) -> dict[str, Any]:

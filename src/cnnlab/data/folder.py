@@ -138,6 +138,15 @@ def _labels(entries: list[tuple[Path, Any]]) -> torch.Tensor:
     return torch.tensor([label for _, label in entries], dtype=torch.long)
 
 
+DECODE_MEMORY = 2 * 1024**3  # bytes the decoding threads may hold at once, each at worst an image at the pixel limit
+
+
+def decode_threads(max_pixels: int) -> int:
+    """Threads decoding a folder at once: one per core, but no more than DECODE_MEMORY allows for
+    images as large as `max_pixels` (4 bytes a pixel: RGBA or 16-bit gray while decoding)."""
+    return max(1, min(os.cpu_count() or 1, DECODE_MEMORY // max(1, 4 * max_pixels)))
+
+
 def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict[str, Any]], max_pixels: int, skipped: list[tuple[str, str]], desc: str) -> ArraySplit:
     transform = preprocess_transform(steps)
 
@@ -149,7 +158,7 @@ def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict
             return None
 
     # Pillow releases the GIL while decoding, so threads use both cores without pickling anything.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=decode_threads(max_pixels)) as pool:
         tensors = list(tqdm(pool.map(decode, entries), total=len(entries), desc=desc, unit="img", leave=False, disable=None if len(entries) > 2000 else True))
     keep = [i for i, t in enumerate(tensors) if t is not None]
     shapes = {tuple(tensors[i].shape) for i in keep}

@@ -8,6 +8,7 @@ crashing in the middle of an epoch.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,15 +71,27 @@ def decoding(kind: str = "corrupt or truncated", bomb_warning_is_error: bool = T
         raise BadImage(f"{kind} ({type(e).__name__}: {str(e).strip()[:120]})") from None
 
 
+_PILLOW_LIMIT = threading.Lock()
+
+
 def _open(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
     """Image.open on a file or bytes, only in FORMATS; BadImage for an empty one. Pillow's own bomb
     limit is raised to `max_pixels` where that is larger, so our limit (checked from the header) is
     the one that counts."""
     if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
         raise BadImage("empty file (0 bytes)")
-    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # only ever raised, to what a user asked for: safe across threads
-    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source), formats=FORMATS)
+    fp = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    default = Image.MAX_IMAGE_PIXELS
+    if max_pixels is None or default is None or max_pixels <= default:
+        return Image.open(fp, formats=FORMATS)
+    # Pillow checks its process-wide limit while opening: it is raised for this open only, under a
+    # lock, and put back, so other code in the process (a notebook's own Pillow use) keeps its limit.
+    with _PILLOW_LIMIT:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            return Image.open(fp, formats=FORMATS)
+        finally:
+            Image.MAX_IMAGE_PIXELS = default
 
 
 def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str = "data.max_pixels", max_aspect: float | None = None) -> Image.Image:
