@@ -64,7 +64,7 @@ class _ArraysOnly(pickle._Unpickler):  # type: ignore[name-defined]
         if isinstance(inst, np.dtype):  # a plain number type: (3, byte order, None, None, None, -1, -1, 0)
             ok = isinstance(state, tuple) and len(state) >= 8 and state[2:5] == (None, None, None) and state[7] == 0
         elif isinstance(inst, np.ndarray):  # (version, shape, dtype, fortran, the raw bytes)
-            ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype) and not state[2].hasobject and isinstance(state[4], (bytes, bytearray))
+            ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype) and not state[2].hasobject and isinstance(state[4], (bytes, bytearray, str))  # str: a Python 2 file read as latin1
         else:
             ok = False
         if not ok:
