@@ -23,7 +23,7 @@ test: bootstrap browser
 # a crash is kept in tests/corpus/<target>/ and fails the run.
 FUZZ_SECONDS ?= 120
 fuzz: bootstrap
-	CNNLAB_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest tests/test_fuzz.py -k test_fuzz -p no:xdist -p no:cacheprovider -s -q -W ignore
+	CNNLAB_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest tests/test_fuzz.py::test_fuzz -p no:xdist -p no:cacheprovider -s -q -W ignore
 
 bootstrap: $(STAMP) data
 

@@ -416,7 +416,8 @@ def test_a_checkpoint_is_loaded_without_initialising_the_model_first(tmp_path, m
 
     path = _checkpoint(tmp_path / "c.pt", "fastnet")
     state = {k: v.contiguous() for k, v in torch.load(path, weights_only=True)["model"].items()}
-    model = evaluation._model_with_weights("fastnet", state, 3, (1, 28, 28), {})
+    model, outputs = evaluation._model_with_weights("fastnet", state, 3, (1, 28, 28), {})
+    assert outputs == 3 and not model.training
     assert all(t.data_ptr() == state[k].data_ptr() for k, t in model.state_dict().items())  # the checkpoint's own tensors
     built = []
 
@@ -427,8 +428,8 @@ def test_a_checkpoint_is_loaded_without_initialising_the_model_first(tmp_path, m
         return create_model(name, **kw)
 
     monkeypatch.setattr(evaluation, "create_model", no_meta)
-    model = evaluation._model_with_weights("fastnet", state, 3, (1, 28, 28), {})
-    assert built == [True, False]
+    model, outputs = evaluation._model_with_weights("fastnet", state, 3, (1, 28, 28), {})
+    assert built == [True, False] and outputs is None
     assert all(torch.equal(t, state[k]) and t.data_ptr() != state[k].data_ptr() for k, t in model.state_dict().items())
     with pytest.raises(RuntimeError, match="size mismatch"):  # a state that does not fit: load_state_dict's own error
         evaluation._model_with_weights("fastnet", state, 5, (1, 28, 28), {})

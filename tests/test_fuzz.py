@@ -153,11 +153,11 @@ def mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
 EDITS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=8)), min_size=1, max_size=6)
 
 
-def _check(name: str, data: bytes, tmp: Path, crashed: list[bytes] | None = None) -> None:
+def _check(name: str, data: bytes, tmp: Path, crashed: list[bytes] | None = None, record: bool = False) -> None:
     """Feed `data` to the target: read, or refused with its own error. Anything else is re-raised,
     the input kept in `crashed` (the last one kept is the example Hypothesis shrank to)."""
     target, _, allowed = TARGETS[name]
-    if SECONDS > 0:  # make fuzz: a crash that kills the process (a segfault) leaves its input here
+    if record:  # make fuzz: a crash that kills the process (a segfault) leaves its input here
         (CORPUS / name).mkdir(parents=True, exist_ok=True)
         (CORPUS / name / LAST).write_bytes(data)
     try:
@@ -188,7 +188,7 @@ def _fuzz(name: str, examples: int, rng_seed: int | None) -> int:
         @given(st.sampled_from(seeds), EDITS)
         def run(original: bytes, edits) -> None:
             count[0] += 1
-            _check(name, mutate(original, edits), Path(tmp), crashed)
+            _check(name, mutate(original, edits), Path(tmp), crashed, record=rng_seed is not None)
 
         try:
             (seed(rng_seed)(run) if rng_seed is not None else run)()

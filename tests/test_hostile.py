@@ -25,7 +25,7 @@ from cnnlab.errors import CnnlabError, DataError
 from conftest import QUICK, run_main, write_image_folder, write_npy_pairs
 
 CORPUS = Path(__file__).parent / "corpus"
-CORPUS_IMAGES = sorted((CORPUS / "images").iterdir())
+CORPUS_IMAGES = sorted(p for p in (CORPUS / "images").iterdir() if not p.name.startswith("."))
 
 
 def no_traceback(r):
@@ -483,11 +483,15 @@ def test_a_model_gone_nan_is_served_as_null_not_500(deploy_run, tmp_path):
 
 def test_pillows_process_wide_pixel_limit_is_left_as_it_was(tmp_path):
     """A user's larger data.max_pixels is honoured for cnnlab's own opens only."""
-    from cnnlab.data.images import _open
+    from cnnlab.data.images import _open, _pillow_limit
 
     default = Image.MAX_IMAGE_PIXELS
     Image.new("1", (10_000, 9_500)).save(tmp_path / "big.png")  # 95 M pixels: over Pillow's 89 M warning
-    assert _open(tmp_path / "big.png", max_pixels=10**8).size == (10_000, 9_500)
+    Image.new("1", (10_000, 9_500)).save(tmp_path / "big.tif")  # TIFF checks the limit again while loading
+    for name in ("big.png", "big.tif"):
+        with _pillow_limit(10**8), _open(tmp_path / name) as im:
+            im.load()
+            assert im.size == (10_000, 9_500)
     assert Image.MAX_IMAGE_PIXELS == default
     with pytest.warns(Image.DecompressionBombWarning):
         Image.open(tmp_path / "big.png")  # anyone else's open still gets Pillow's own check
@@ -499,3 +503,26 @@ def test_folder_decoding_threads_are_bounded_by_memory(monkeypatch):
     monkeypatch.setattr(folder.os, "cpu_count", lambda: 64)
     assert folder.decode_threads(40_000_000) == 13  # 2 GiB / (4 x 40 M pixels)
     assert folder.decode_threads(10**6) == 64 and folder.decode_threads(10**9) == 1
+
+
+def test_a_split_folder_that_is_a_link_to_another_disk_is_the_dataset(tmp_path):
+    elsewhere = write_image_folder(tmp_path / "ssd" / "train", {"a": 3, "b": 3})
+    write_image_folder(tmp_path / "ds" / "test", {"a": 2, "b": 2})
+    (tmp_path / "ds" / "train").symlink_to(elsewhere, target_is_directory=True)
+    scan = scan_folder(tmp_path / "ds")
+    assert scan.classes == ["a", "b"] and len(scan.files["train"]) == 6 and len(scan.files["test"]) == 4 and not scan.skipped
+
+
+def test_cifar_dtype_state_cannot_clear_an_object_dtypes_flags(tmp_path):
+    """The reviewer's bypass: dtype('O8') given the state of a plain type (flags 0), then an array of
+    raw bytes with it: numpy would read the bytes as object pointers."""
+    import pickle
+
+    import numpy as np
+
+    from cnnlab.data.cifar import read_batch
+
+    data = pickle.dumps({"label_names": np.frombuffer(b"A" * 8, "f8")}, protocol=2).replace(b"f8", b"O8")
+    (tmp_path / "batches.meta").write_bytes(data)
+    with pytest.raises(DataError, match="refusing"):
+        read_batch(tmp_path / "batches.meta")

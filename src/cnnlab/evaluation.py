@@ -74,8 +74,9 @@ def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
     return path, run_dir
 
 
-def _model_with_weights(name: str, state: dict[str, torch.Tensor], outputs: int, shape: tuple[int, ...], kwargs: dict[str, Any]) -> nn.Module:
-    """Model `name` holding the checkpoint's weights `state`.
+def _model_with_weights(name: str, state: dict[str, torch.Tensor], outputs: int, shape: tuple[int, ...], kwargs: dict[str, Any]) -> tuple[nn.Module, int | None]:
+    """(model `name` holding the checkpoint's weights `state`, in eval mode; its number of outputs
+    for one zero image of `shape` where that was already run, else None).
 
     It is built on the meta device and takes the checkpoint's tensors as its own
     (load_state_dict(assign=True)), which skips the random initialisation a fresh model runs only to
@@ -101,13 +102,12 @@ def _model_with_weights(name: str, state: dict[str, torch.Tensor], outputs: int,
                 skeleton.eval()
                 try:
                     with torch.no_grad():
-                        skeleton(torch.zeros(1, *shape))
-                    return skeleton
+                        return skeleton, int(skeleton(torch.zeros(1, *shape)).shape[-1])  # load_run's dry run, done here
                 except Exception:  # noqa: BLE001  e.g. a constant made at build time, left on the meta device
                     pass
     model = build()
     model.load_state_dict(state)
-    return model
+    return model.eval(), None
 
 
 def load_run(source: str | Path) -> LoadedRun:
@@ -127,15 +127,15 @@ def load_run(source: str | Path) -> LoadedRun:
     kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != "pretrained"}  # the weights come from the checkpoint
     shape = tuple(ckpt["input_shape"])
     try:
-        model = _model_with_weights(cfg.model.name, ckpt["model"], model_outputs(name, target), shape, kwargs)
+        model, outputs = _model_with_weights(cfg.model.name, ckpt["model"], model_outputs(name, target), shape, kwargs)
     except (RuntimeError, TypeError, AttributeError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         why = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:160]  # the first mismatch, not the heading
         raise CnnlabError(f"{path}: the weights do not fit model {cfg.model.name} ({why})") from None
-    model.eval()
     try:
-        with torch.no_grad():
-            outputs = model(torch.zeros(1, *shape)).shape[-1]
+        if outputs is None:
+            with torch.no_grad():
+                outputs = model(torch.zeros(1, *shape)).shape[-1]
     except RuntimeError as e:
         raise CnnlabError(f"{path}: model {cfg.model.name} does not take its input_shape {shape} ({str(e).splitlines()[0][:120]})") from None
     objective = create_objective(name, model, target, outputs)
@@ -158,8 +158,8 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     shape = ckpt["input_shape"]
     if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
         raise bad("input_shape", f"is {shape!r}, not [C, H, W]")
-    if shape[0] > MAX_INPUT_CHANNELS or shape[1] * shape[2] > MAX_INPUT_PIXELS:  # the dry run below would allocate it
-        raise bad("input_shape", f"is {shape!r}, over {MAX_INPUT_CHANNELS} channels or {MAX_INPUT_PIXELS:,} pixels")
+    if shape[0] > MAX_INPUT_CHANNELS or shape[1] * shape[2] > MAX_INPUT_PIXELS or shape[0] * shape[1] * shape[2] > 3 * MAX_INPUT_PIXELS:  # the dry run would allocate it
+        raise bad("input_shape", f"is {shape!r}, over {MAX_INPUT_CHANNELS} channels, {MAX_INPUT_PIXELS:,} pixels or {3 * MAX_INPUT_PIXELS:,} values")
     classes = ckpt["classes"]
     if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
         raise bad("classes", "are not a list of names")

@@ -40,13 +40,16 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable. Some file systems (CIFS, some FUSE mounts) refuse to fsync a
+    folder: the rename has happened, so that is no reason to fail the write."""
     if os.name != "posix":
         return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

@@ -15,9 +15,16 @@ def printable(text: str) -> str:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
+        pass
+    try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (possible in Windows names)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def fs_bytes(text: str) -> bytes:
     """The bytes the file system holds for a name or path (for hashing: exact, never an error)."""
-    return text.encode("utf-8", "surrogateescape")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")

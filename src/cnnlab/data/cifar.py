@@ -36,10 +36,13 @@ _ALLOWED = {
 }
 
 
+PLAIN_KINDS = "biuf"  # bool, signed, unsigned, float: the only dtypes a CIFAR batch needs
+
+
 def _plain_scalar(dtype: Any, *args: Any) -> Any:
     """numpy's scalar(), for number dtypes only: scalar(dtype('O'), 8 bytes) takes the bytes for a
     pointer to a Python object and crashes the process (found by tests/test_fuzz.py)."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_KINDS or dtype.hasobject:
         raise pickle.UnpicklingError("refusing a scalar that is not a plain number")
     from numpy._core.multiarray import scalar
 
@@ -61,10 +64,12 @@ class _ArraysOnly(pickle._Unpickler):  # type: ignore[name-defined]
 
     def load_build(self) -> None:
         state, inst = self.stack[-1], self.stack[-2]
+        # by kind, not by flags: a state can clear an object dtype's flags, and its bytes would still be read as pointers
         if isinstance(inst, np.dtype):  # a plain number type: (3, byte order, None, None, None, -1, -1, 0)
-            ok = isinstance(state, tuple) and len(state) >= 8 and state[2:5] == (None, None, None) and state[7] == 0
-        elif isinstance(inst, np.ndarray):  # (version, shape, dtype, fortran, the raw bytes)
-            ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype) and not state[2].hasobject and isinstance(state[4], (bytes, bytearray, str))  # str: a Python 2 file read as latin1
+            ok = inst.kind in PLAIN_KINDS and isinstance(state, tuple) and len(state) >= 8 and state[2:5] == (None, None, None) and state[7] == 0
+        elif isinstance(inst, np.ndarray):  # (version, shape, dtype, fortran, the raw bytes; str: a Python 2 file read as latin1)
+            dt = state[2] if isinstance(state, tuple) and len(state) == 5 else None
+            ok = isinstance(dt, np.dtype) and dt.kind in PLAIN_KINDS and not dt.hasobject and isinstance(state[4], (bytes, bytearray, str))
         else:
             ok = False
         if not ok:

@@ -33,7 +33,7 @@ def visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def _class_dirs(folder: Path, root: Path | None = None, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+def _class_dirs(folder: Path, root: Path | tuple[Path, ...] | None = None, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """The visible sub-folders of `folder`; with `root`, only those inside it (a link that leads out of
     the dataset is listed in `skipped` and not followed)."""
     found = []
@@ -46,18 +46,22 @@ def _class_dirs(folder: Path, root: Path | None = None, skipped: list[tuple[str,
     return found
 
 
-def _inside(p: Path, root: Path) -> bool:
-    """Whether `p`, its links resolved, lies in the (resolved) folder `root`."""
-    return p.resolve().is_relative_to(root)
+def _inside(p: Path, roots: Path | tuple[Path, ...]) -> bool:
+    """Whether `p`, its links resolved, lies in one of the (resolved) folders `roots`. Only a link
+    is resolved: anything else under a folder already found inside is inside (no resolve per file)."""
+    if not p.is_symlink():
+        return True
+    real = p.resolve()
+    return any(real.is_relative_to(r) for r in (roots if isinstance(roots, tuple) else (roots,)))
 
 
-def _files_under(cdir: Path, root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+def _files_under(cdir: Path, root: tuple[Path, ...], skipped: list[tuple[str, str]]) -> list[Path]:
     """Every visible file under `cdir`, sorted, following links only where they stay inside `root`
     (each folder once, so a link to a parent cannot loop); the others are listed in `skipped`."""
     found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
         here = Path(dirpath)
-        real = here.resolve()
+        real = os.path.realpath(dirpath)  # once per folder: a link to a parent is walked once
         if real in seen:
             dirnames[:] = []
             continue
@@ -104,7 +108,9 @@ def split_folders(root: Path) -> dict[str, Path]:
 def scan_folder(root: Path) -> FolderScan:
     """List every file under the class folders; files without an image suffix are skipped and listed."""
     splits = split_folders(root) or {"all": root}
-    inside = root.resolve()  # nothing outside the dataset is read: links out of it are listed as skipped
+    # nothing outside the dataset is read: links out of it are listed as skipped. The dataset is the
+    # root and its split folders, wherever each lies (train/ may be a link to another disk)
+    inside = (root.resolve(), *(f.resolve() for f in splits.values()))
     skipped: list[tuple[str, str]] = []
     # class names are shown, logged and saved in checkpoints: a folder name that is not UTF-8 is
     # named with \xNN for its undecodable bytes (text.printable)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -37,6 +38,18 @@ GZIP_MAGIC = b"\x1f\x8b"
 # The largest array a header may claim: 16 GiB (Fashion-MNIST's training images are 47 MB). A claim
 # beyond it is refused before anything is read or allocated.
 MAX_IDX_BYTES = 1 << 34
+
+
+def _read_up_to(stream, n: int, chunk: int = 64 << 20) -> bytes:
+    """Up to `n` bytes of `stream`, read 64 MiB at a time: memory grows with the data that is there,
+    not with what a header claims (read(n) allocates n bytes first)."""
+    buf = bytearray()
+    while len(buf) < n:
+        part = stream.read(min(chunk, n - len(buf)))
+        if not part:
+            break
+        buf += part
+    return bytes(buf)
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
@@ -64,8 +77,13 @@ def read_idx(path: str | Path) -> torch.Tensor:
             expected = math.prod(shape) * dtype.itemsize
             if expected > MAX_IDX_BYTES:
                 raise DataError(f"IDX file {path} claims a {'x'.join(map(str, shape))} array ({expected:,} bytes), over the {MAX_IDX_BYTES >> 30} GiB cnnlab reads; it is corrupt or not a dataset")
-            data = stream.read(expected)
+            size = os.fstat(file.fileno()).st_size
+            if not gz and size != 4 + 4 * ndim + expected:  # a plain file must hold what it claims, before it is read
+                raise DataError(f"IDX file {path} is truncated or corrupt: {size:,} bytes where its header promises {4 + 4 * ndim + expected:,}; replace it with an intact copy")
+            data = _read_up_to(stream, expected)
             extra = stream.read(1)
+    except MemoryError:
+        raise DataError(f"IDX file {path} claims more than this machine's memory holds; it is corrupt or too large") from None
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read IDX file {path}: {e}; replace it with an intact copy") from None
     if len(data) != expected or extra:

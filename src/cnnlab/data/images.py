@@ -72,26 +72,32 @@ def decoding(kind: str = "corrupt or truncated", bomb_warning_is_error: bool = T
 
 
 _PILLOW_LIMIT = threading.Lock()
+_PILLOW_DEFAULT = Image.MAX_IMAGE_PIXELS  # Pillow's own limit, as it was when cnnlab was imported
 
 
-def _open(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
-    """Image.open on a file or bytes, only in FORMATS; BadImage for an empty one. Pillow's own bomb
-    limit is raised to `max_pixels` where that is larger, so our limit (checked from the header) is
-    the one that counts."""
-    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
-        raise BadImage("empty file (0 bytes)")
-    fp = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
-    default = Image.MAX_IMAGE_PIXELS
-    if max_pixels is None or default is None or max_pixels <= default:
-        return Image.open(fp, formats=FORMATS)
-    # Pillow checks its process-wide limit while opening: it is raised for this open only, under a
-    # lock, and put back, so other code in the process (a notebook's own Pillow use) keeps its limit.
+@contextmanager
+def _pillow_limit(max_pixels: int | None):
+    """Pillow's process-wide bomb limit raised to `max_pixels` where that is larger, for the block
+    only: Pillow checks it while opening and, for some formats (TIFF), again while loading. Under a
+    lock, and put back after, so other code in the process (a notebook's own Pillow use) keeps its
+    limit; opens that need no raise take no lock."""
+    if max_pixels is None or _PILLOW_DEFAULT is None or max_pixels <= _PILLOW_DEFAULT:
+        yield
+        return
     with _PILLOW_LIMIT:
+        before = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
-            return Image.open(fp, formats=FORMATS)
+            yield
         finally:
-            Image.MAX_IMAGE_PIXELS = default
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _open(source: ImageSource) -> Image.Image:
+    """Image.open on a file or bytes, only in FORMATS; BadImage for an empty one."""
+    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+        raise BadImage("empty file (0 bytes)")
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source), formats=FORMATS)
 
 
 def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str = "data.max_pixels", max_aspect: float | None = None) -> Image.Image:
@@ -103,8 +109,8 @@ def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str
     differ over `max_aspect` times), TooManyPixels for an image over `max_pixels` (`setting` names
     the limit in the message).
     """
-    with decoding():
-        with _open(source, max_pixels) as im:
+    with decoding(), _pillow_limit(max_pixels):  # our limit (checked from the header) is the one that counts
+        with _open(source) as im:
             check_pixels(im.size, max_pixels, setting, max_aspect)
             im.load()  # decodes now: a truncated file fails here, not in a later epoch
             return upright(im, channels)

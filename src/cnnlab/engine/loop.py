@@ -52,7 +52,7 @@ class TrainStep:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         elif self.scaler is None:
             grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())  # as clip_grad_norm_ computes it (torch >= 2.3)
         if self.scaler is None and not torch.isfinite(norm):
             # A finite loss can still have non-finite gradients (an overflow in the backward): the
             # step is not taken, so no NaN reaches the weights, the EMA or a checkpoint. The loss is

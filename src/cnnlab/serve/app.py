@@ -105,17 +105,21 @@ async def _read_body(request: Request, limit: int, shown: int, budget: Budget, h
             raise HTTPException(400, "Content-Length is not a number")
         if int(declared) > limit:
             raise HTTPException(413, f"the upload is {int(declared):,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+
+    async def collect() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
+            budget.take(2 * len(chunk))
+            held[0] += 2 * len(chunk)
+            chunks.append(chunk)
+
     try:
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPException(413, f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
-                budget.take(2 * len(chunk))
-                held[0] += 2 * len(chunk)
-                chunks.append(chunk)
-    except TimeoutError:
+        await asyncio.wait_for(collect(), seconds)  # wait_for, not asyncio.timeout: Python 3.10 has only this
+    except asyncio.TimeoutError:
         raise HTTPException(408, f"the upload did not arrive within {seconds:g} s (cnnlab serve --upload-seconds)") from None
     except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log
         raise HTTPException(400, "the client disconnected during the upload") from None

@@ -126,7 +126,6 @@ def sidecar_path(out: Path) -> Path:
 def _onnx_bytes(module: nn.Module, example: torch.Tensor, info: dict[str, Any]) -> bytes:
     try:
         import onnx
-        import onnx_ir  # comes with onnxscript
         import onnxscript  # noqa: F401  torch's exporter needs it; missing, it would fail deep inside
     except ImportError as e:
         raise CnnlabError(f"ONNX export needs the onnx and onnxscript packages ({e}): pip install onnx onnxscript onnxruntime") from None
@@ -147,10 +146,15 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor, info: dict[str, Any]) 
         except Exception as e:  # the exporter's failure for an operator or shape it cannot express: one line, not its traceback
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CnnlabError(f"torch's ONNX exporter failed on this model ({type(e).__name__}: {first}); try --format torchscript") from None
-        if new_exporter:  # the exported graph (an onnx_ir model) to bytes directly, not saved and parsed again:
-            # for vgg16's 550 MB, that round trip through a file took 3 s of the export's 9
-            program.model.metadata_props["cnnlab"] = json.dumps(info)
-            return onnx_ir.serde.serialize_model(program.model).SerializeToString()
+        if new_exporter:
+            try:  # the exported graph (an onnx_ir model) to bytes directly, not saved and parsed again:
+                # for vgg16's 550 MB, that round trip through a file took 3 s of the export's 9
+                import onnx_ir  # comes with onnxscript >= 0.3
+
+                program.model.metadata_props["cnnlab"] = json.dumps(info)
+                return onnx_ir.serde.serialize_model(program.model).SerializeToString()
+            except (ImportError, AttributeError):  # an older onnxscript: through the file
+                program.save(path)
         model = onnx.load(path)
     entry = model.metadata_props.add()
     entry.key, entry.value = "cnnlab", json.dumps(info)
