@@ -52,8 +52,11 @@ def decoding(kind: str = "corrupt or truncated", bomb_warning_is_error: bool = T
     """Pillow's errors while opening or decoding, as BadImage (TooManyPixels for its own bomb check)."""
     try:
         with warnings.catch_warnings():
-            if bomb_warning_is_error:
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's notes on a file's damaged metadata ("Corrupt EXIF data", "Tag data larger than
+            # file"): the image decodes or fails on its own, and a folder of them would flood the screen
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+            # reading sizes only, Pillow's bomb warning is not ours to show: open_image applies the pixel limit
+            warnings.simplefilter("error" if bomb_warning_is_error else "ignore", Image.DecompressionBombWarning)
             yield
     except BadImage:
         raise
