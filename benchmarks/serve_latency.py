@@ -28,10 +28,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 
-def start_server(run: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", run, "--port", "0"], stdout=subprocess.PIPE, text=True)
+def start_server(run: str, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, int]:
+    """`cnnlab serve RUN --port 0 EXTRA...` in a subprocess, once it says where it listens: (process, port)."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", run, "--port", "0", *extra], stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if select.select([proc.stdout], [], [], 1)[0]:

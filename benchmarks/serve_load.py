@@ -17,14 +17,10 @@ figure the limits allow. Exit code 1 when an ordinary upload is not answered 200
 from __future__ import annotations
 
 import argparse
-import http.client
-import io
 import json
 import platform
 import select
 import socket
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -33,45 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from serve_latency import percentile, post, start_server, test_pngs  # noqa: E402  (test_pngs: the run's own test images, as PNG files)
 
 
-def start_server(run: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", run, "--port", "0", *extra], stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if select.select([proc.stdout], [], [], 1)[0]:
-            line = proc.stdout.readline()
-            if "http://" in line:
-                return proc, int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
-    proc.kill()
-    raise SystemExit("cnnlab serve did not start")
-
-
-def test_pngs(run: str, n: int) -> list[bytes]:
-    sys.path.insert(0, str(HERE))
-    from serve_latency import test_pngs as pngs  # the run's own test images, as PNG files
-
-    return pngs(run, n)
-
-
-def upload(port: int, body: bytes) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        conn.request("POST", "/predict", body=body, headers={"Content-Type": "image/png"})
-        r = conn.getresponse()
-        r.read()
-        return r.status, time.perf_counter() - t0
-    finally:
-        conn.close()
 
 
 def ordinary(port: int, images: list[bytes], requests: int, concurrency: int) -> dict:
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda i: upload(port, images[i % len(images)]), range(requests)))
-    lat = sorted(s for _, s in results)
-    return {"statuses": dict(Counter(c for c, _ in results)), "p50_ms": round(1000 * statistics.median(lat), 1),
-            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1)}
+        results = list(pool.map(lambda i: post(port, "/predict", images[i % len(images)]), range(requests)))
+    ms = [1000 * s for _, s in results]
+    return {"statuses": dict(Counter(c for c, _ in results)), "p50_ms": round(percentile(ms, 50), 1), "p99_ms": round(percentile(ms, 99), 1)}
 
 
 class SlowClient(threading.Thread):
@@ -144,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, port = start_server(a.run, extra)
     try:
         for b in images[:5]:
-            upload(port, b)  # warm
+            post(port, "/predict", b)  # warm
         alone = ordinary(port, images, a.requests, a.concurrency)
         rss_alone = peak_rss_mb(proc.pid)
         stop = threading.Event()

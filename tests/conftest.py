@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,30 @@ def run_main(*args: str, cwd: Path | None = None, env: dict | None = None) -> su
         os.environ.update(old_env)
         torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["cnnlab", *args], int(code or 0), out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def serving(run: Path, *flags: str):
+    """`cnnlab serve RUN --port 0 FLAGS` in a subprocess: (host, port) once it listens (a first request
+    waits in the backlog until uvicorn takes it); stopped at the end."""
+    import select
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(run), "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line, deadline = "", time.time() + 60
+        while "http://" not in line:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"cnnlab serve did not start: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
+            if select.select([proc.stdout], [], [], 1)[0]:
+                line = proc.stdout.readline()
+        host, port = line.split("http://")[1].split("/")[0].rsplit(":", 1)
+        yield host, int(port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from cnnlab.data.folder import scan_folder
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import BadImage, open_image
 from cnnlab.errors import CnnlabError, DataError
-from conftest import QUICK, run_main, write_image_folder, write_npy_pairs
+from conftest import QUICK, run_main, serving, write_image_folder, write_npy_pairs
 
 CORPUS = Path(__file__).parent / "corpus"
 CORPUS_IMAGES = sorted(p for p in (CORPUS / "images").iterdir() if not p.name.startswith("."))
@@ -290,20 +290,6 @@ def test_resume_on_other_data_is_refused_saying_what_differs(tmp_path):
 # --- 2. the server bounds what a client holds -----------------------------------------------------
 
 
-def _start_server(run, *flags):
-    import select
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(run), "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line, deadline = "", time.time() + 60
-    while "http://" not in line:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
-        if select.select([proc.stdout], [], [], 1)[0]:
-            line = proc.stdout.readline()
-    return proc, int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
-
-
 def _trickle(port, head: bytes, body: bytes, until: float) -> tuple[float, bytes]:
     """Send `head` at once, then `body` a byte every 0.2 s: (seconds until the server answered or
     closed, what it said)."""
@@ -336,8 +322,7 @@ def test_slow_clients_are_cut_off_and_ordinary_uploads_still_get_answers(deploy_
     import http.client
     import threading
 
-    proc, port = _start_server(deploy_run, "--header-seconds", "1", "--upload-seconds", "1.5")
-    try:
+    with serving(deploy_run, "--header-seconds", "1", "--upload-seconds", "1.5") as (_, port):
         head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
         slow = {}
         threads = [threading.Thread(target=lambda i=i: slow.__setitem__(i, _trickle(port, b"" if i % 2 else head, head if i % 2 else b"\x89" * 5000, 15)))
@@ -360,9 +345,6 @@ def test_slow_clients_are_cut_off_and_ordinary_uploads_still_get_answers(deploy_
             statuses = list(pool.map(ordinary, range(20)))
         for t in threads:
             t.join(20)
-    finally:
-        proc.terminate()
-        proc.wait(10)
     assert statuses == [200] * 20
     for i, (held, said) in slow.items():
         if i % 2:
@@ -376,8 +358,7 @@ def test_uploads_in_hand_are_bounded_by_the_queue(deploy_run):
     while the first holds its 0.9 MB is answered 503 at once, not queued without bound."""
     import socket
 
-    proc, port = _start_server(deploy_run, "--queue", "1", "--max-upload-mb", "1", "--upload-seconds", "20")
-    try:
+    with serving(deploy_run, "--queue", "1", "--max-upload-mb", "1", "--upload-seconds", "20") as (_, port):
         head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n"
         first = socket.create_connection(("127.0.0.1", port), timeout=10)
         first.sendall(head + b"\0" * 900_000)  # and holds the connection, 100,000 bytes short
@@ -404,9 +385,6 @@ def test_uploads_in_hand_are_bounded_by_the_queue(deploy_run):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("POST", "/predict", body=buf.getvalue(), headers={"Content-Type": "image/png"})
         assert conn.getresponse().status == 200
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 # --- 12. smaller findings -------------------------------------------------------------------------
@@ -429,15 +407,11 @@ def test_a_checkpoint_claiming_a_huge_input_is_refused_before_the_dry_run(deploy
 def test_a_chunked_upload_over_the_limit_is_413(deploy_run):
     import http.client
 
-    proc, port = _start_server(deploy_run, "--max-upload-mb", "1")
-    try:
+    with serving(deploy_run, "--max-upload-mb", "1") as (_, port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("POST", "/predict", body=iter([b"\0" * 65536] * 20), headers={"Content-Type": "image/png"}, encode_chunked=True)  # 1.25 MB, no Content-Length
         r = conn.getresponse()
         assert r.status == 413 and b"this server takes images of at most" in r.read()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_celeba_names_that_lead_outside_the_images_folder_are_not_read(tmp_path):
@@ -467,8 +441,7 @@ def test_a_model_gone_nan_is_served_as_null_not_500(deploy_run, tmp_path):
     ckpt = torch.load(deploy_run / "checkpoints" / "best.pt", weights_only=True)
     ckpt["model"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     save_checkpoint(tmp_path / "nan.pt", **{k: v for k, v in ckpt.items() if k not in ("format", "version", "rng")})
-    proc, port = _start_server(tmp_path / "nan.pt")
-    try:
+    with serving(tmp_path / "nan.pt") as (_, port):
         buf = io.BytesIO()
         Image.new("L", (28, 28), 90).save(buf, "PNG")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -476,9 +449,6 @@ def test_a_model_gone_nan_is_served_as_null_not_500(deploy_run, tmp_path):
         r = conn.getresponse()
         body = json.loads(r.read(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
         assert r.status == 200 and body["top"][0]["probability"] is None, body
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_pillows_process_wide_pixel_limit_is_left_as_it_was(tmp_path):

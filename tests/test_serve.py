@@ -5,7 +5,6 @@ import base64
 import http.client
 import io
 import json
-import select
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 
 import cnnlab
+from conftest import serving
 
 UPLOAD_MB = 1  # the server's upload limit in these tests, so an oversized body stays small
 
@@ -25,24 +25,8 @@ UPLOAD_MB = 1  # the server's upload limit in these tests, so an oversized body 
 @pytest.fixture(scope="module")
 def server(deploy_run):
     """`cnnlab serve RUN --port 0 --max-upload-mb 1` in a subprocess: (host, port); stopped at the end."""
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(deploy_run), "--port", "0", "--max-upload-mb", str(UPLOAD_MB)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = ""
-        deadline = time.time() + 60
-        while "http://" not in line:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"cnnlab serve did not start: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
-            if select.select([proc.stdout], [], [], 1)[0]:
-                line = proc.stdout.readline()
-        host, port = line.split("http://")[1].split("/")[0].rsplit(":", 1)
-        yield host, int(port)  # listening already: a first request waits until uvicorn takes it
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(deploy_run, "--max-upload-mb", str(UPLOAD_MB)) as address:
+        yield address
 
 
 def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60):

@@ -516,12 +516,11 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    import json
-
     from cnnlab.data.doctor import check, format_report
+    from cnnlab.runs import json_text
 
     report = check(_data_config(args.data, args.set))
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(json_text(report).rstrip("\n") if args.json else format_report(report))  # strict JSON, as every file cnnlab writes
     return 0 if not report["problems"] else 1
 
 

@@ -33,32 +33,31 @@ def visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def _class_dirs(folder: Path, root: Path | tuple[Path, ...] | None = None, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """The visible sub-folders of `folder`; with `root`, only those inside it (a link that leads out of
-    the dataset is listed in `skipped` and not followed)."""
-    found = []
-    for p in sorted(p for p in folder.iterdir() if p.is_dir() and visible(p)):
-        if root is not None and not _inside(p, root):
-            if skipped is not None:
-                skipped.append((printable(str(p)), f"a link to {printable(str(p.resolve()))}, outside the dataset: not followed"))
-            continue
-        found.append(p)
-    return found
+def _class_dirs(folder: Path, roots: tuple[Path, ...] | None = None, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The visible sub-folders of `folder`; with `roots`, only those inside them (a link that leads
+    out of the dataset is listed in `skipped` and not followed)."""
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
+    return dirs if roots is None else [p for p in dirs if _kept(p, roots, skipped if skipped is not None else [], "followed")]
 
 
-def _inside(p: Path, roots: Path | tuple[Path, ...]) -> bool:
-    """Whether `p`, its links resolved, lies in one of the (resolved) folders `roots`. Only a link
-    is resolved: anything else under a folder already found inside is inside (no resolve per file)."""
+def _kept(p: Path, roots: tuple[Path, ...], skipped: list[tuple[str, str]], verb: str) -> bool:
+    """Whether `p`, its links resolved, lies in one of the (resolved) folders `roots`; if not, it is
+    listed in `skipped` ("not `verb`"). Only a link is resolved: anything else under a folder already
+    found inside is inside (no resolve per file)."""
     if not p.is_symlink():
         return True
     real = p.resolve()
-    return any(real.is_relative_to(r) for r in (roots if isinstance(roots, tuple) else (roots,)))
+    if any(real.is_relative_to(r) for r in roots):
+        return True
+    skipped.append((printable(str(p)), f"a link to {printable(str(real))}, outside the dataset: not {verb}"))
+    return False
 
 
-def _files_under(cdir: Path, root: tuple[Path, ...], skipped: list[tuple[str, str]]) -> list[Path]:
-    """Every visible file under `cdir`, sorted, following links only where they stay inside `root`
+def _files_under(cdir: Path, roots: tuple[Path, ...], skipped: list[tuple[str, str]]) -> list[Path]:
+    """Every visible file under `cdir`, sorted, following links only where they stay inside `roots`
     (each folder once, so a link to a parent cannot loop); the others are listed in `skipped`."""
-    found, seen = [], set()
+    found: list[Path] = []
+    seen = set()
     for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
         here = Path(dirpath)
         real = os.path.realpath(dirpath)  # once per folder: a link to a parent is walked once
@@ -66,21 +65,8 @@ def _files_under(cdir: Path, root: tuple[Path, ...], skipped: list[tuple[str, st
             dirnames[:] = []
             continue
         seen.add(real)
-        keep = []
-        for name in dirnames:
-            if _inside(here / name, root):
-                keep.append(name)
-            else:
-                skipped.append((printable(str(here / name)), f"a link to {printable(str((here / name).resolve()))}, outside the dataset: not followed"))
-        dirnames[:] = keep
-        for name in filenames:
-            p = here / name
-            if not visible(p) or not p.is_file():
-                continue
-            if _inside(p, root):
-                found.append(p)
-            else:
-                skipped.append((printable(str(p)), f"a link to {printable(str(p.resolve()))}, outside the dataset: not read"))
+        dirnames[:] = [name for name in dirnames if _kept(here / name, roots, skipped, "followed")]
+        found += [p for p in (here / name for name in filenames) if visible(p) and p.is_file() and _kept(p, roots, skipped, "read")]
     return sorted(found)
 
 

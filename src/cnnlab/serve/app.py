@@ -85,20 +85,33 @@ class Budget:
     def __init__(self, capacity: int) -> None:
         self.capacity, self.used = capacity, 0
 
+    def lease(self) -> "Lease":
+        return Lease(self)
+
+
+class Lease:
+    """One request's share of a Budget: what it took, all given back by release()."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget, self.held = budget, 0
+
     def take(self, n: int) -> None:
-        if self.used + n > self.capacity:
-            raise HTTPException(503, f"the server is busy ({self.used:,} bytes of uploads in hand); retry in a moment")
-        self.used += n
+        b = self.budget
+        if b.used + n > b.capacity:
+            raise HTTPException(503, f"the server is busy ({b.used:,} bytes of uploads in hand); retry in a moment")
+        b.used += n
+        self.held += n
 
-    def give_back(self, n: int) -> None:
-        self.used -= n
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
 
 
-async def _read_body(request: Request, limit: int, shown: int, budget: Budget, held: list[int], seconds: float) -> bytes:
+async def _read_body(request: Request, limit: int, shown: int, lease: Lease, seconds: float) -> bytes:
     """The request body, refused with 413 as soon as it is known to pass `limit` bytes (the upload
     limit plus a form's overhead; the message names the upload limit, `shown`), with 408 when it has
-    not all come within `seconds`. Every byte is taken from `budget` (twice: the chunks and their
-    join) and added to held[0], which the caller gives back when the request is answered."""
+    not all come within `seconds`. Every byte is taken on the request's `lease` (twice: the chunks and
+    their join), which the caller releases when the request is answered."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -113,8 +126,7 @@ async def _read_body(request: Request, limit: int, shown: int, budget: Budget, h
             size += len(chunk)
             if size > limit:
                 raise HTTPException(413, f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
-            budget.take(2 * len(chunk))
-            held[0] += 2 * len(chunk)
+            lease.take(2 * len(chunk))
             chunks.append(chunk)
 
     try:
@@ -129,17 +141,17 @@ async def _read_body(request: Request, limit: int, shown: int, budget: Budget, h
 FORM_OVERHEAD = 16 * 1024  # bytes a multipart body may hold beyond its file: boundaries and part headers
 
 
-async def _image_bytes(request: Request, limit: int, budget: Budget, held: list[int], seconds: float) -> bytes:
+async def _image_bytes(request: Request, limit: int, lease: Lease, seconds: float) -> bytes:
     """The image: the raw body, or the 'file' (or only) file field of a multipart form; 413 where
     the image itself is over `limit` bytes."""
-    data = await _image_field(request, limit, budget, held, seconds)
+    data = await _image_field(request, limit, lease, seconds)
     if len(data) > limit:
         raise HTTPException(413, f"the image is {len(data):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)")
     return data
 
 
-async def _image_field(request: Request, limit: int, budget: Budget, held: list[int], seconds: float) -> bytes:
-    body = await _read_body(request, limit + FORM_OVERHEAD, limit, budget, held, seconds)
+async def _image_field(request: Request, limit: int, lease: Lease, seconds: float) -> bytes:
+    body = await _read_body(request, limit + FORM_OVERHEAD, limit, lease, seconds)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         if not body:
             raise HTTPException(400, "no image: send the image file as the request body, or as the 'file' field of a multipart form")
@@ -215,16 +227,16 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: i
     async def predict(request: Request) -> Response:
         k = _topk(request, topk)
         gradcam = _flag(request, "gradcam")
-        held = [0]  # bytes of this request in the budget, given back however it ends
+        lease = budget.lease()  # this request's bytes in the budget, given back however it ends
         try:
-            data = await _image_bytes(request, max_upload_bytes, budget, held, upload_seconds)
+            data = await _image_bytes(request, max_upload_bytes, lease, upload_seconds)
             return StrictJSONResponse(await run_in_threadpool(run_model, data, k, gradcam))
         except TooManyPixels as e:
             return _error(413, f"the image is too large: {e}")
         except BadImage as e:
             return _error(400, f"not an image this server can read: {e}")
         finally:
-            budget.give_back(held[0])
+            lease.release()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -247,9 +259,16 @@ def header_deadline_protocol(seconds: float) -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderDeadline(H11Protocol):
+        _headers_due = None
+
+        def _arm(self) -> None:  # the headers are due `seconds` from now
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+            self._headers_due = self.loop.call_later(seconds, self._headers_late)
+
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._headers_due = self.loop.call_later(seconds, self._headers_late)
+            self._arm()
 
         def handle_events(self) -> None:
             super().handle_events()
@@ -260,9 +279,7 @@ def header_deadline_protocol(seconds: float) -> type:
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
-                if self._headers_due is not None:
-                    self._headers_due.cancel()
-                self._headers_due = self.loop.call_later(seconds, self._headers_late)
+                self._arm()  # the next request on this connection
 
         def connection_lost(self, exc) -> None:
             if self._headers_due is not None:
@@ -279,7 +296,9 @@ def header_deadline_protocol(seconds: float) -> type:
 
 def max_connections(wanted: int = MAX_CONNECTIONS) -> int:
     """Connections served at once: `wanted`, within the open-file limit (less room for the process's
-    own files). Past it uvicorn answers 503 (limit_concurrency) instead of running out of descriptors."""
+    own files). uvicorn (limit_concurrency) still accepts connections past it and answers their
+    requests 503; idle ones are closed at the header deadline, so descriptors stay bounded by the
+    rate of connections times that deadline."""
     try:
         import resource
 
