@@ -37,8 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,9 @@ def _arrays(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return ds.train.images[:, 0].numpy(), ds.train.labels.numpy(), ds.test.images[:, 0].numpy(), ds.test.labels.numpy()
 
 
-def _pick(images: np.ndarray, labels: np.ndarray, classes: list[int], per_class: int, seed: int) -> list[tuple[np.ndarray, int]]:
+def _pick(
+    images: np.ndarray, labels: np.ndarray, classes: list[int], per_class: int, seed: int
+) -> list[tuple[np.ndarray, int]]:
     rng = np.random.default_rng(seed)
     out = []
     for new, c in enumerate(classes):
@@ -83,7 +86,14 @@ def _save(img: np.ndarray, path: Path, size: tuple[int, int] | None = None, rgb:
     im.save(path, quality=90) if path.suffix == ".jpg" else im.save(path)
 
 
-def _flat(root: Path, items: list[tuple[np.ndarray, int]], names: list[str], suffix: str, size_of: Callable[[int], tuple[int, int] | None], rgb: bool) -> None:
+def _flat(
+    root: Path,
+    items: list[tuple[np.ndarray, int]],
+    names: list[str],
+    suffix: str,
+    size_of: Callable[[int], tuple[int, int] | None],
+    rgb: bool,
+) -> None:
     for i, (img, label) in enumerate(items):
         _save(img, root / names[label] / f"{i:05d}{suffix}", size_of(i), rgb)
 
@@ -146,7 +156,9 @@ def build_fashion_digits_20(root: Path) -> None:
     """20 classes, unbalanced: ten Fashion-MNIST classes of 300 images and ten digit classes of 60, 28x28 PNG."""
     _, _, x, y = _arrays("fashion-mnist")
     dx, dy, _, _ = _arrays("mnist-5k")
-    items = _pick(x, y, list(range(10)), 300, seed=4) + [(img, label + 10) for img, label in _pick(dx, dy, list(range(10)), 60, seed=4)]
+    items = _pick(x, y, list(range(10)), 300, seed=4) + [
+        (img, label + 10) for img, label in _pick(dx, dy, list(range(10)), 60, seed=4)
+    ]
     _flat(root, items, FASHION + [f"digit_{i}" for i in range(10)], ".png", lambda i: None, False)
 
 
@@ -165,12 +177,34 @@ def build_cifar_format(root: Path) -> None:
     for b in range(5):
         part = order[b * 1000 : (b + 1) * 1000]
         with open(folder / f"data_batch_{b + 1}", "wb") as f:
-            pickle.dump({b"batch_label": b"training batch", b"labels": [int(v) for v in y[part]], b"data": rows(x[part]), b"filenames": [b"x.png"] * len(part)}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": b"training batch",
+                    b"labels": [int(v) for v in y[part]],
+                    b"data": rows(x[part]),
+                    b"filenames": [b"x.png"] * len(part),
+                },
+                f,
+                protocol=2,
+            )
     test = rng.permutation(len(xt))[:2000]
     with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"batch_label": b"testing batch", b"labels": [int(v) for v in yt[test]], b"data": rows(xt[test]), b"filenames": [b"x.png"] * len(test)}, f, protocol=2)
+        pickle.dump(
+            {
+                b"batch_label": b"testing batch",
+                b"labels": [int(v) for v in yt[test]],
+                b"data": rows(xt[test]),
+                b"filenames": [b"x.png"] * len(test),
+            },
+            f,
+            protocol=2,
+        )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in FASHION], b"num_cases_per_batch": 1000, b"num_vis": 3072}, f, protocol=2)
+        pickle.dump(
+            {b"label_names": [c.encode() for c in FASHION], b"num_cases_per_batch": 1000, b"num_vis": 3072},
+            f,
+            protocol=2,
+        )
 
 
 def build_celeba_format(root: Path) -> None:
@@ -197,10 +231,25 @@ DATASETS: dict[str, tuple[Callable[[Path], None] | None, str, bool, str]] = {
     "fashion-mnist": (None, "fashion-mnist", False, "60,000 + 10,000, 28x28 gray, 10 classes (IDX)"),
     "mnist-5k": (None, "mnist-5k", False, "5,000 real MNIST digits, 28x28 gray, 10 classes (CSV)"),
     "digits-8px": (build_digits_8px, "", True, "scikit-learn's 1,797 digits, 8x8 gray PNG, flat"),
-    "fashion4-64rgb-flat": (build_fashion4_64rgb_flat, "", True, "600 images, 64x64 RGB PNG, 4 classes, flat, 3 corrupt files"),
-    "fashion3-split-mixed": (build_fashion3_split_mixed, "", True, "train/val/test, 3 classes (200 train each), RGB JPEG 40-200 px"),
+    "fashion4-64rgb-flat": (
+        build_fashion4_64rgb_flat,
+        "",
+        True,
+        "600 images, 64x64 RGB PNG, 4 classes, flat, 3 corrupt files",
+    ),
+    "fashion3-split-mixed": (
+        build_fashion3_split_mixed,
+        "",
+        True,
+        "train/val/test, 3 classes (200 train each), RGB JPEG 40-200 px",
+    ),
     "digits-jpeg-odd": (build_digits_jpeg_odd, "", True, "5,000 digits, gray JPEG 27-45 px (odd), 10 classes, flat"),
-    "fashion-digits-20": (build_fashion_digits_20, "", True, "3,600 images, 28x28 gray PNG, 20 classes, unbalanced (300 / 60)"),
+    "fashion-digits-20": (
+        build_fashion_digits_20,
+        "",
+        True,
+        "3,600 images, 28x28 gray PNG, 20 classes, unbalanced (300 / 60)",
+    ),
     "cifar-format": (build_cifar_format, "", False, "CIFAR-10 pickles: 5,000 + 2,000, 32x32 RGB, 10 classes"),
     "celeba-format": (build_celeba_format, "", False, "CelebA layout: 1,500 JPEG 178x218 RGB, binary target (Smiling)"),
 }
@@ -226,9 +275,27 @@ def dataset_path(name: str) -> str:
 def cnnlab_run(data: str, tmp: Path, *args: str) -> dict[str, Any]:
     """`cnnlab train --data DATA ARGS` as a new process: test accuracy, wall seconds, epochs, and the history checks."""
     out = tmp / f"run-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--data", data, "--out", str(out), "--set", "train.report=false", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnlab",
+        "train",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--set",
+        "train.report=false",
+        *args,
+    ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    proc = subprocess.run(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
     wall = time.monotonic() - t0
     if proc.returncode != 0 or not (out / "metrics.json").is_file():
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)
@@ -240,13 +307,20 @@ def cnnlab_run(data: str, tmp: Path, *args: str) -> dict[str, Any]:
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     shutil.rmtree(out, ignore_errors=True)
     return {
-        "args": list(args), "accuracy": m["test"]["accuracy"], "seconds": wall, "epochs": m["epochs_run"],
-        "batch_size": cfg["train"]["batch_size"], "lr": cfg["optim"]["lr"], "augment": cfg["data"]["augment"], "input": cfg["data"].get("preprocess"),
-        "recoveries": len(m.get("recoveries", [])), "loss_rose_3x": bool(losses) and max(losses) > 3 * losses[0] and not m.get("recoveries"),
+        "args": list(args),
+        "accuracy": m["test"]["accuracy"],
+        "seconds": wall,
+        "epochs": m["epochs_run"],
+        "batch_size": cfg["train"]["batch_size"],
+        "lr": cfg["optim"]["lr"],
+        "augment": cfg["data"]["augment"],
+        "input": cfg["data"].get("preprocess"),
+        "recoveries": len(m.get("recoveries", [])),
+        "loss_rose_3x": bool(losses) and max(losses) > 3 * losses[0] and not m.get("recoveries"),
     }
 
 
-YOLO = r'''
+YOLO = r"""
 import os, sys, time, json
 os.environ["YOLO_OFFLINE"] = "1"
 from ultralytics import YOLO
@@ -255,7 +329,7 @@ model.train(data=sys.argv[1], imgsz=int(sys.argv[2]), epochs=30, batch=32, devic
             amp=False, project=sys.argv[3], name="run", exist_ok=True, verbose=False, seed=0)
 m = model.val(data=sys.argv[1], split="test", imgsz=int(sys.argv[2]), batch=32, device="cpu", plots=False, verbose=False, project=sys.argv[3], name="val")
 print("TEST", float(m.top1), flush=True)
-'''
+"""
 
 
 def yolo_run(folder: Path, imgsz: int, tmp: Path) -> dict[str, Any]:
@@ -265,8 +339,13 @@ def yolo_run(folder: Path, imgsz: int, tmp: Path) -> dict[str, Any]:
     script = tmp / "peer_yolo.py"
     script.write_text(YOLO)
     t0 = time.monotonic()
-    proc = subprocess.run([str(py), str(script), str(folder), str(imgsz), str(tmp / "yolo")], cwd=tmp, capture_output=True, text=True,
-                          env={**os.environ, "YOLO_CONFIG_DIR": str(tmp), "MPLBACKEND": "Agg"})
+    proc = subprocess.run(
+        [str(py), str(script), str(folder), str(imgsz), str(tmp / "yolo")],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_CONFIG_DIR": str(tmp), "MPLBACKEND": "Agg"},
+    )
     wall = time.monotonic() - t0
     acc = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("TEST ")]
     if proc.returncode != 0 or not acc:
@@ -302,13 +381,17 @@ def image_side(root: Path) -> int:
     from PIL import Image
 
     sides = []
-    for p in sorted(q for q in root.rglob("*") if q.suffix.lower() in (".png", ".jpg") and not q.name.startswith("broken"))[:200]:
+    for p in sorted(
+        q for q in root.rglob("*") if q.suffix.lower() in (".png", ".jpg") and not q.name.startswith("broken")
+    )[:200]:
         with Image.open(p) as im:
             sides.append(min(im.size))
     return sorted(sides)[len(sides) // 2] if sides else 32
 
 
-def run_dataset(name: str, tmp: Path, search: bool, peers: bool, quick: bool, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_dataset(
+    name: str, tmp: Path, search: bool, peers: bool, quick: bool, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Every run of one dataset; `previous` (--keep-peers) is its last result, whose YOLO figures are
     kept where they were measured at the same imgsz (YOLO does not depend on cnnlab's code)."""
     data = dataset_path(name)
@@ -322,8 +405,14 @@ def run_dataset(name: str, tmp: Path, search: bool, peers: bool, quick: bool, pr
     res["quarter"] = cnnlab_run(data, tmp, "--epochs", str(max(1, e // 4)))
     print(f"  quarter: {res['quarter']}", flush=True)
     if search:
-        base_lr = default["lr"]  # the rate the default chose for its batch (an explicit --lr is used as given; the batch still adapts the same way)
-        grid = [("--lr", f"{base_lr * 0.5:.6g}", "--epochs", str(e)), ("--lr", f"{base_lr * 2:.6g}", "--epochs", str(e)), ("--epochs", str(2 * e))]
+        base_lr = default[
+            "lr"
+        ]  # the rate the default chose for its batch (an explicit --lr is used as given; the batch still adapts the same way)
+        grid = [
+            ("--lr", f"{base_lr * 0.5:.6g}", "--epochs", str(e)),
+            ("--lr", f"{base_lr * 2:.6g}", "--epochs", str(e)),
+            ("--epochs", str(2 * e)),
+        ]
         res["search"] = [default] + [cnnlab_run(data, tmp, *g) for g in grid]
         for r in res["search"][1:]:
             print(f"  search {r['args']}: {r.get('accuracy', r.get('error'))}", flush=True)
@@ -332,7 +421,9 @@ def run_dataset(name: str, tmp: Path, search: bool, peers: bool, quick: bool, pr
         folder = yolo_folder(name, data)
         imgsz = 64 if image_side(Path(data)) > 32 else 32  # the issue's setting: imgsz 64 where the images are larger
         kept = (previous or {}).get("yolo")
-        res["yolo"] = kept if kept and kept.get("imgsz") == imgsz and "accuracy" in kept else yolo_run(folder, imgsz, tmp)
+        res["yolo"] = (
+            kept if kept and kept.get("imgsz") == imgsz and "accuracy" in kept else yolo_run(folder, imgsz, tmp)
+        )
         print(f"  yolo: {res['yolo']}", flush=True)
     return res
 
@@ -356,8 +447,16 @@ def markdown(results: dict[str, Any]) -> str:
         y = r.get("yolo")
         y_s = f"{pct(y)} ({y['seconds']:.0f} s)" if y and "accuracy" in y else (f"error: {y['error']}" if y else "")
         checks = [run for run in [d, r.get("quarter"), *r.get("search", [])] if run and "accuracy" in run]
-        flag = "loss rose 3x without recovery" if any(run["loss_rose_3x"] for run in checks) else f"{sum(run['recoveries'] for run in checks)} recoveries" if any(run["recoveries"] for run in checks) else "ok"
-        lines.append(f"| {name} | {r['note']} | {pct(d)} | {d['seconds']:.0f} s | {d['epochs']}, {d['batch_size']}, {d['lr']:.4g} | {pct(r.get('quarter'))} | {best_s} | {y_s} | {flag} |")
+        flag = (
+            "loss rose 3x without recovery"
+            if any(run["loss_rose_3x"] for run in checks)
+            else f"{sum(run['recoveries'] for run in checks)} recoveries"
+            if any(run["recoveries"] for run in checks)
+            else "ok"
+        )
+        lines.append(
+            f"| {name} | {r['note']} | {pct(d)} | {d['seconds']:.0f} s | {d['epochs']}, {d['batch_size']}, {d['lr']:.4g} | {pct(r.get('quarter'))} | {best_s} | {y_s} | {flag} |"
+        )
     return "\n".join(lines)
 
 
@@ -367,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-search", action="store_true", help="skip the lr x epochs search")
     p.add_argument("--no-peers", action="store_true", help="skip Ultralytics YOLO")
     p.add_argument("--quick", action="store_true", help="the default run of each dataset only")
-    p.add_argument("--keep-peers", action="store_true", help="reuse the YOLO figures of the last results file (same imgsz) instead of training YOLO again")
+    p.add_argument(
+        "--keep-peers",
+        action="store_true",
+        help="reuse the YOLO figures of the last results file (same imgsz) instead of training YOLO again",
+    )
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "defaults_suite.json"))
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -385,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
             kept = previous.get("datasets", {}).get(name) if args.keep_peers else None
             results[name] = run_dataset(name, Path(tmp), not args.no_search, not args.no_peers, args.quick, kept)
     merged = {**previous.get("datasets", {}), **results}  # a run of some datasets keeps the others' last figures
-    doc = {"machine": {"cpu": cpu_description(), "physical_cores": physical_cores(), "python": platform.python_version()}, "datasets": merged}
+    doc = {
+        "machine": {"cpu": cpu_description(), "physical_cores": physical_cores(), "python": platform.python_version()},
+        "datasets": merged,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
     print(f"\n{doc['machine']['cpu']}, {doc['machine']['physical_cores']} cores\n")

@@ -44,7 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_speed import cnnlab_train, fashion_folder  # noqa: E402  (also the plain loop: plain_child)
 
 PEERS_VENV = REPO / "benchmarks" / ".peers"
-PEER_PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics==8.4.190", "keras==3.15.1", "opencv-python-headless"]
+PEER_PACKAGES = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "ultralytics==8.4.190",
+    "keras==3.15.1",
+    "opencv-python-headless",
+]
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 
@@ -103,7 +109,7 @@ def image_folder(found: Path, root: Path) -> Path:
 
 # --- the peers' programs (run by the peers' python, each printing `EPOCH <n> <test accuracy> <seconds>`) ---
 
-COMMON = r'''
+COMMON = r"""
 import os, sys, time, gzip, json
 T0 = float(os.environ["PEER_T0"])  # the parent's clock at the process's start
 def report(epoch, acc):
@@ -116,9 +122,11 @@ def idx(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 FILES = json.loads(os.environ["PEER_FILES"])
 EPOCHS = int(os.environ["PEER_EPOCHS"])
-'''
+"""
 
-KERAS = COMMON + r'''
+KERAS = (
+    COMMON
+    + r"""
 os.environ["KERAS_BACKEND"] = "torch"
 import numpy as np, keras
 from keras import layers
@@ -135,9 +143,12 @@ class TestEach(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         report(epoch + 1, float(self.model.evaluate(x_test, y_test, batch_size=1000, verbose=0)[1]))
 model.fit(x_train, y_train, batch_size=128, epochs=EPOCHS, validation_split=0.1, verbose=0, callbacks=[TestEach()])
-'''
+"""
+)
 
-YOLO = COMMON + r'''
+YOLO = (
+    COMMON
+    + r"""
 os.environ["YOLO_OFFLINE"] = "1"
 from ultralytics import YOLO
 model = YOLO("yolo11n-cls.yaml")
@@ -146,13 +157,20 @@ def on_epoch(trainer):
 model.add_callback("on_fit_epoch_end", on_epoch)
 model.train(data=os.environ["PEER_FOLDER"], imgsz=32, epochs=EPOCHS, batch=128, device="cpu", workers=2, plots=False,
             pretrained=False, amp=False, project=os.environ["PEER_TMP"], name="run", exist_ok=True, verbose=False, seed=0)
-'''
+"""
+)
 
 # plain: cpu_speed.py's reports' loop, run by cnnlab's own python (`peers.py --plain-child`)
-PROGRAMS = {"plain": (None, 5), "keras": (KERAS, 15), "yolo": (YOLO, 4)}  # program, epochs (YOLO: about 2 minutes each here)
+PROGRAMS = {
+    "plain": (None, 5),
+    "keras": (KERAS, 15),
+    "yolo": (YOLO, 4),
+}  # program, epochs (YOLO: about 2 minutes each here)
 
 
-def run_peer(name: str, py: Path, files: dict[str, Path], folder: Path | None, cap: float, epochs: int) -> dict[str, Any]:
+def run_peer(
+    name: str, py: Path, files: dict[str, Path], folder: Path | None, cap: float, epochs: int
+) -> dict[str, Any]:
     """One peer as a new process: its per-epoch (epoch, test accuracy, seconds since start), stopped at `cap` s."""
     program, _ = PROGRAMS[name]
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,8 +180,15 @@ def run_peer(name: str, py: Path, files: dict[str, Path], folder: Path | None, c
             script = Path(tmp) / f"peer_{name}.py"  # not keras.py: it would shadow the package
             script.write_text(program)
             cmd = [str(py), str(script)]
-        env = {**os.environ, "PEER_FILES": json.dumps({k: str(v) for k, v in files.items()}), "PEER_EPOCHS": str(epochs), "PEER_TMP": tmp,
-               "PEER_FOLDER": str(folder or ""), "YOLO_CONFIG_DIR": tmp, "MPLBACKEND": "Agg"}
+        env = {
+            **os.environ,
+            "PEER_FILES": json.dumps({k: str(v) for k, v in files.items()}),
+            "PEER_EPOCHS": str(epochs),
+            "PEER_TMP": tmp,
+            "PEER_FOLDER": str(folder or ""),
+            "YOLO_CONFIG_DIR": tmp,
+            "MPLBACKEND": "Agg",
+        }
         env["PEER_T0"] = repr(time.time())
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -191,8 +216,16 @@ def first_reaching(points: list[tuple[int, float, float]], goal: float) -> float
 
 def row(name: str, points: list[tuple[int, float, float]], wall: float, note: str) -> dict[str, Any]:
     best = max(points, key=lambda p: p[1]) if points else (0, 0.0, wall)
-    return {"system": name, "final_accuracy": points[-1][1] if points else None, "best_accuracy": best[1], "best_at_seconds": best[2],
-            "wall_seconds": wall, "to_90": first_reaching(points, 0.90), "to_92": first_reaching(points, 0.92), "note": note}
+    return {
+        "system": name,
+        "final_accuracy": points[-1][1] if points else None,
+        "best_accuracy": best[1],
+        "best_at_seconds": best[2],
+        "wall_seconds": wall,
+        "to_90": first_reaching(points, 0.90),
+        "to_92": first_reaching(points, 0.92),
+        "note": note,
+    }
 
 
 def fmt_s(x: float | None) -> str:
@@ -202,7 +235,9 @@ def fmt_s(x: float | None) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| system | test accuracy (best, at) | wall time | to 90% | to 92% |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['system']} | {100 * r['best_accuracy']:.2f}% at {r['best_at_seconds']:.0f} s | {r['wall_seconds']:.0f} s | {fmt_s(r['to_90'])} | {fmt_s(r['to_92'])} |")
+        lines.append(
+            f"| {r['system']} | {100 * r['best_accuracy']:.2f}% at {r['best_at_seconds']:.0f} s | {r['wall_seconds']:.0f} s | {fmt_s(r['to_90'])} | {fmt_s(r['to_92'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -212,7 +247,12 @@ def plain_child() -> int:
 
     t0 = float(os.environ["PEER_T0"])
     train_set, test_set = torchvision_fashion(Path(os.environ["PEER_TMP"]), fashion_folder())
-    plain_time_to_accuracy(train_set, test_set, int(os.environ["PEER_EPOCHS"]), on_epoch=lambda e, acc: print(f"EPOCH {e} {acc:.4f} {time.time() - t0:.2f}", flush=True))
+    plain_time_to_accuracy(
+        train_set,
+        test_set,
+        int(os.environ["PEER_EPOCHS"]),
+        on_epoch=lambda e, acc: print(f"EPOCH {e} {acc:.4f} {time.time() - t0:.2f}", flush=True),
+    )
     return 0
 
 
@@ -235,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     from cnnlab.engine.device import physical_cores
     from cnnlab.engine.precision import cpu_description
 
-    result: dict[str, Any] = {"machine": {"cpu": cpu_description(), "physical_cores": physical_cores(), "python": platform.python_version()}, "cap_seconds": args.cap, "systems": {}}
+    result: dict[str, Any] = {
+        "machine": {"cpu": cpu_description(), "physical_cores": physical_cores(), "python": platform.python_version()},
+        "cap_seconds": args.cap,
+        "systems": {},
+    }
     rows: list[dict[str, Any]] = []
     files = idx_files(data)
     py = peer_python() if set(only) & set(PROGRAMS) else None
@@ -247,20 +291,39 @@ def main(argv: list[str] | None = None) -> int:
                 runs = [cnnlab_train(seed, Path(tmp), data) for seed in range(1 if args.quick else args.seeds)]
             result["systems"]["cnnlab"] = runs
             med = sorted(runs, key=lambda r: r["accuracy"])[len(runs) // 2]  # the median seed by accuracy
-            each = "; ".join(f"seed {i}: {100 * r['accuracy']:.2f}% in {r['seconds']:.1f} s" for i, r in enumerate(runs))
-            r = row("cnnlab train (default recipe; median seed)", [(4, med["accuracy"], med["seconds"])], statistics.median(r["seconds"] for r in runs), each)
-            r["to_92"] = statistics.median(r["seconds"] for r in runs) if statistics.median(r["accuracy"] for r in runs) >= 0.92 else None
-            r["to_90"] = r["to_92"] if r["to_92"] is not None else (r["wall_seconds"] if med["accuracy"] >= 0.90 else None)
+            each = "; ".join(
+                f"seed {i}: {100 * r['accuracy']:.2f}% in {r['seconds']:.1f} s" for i, r in enumerate(runs)
+            )
+            r = row(
+                "cnnlab train (default recipe; median seed)",
+                [(4, med["accuracy"], med["seconds"])],
+                statistics.median(r["seconds"] for r in runs),
+                each,
+            )
+            r["to_92"] = (
+                statistics.median(r["seconds"] for r in runs)
+                if statistics.median(r["accuracy"] for r in runs) >= 0.92
+                else None
+            )
+            r["to_90"] = (
+                r["to_92"] if r["to_92"] is not None else (r["wall_seconds"] if med["accuracy"] >= 0.90 else None)
+            )
             r["best_at_seconds"] = r["wall_seconds"]
             rows.append(r)
         else:
             epochs = 1 if args.quick else PROGRAMS[name][1]
             out = run_peer(name, py, files, folder, args.cap, epochs)  # type: ignore[arg-type]
             result["systems"][name] = out
-            label = {"plain": "reports' plain PyTorch loop (textbook net, Adam)", "yolo": "Ultralytics YOLO11n-cls from scratch, imgsz 32", "keras": "Keras 3 (torch backend), keras.io simple MNIST convnet"}[name]
+            label = {
+                "plain": "reports' plain PyTorch loop (textbook net, Adam)",
+                "yolo": "Ultralytics YOLO11n-cls from scratch, imgsz 32",
+                "keras": "Keras 3 (torch backend), keras.io simple MNIST convnet",
+            }[name]
             # Ultralytics reports once more at the end: its final validation of best.pt
             done = min(len({e for e, _, _ in out["epochs"]}), out["epochs_planned"])
-            note = f"{done} of {out['epochs_planned']} epochs" + (f", stopped at {args.cap:.0f} s" if out["stopped_at_cap"] else "")
+            note = f"{done} of {out['epochs_planned']} epochs" + (
+                f", stopped at {args.cap:.0f} s" if out["stopped_at_cap"] else ""
+            )
             rows.append(row(label, out["epochs"], out["wall_seconds"], note))
         print(f"  {rows[-1]}", flush=True)
     result["rows"] = rows
@@ -269,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         fastest = min(reached, key=lambda r: r["to_92"])
         result["ratio_to_fastest_peer_at_92"] = rows[0]["to_92"] / fastest["to_92"]
     table = markdown(rows)
-    print(f"\n{result['machine']['cpu']}, {result['machine']['physical_cores']} cores; peers stopped at {args.cap:.0f} s\n\n{table}\n")
+    print(
+        f"\n{result['machine']['cpu']}, {result['machine']['physical_cores']} cores; peers stopped at {args.cap:.0f} s\n\n{table}\n"
+    )
     for r in rows:
         print(f"- {r['system']}: {r['note']}")
     if "ratio_to_fastest_peer_at_92" in result:

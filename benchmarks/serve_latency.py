@@ -26,14 +26,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 
 def start_server(run: str, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, int]:
     """`cnnlab serve RUN --port 0 EXTRA...` in a subprocess, once it says where it listens: (process, port)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", run, "--port", "0", *extra], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "serve", run, "--port", "0", *extra], stdout=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if select.select([proc.stdout], [], [], 1)[0]:
@@ -83,7 +85,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="a run folder or checkpoint")
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--concurrency", default="20,1", help="numbers of clients at a time, comma-separated (default 20,1)")
+    ap.add_argument(
+        "--concurrency", default="20,1", help="numbers of clients at a time, comma-separated (default 20,1)"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_latency.json"))
     args = ap.parse_args()
@@ -99,23 +103,47 @@ def main() -> int:
                 for name, query in (("predict", ""), ("predict+gradcam", "?gradcam=1")):
                     t0 = time.perf_counter()
                     with ThreadPoolExecutor(max_workers=clients) as pool:
-                        answers = list(pool.map(lambda i: post(port, f"/predict{query}", images[i % len(images)]), range(args.requests)))
+                        answers = list(
+                            pool.map(
+                                lambda i: post(port, f"/predict{query}", images[i % len(images)]), range(args.requests)
+                            )
+                        )
                     wall = time.perf_counter() - t0
                     ms = [1000 * s for _, s in answers]
                     bad = sum(status >= 500 for status, _ in answers)
                     errors += sum(status != 200 for status, _ in answers)
-                    row = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "requests_per_s": args.requests / wall, "5xx": bad}
+                    row = {
+                        "p50_ms": percentile(ms, 50),
+                        "p99_ms": percentile(ms, 99),
+                        "requests_per_s": args.requests / wall,
+                        "5xx": bad,
+                    }
                     results.setdefault(f"{clients} clients, {name}", []).append(row)
-                    print(f"round {r + 1}, {clients:3d} clients, {name:16s} p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  {row['requests_per_s']:6.1f} req/s  5xx: {bad}")
+                    print(
+                        f"round {r + 1}, {clients:3d} clients, {name:16s} p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  {row['requests_per_s']:6.1f} req/s  5xx: {bad}"
+                    )
     finally:
         proc.terminate()
         proc.wait(10)
-    summary = {name: {k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p99_ms", "requests_per_s")} for name, rows in results.items()}
+    summary = {
+        name: {k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p99_ms", "requests_per_s")}
+        for name, rows in results.items()
+    }
     print(f"\nmedians over {args.rounds} rounds of {args.requests} requests:")
     for name, s in summary.items():
         print(f"  {name:28s} p50 {s['p50_ms']:6.1f} ms  p99 {s['p99_ms']:6.1f} ms  {s['requests_per_s']:6.1f} req/s")
-    doc = {"run": args.run, "requests": args.requests, "rounds": results, "median": summary,
-           "non_200": errors, "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}}
+    doc = {
+        "run": args.run,
+        "requests": args.requests,
+        "rounds": results,
+        "median": summary,
+        "non_200": errors,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"written to {args.out}")

@@ -33,13 +33,15 @@ sys.path.insert(0, str(HERE))
 from serve_latency import percentile, post, start_server, test_pngs  # noqa: E402  (test_pngs: the run's own test images, as PNG files)
 
 
-
-
 def ordinary(port: int, images: list[bytes], requests: int, concurrency: int) -> dict:
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda i: post(port, "/predict", images[i % len(images)]), range(requests)))
     ms = [1000 * s for _, s in results]
-    return {"statuses": dict(Counter(c for c, _ in results)), "p50_ms": round(percentile(ms, 50), 1), "p99_ms": round(percentile(ms, 99), 1)}
+    return {
+        "statuses": dict(Counter(c for c, _ in results)),
+        "p50_ms": round(percentile(ms, 50), 1),
+        "p99_ms": round(percentile(ms, 99), 1),
+    }
 
 
 class SlowClient(threading.Thread):
@@ -107,7 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", type=int, default=8)
     p.add_argument("--out", default=str(HERE / "results" / "serve_load.json"))
     a = p.parse_args(argv)
-    extra = ["--header-seconds", str(a.header_seconds), "--upload-seconds", str(a.upload_seconds), "--max-upload-mb", str(a.max_upload_mb), "--queue", str(a.queue)]
+    extra = [
+        "--header-seconds",
+        str(a.header_seconds),
+        "--upload-seconds",
+        str(a.upload_seconds),
+        "--max-upload-mb",
+        str(a.max_upload_mb),
+        "--queue",
+        str(a.queue),
+    ]
     images = test_pngs(a.run, 50)
     proc, port = start_server(a.run, extra)
     try:
@@ -135,16 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "settings": vars(a),
-        "ordinary_alone": alone, "ordinary_with_slow_clients": busy,
-        "slow_clients": {"answers": slow_status, "still_held_at_end": sum(1 for c in slow if c.held is None),
-                         **{f"{ph}_held_seconds_max": round(max(v), 1) if v else None for ph, v in held.items()}},
-        "server_peak_rss_mb": {"after_ordinary_alone": round(rss_alone, 1), "with_slow_clients": round(rss_peak, 1), "upload_budget_mb": round(budget_mb, 1)},
+        "ordinary_alone": alone,
+        "ordinary_with_slow_clients": busy,
+        "slow_clients": {
+            "answers": slow_status,
+            "still_held_at_end": sum(1 for c in slow if c.held is None),
+            **{f"{ph}_held_seconds_max": round(max(v), 1) if v else None for ph, v in held.items()},
+        },
+        "server_peak_rss_mb": {
+            "after_ordinary_alone": round(rss_alone, 1),
+            "with_slow_clients": round(rss_peak, 1),
+            "upload_budget_mb": round(budget_mb, 1),
+        },
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     bad = [s for r in (alone, busy) for s in r["statuses"] if s != 200]
-    late = [v for ph, lim in (("headers", a.header_seconds), ("body", a.upload_seconds)) for v in held[ph] if v > lim + 5]
+    late = [
+        v for ph, lim in (("headers", a.header_seconds), ("body", a.upload_seconds)) for v in held[ph] if v > lim + 5
+    ]
     fives = [s for s in slow_status if s.isdigit() and int(s) >= 500]
     ok = not bad and not late and not fives and result["slow_clients"]["still_held_at_end"] == 0
     print("ok" if ok else f"FAILED: non-200 ordinary {bad}, late slow clients {len(late)}, 5xx to slow clients {fives}")

@@ -43,7 +43,19 @@ INPUT_224 = ["--set", "data.preprocess=[{resize: 256}, {center_crop: 224}]", "--
 ROWS = {
     "fastnet": ("fastnet from scratch (default recipe)", []),
     "hanoi-scratch": ("hanoi-scratch from scratch (the Hanoi recipe)", ["hanoi-animals"]),
-    "effnet-random": ("efficientnet_lite0 from random weights", ["finetune", "--set", "model.kwargs={}", "--set", "train.freeze_epochs=0", "--set", "optim.body_lr_scale=1.0", *INPUT_224]),
+    "effnet-random": (
+        "efficientnet_lite0 from random weights",
+        [
+            "finetune",
+            "--set",
+            "model.kwargs={}",
+            "--set",
+            "train.freeze_epochs=0",
+            "--set",
+            "optim.body_lr_scale=1.0",
+            *INPUT_224,
+        ],
+    ),
     "finetune": ("efficientnet_lite0 fine-tuned from ImageNet (finetune recipe)", ["finetune"]),
 }
 
@@ -77,7 +89,22 @@ def build_folder(per_class: int) -> Path:
 
 def run_row(args: list[str], data: Path, seed: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="transfer-"))
-    cmd = [sys.executable, "-m", "cnnlab", "train", *args[:1], "--data", str(data), "--seed", str(seed), "--out", str(out / "run"), "--set", "train.report=false", *args[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnlab",
+        "train",
+        *args[:1],
+        "--data",
+        str(data),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out / "run"),
+        "--set",
+        "train.report=false",
+        *args[1:],
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -85,13 +112,22 @@ def run_row(args: list[str], data: Path, seed: int) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
     m = json.loads((out / "run" / "metrics.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
-    return {"seed": seed, "accuracy": m["test"]["accuracy"], "test_images": m["test"]["num_samples"], "wall_seconds": round(wall, 1), "train_seconds": m["train_seconds"], "epochs": m["epochs_run"]}
+    return {
+        "seed": seed,
+        "accuracy": m["test"]["accuracy"],
+        "test_images": m["test"]["num_samples"],
+        "wall_seconds": round(wall, 1),
+        "train_seconds": m["train_seconds"],
+        "epochs": m["epochs_run"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-class", default="100", help="training images per class, e.g. 100,1000 (default 100)")
-    p.add_argument("--seeds", default="3", help="N: seeds 0..N-1 (default 3); or a list, e.g. 1,2 (to add seeds to a table)")
+    p.add_argument(
+        "--seeds", default="3", help="N: seeds 0..N-1 (default 3); or a list, e.g. 1,2 (to add seeds to a table)"
+    )
     p.add_argument("--only", help=f"rows to run, of {', '.join(ROWS)}")
     p.add_argument("--out", default=str(HERE / "results" / "transfer.json"))
     a = p.parse_args(argv)
@@ -100,22 +136,35 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
-    results: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}, "test_images_per_class": TEST_PER_CLASS, "sizes": {}}
+    results: dict = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "test_images_per_class": TEST_PER_CLASS,
+        "sizes": {},
+    }
     lines = []
     for n in [int(v) for v in a.per_class.split(",")]:
         data = build_folder(n)
         results["sizes"][n] = {}
-        lines += [f"\n{n} training images per class ({10 * n} in all), {10 * TEST_PER_CLASS} test images; seeds {', '.join(map(str, seeds))}\n", "| row | test accuracy (mean ± std) | wall time (median) |", "|---|---|---|"]
+        lines += [
+            f"\n{n} training images per class ({10 * n} in all), {10 * TEST_PER_CLASS} test images; seeds {', '.join(map(str, seeds))}\n",
+            "| row | test accuracy (mean ± std) | wall time (median) |",
+            "|---|---|---|",
+        ]
         for key in rows:
             label, args = ROWS[key]
             runs = []
             for s in seeds:
                 runs.append(run_row(args, data, s))
-                print(f"{n}/class {key} seed {s}: {100 * runs[-1]['accuracy']:.2f}% in {runs[-1]['wall_seconds']:.0f} s", flush=True)
+                print(
+                    f"{n}/class {key} seed {s}: {100 * runs[-1]['accuracy']:.2f}% in {runs[-1]['wall_seconds']:.0f} s",
+                    flush=True,
+                )
             accs = [r["accuracy"] for r in runs]
             mean, std = statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
             results["sizes"][n][key] = {"label": label, "runs": runs, "mean": mean, "std": std}
-            lines.append(f"| {label} | {100 * mean:.2f} ± {100 * std:.2f}% | {statistics.median(r['wall_seconds'] for r in runs):.0f} s |")
+            lines.append(
+                f"| {label} | {100 * mean:.2f} ± {100 * std:.2f}% | {statistics.median(r['wall_seconds'] for r in runs):.0f} s |"
+            )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))

@@ -21,7 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 # every CLI subprocess inherits: a test never reads or writes the user's ~/.cache/cnnlab, and each
 # model and input shape is measured once per session.
 _run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every xdist worker of one run: one cache for all
-os.environ["CNNLAB_CACHE"] = os.path.join(tempfile.gettempdir(), f"cnnlab-test-cache-{_run}") if _run else tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+os.environ["CNNLAB_CACHE"] = (
+    os.path.join(tempfile.gettempdir(), f"cnnlab-test-cache-{_run}")
+    if _run
+    else tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+)
 
 # Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each worker, and every
 # process it starts, gets its share of torch threads (cnnlab's set_threads honours OMP_NUM_THREADS), as
@@ -62,12 +66,27 @@ def fashion_dir(tmp_path_factory) -> Path:
 
 # Keys a quick train on the fixture overrides, so a test run takes about a second (the report's
 # figures, two seconds more, are drawn by the tests that look at them: tests/test_report.py).
-QUICK = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.eval_batch_size=128", "--set", "train.report=false"]
+QUICK = [
+    "--epochs",
+    "1",
+    "--set",
+    "data.val_size=64",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.eval_batch_size=128",
+    "--set",
+    "train.report=false",
+]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`python -m cnnlab ARGS` in a subprocess, as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "cnnlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def run_main(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -115,12 +134,19 @@ def serving(run: Path, *flags: str):
     waits in the backlog until uvicorn takes it); stopped at the end."""
     import select
 
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(run), "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "serve", str(run), "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line, deadline = "", time.time() + 60
         while "http://" not in line:
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"cnnlab serve did not start: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
+                raise RuntimeError(
+                    f"cnnlab serve did not start: {proc.stderr.read() if proc.poll() is not None else 'timeout'}"
+                )
             if select.select([proc.stdout], [], [], 1)[0]:
                 line = proc.stdout.readline()
         host, port = line.split("http://")[1].split("/")[0].rsplit(":", 1)
@@ -203,12 +229,19 @@ def write_cifar_fixture(root: Path, n_per_batch: int = 4, n_test: int = 5, keys:
                 pickle.dump(obj, f, protocol=2)
 
     out: dict = {"folder": folder}
-    parts = [(f"data_batch_{i}", n_per_batch, f"training batch {i} of 5") for i in range(1, 6)] + [("test_batch", n_test, "testing batch 1 of 1")]
+    parts = [(f"data_batch_{i}", n_per_batch, f"training batch {i} of 5") for i in range(1, 6)] + [
+        ("test_batch", n_test, "testing batch 1 of 1")
+    ]
     train_data, train_labels = [], []
     for name, n, label in parts:
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, n)]
-        batch = {k("batch_label"): label.encode(), k("labels"): labels, k("data"): data, k("filenames"): [f"img_{name}_{i}.png".encode() for i in range(n)]}
+        batch = {
+            k("batch_label"): label.encode(),
+            k("labels"): labels,
+            k("data"): data,
+            k("filenames"): [f"img_{name}_{i}.png".encode() for i in range(n)],
+        }
         dump(batch, name)
         if name == "test_batch":
             out["test_data"], out["test_labels"] = data, np.array(labels)
@@ -216,11 +249,20 @@ def write_cifar_fixture(root: Path, n_per_batch: int = 4, n_test: int = 5, keys:
             train_data.append(data)
             train_labels += labels
     out["train_data"], out["train_labels"] = np.concatenate(train_data), np.array(train_labels)
-    dump({k("label_names"): [c.encode() for c in CIFAR10_CLASSES], k("num_cases_per_batch"): n_per_batch, k("num_vis"): 3072}, "batches.meta")
+    dump(
+        {
+            k("label_names"): [c.encode() for c in CIFAR10_CLASSES],
+            k("num_cases_per_batch"): n_per_batch,
+            k("num_vis"): 3072,
+        },
+        "batches.meta",
+    )
     return out
 
 
-def write_celeba_fixture(root: Path, partition: list[int], size: tuple[int, int] = (178, 218), seed: int = 0) -> tuple[Path, np.ndarray]:
+def write_celeba_fixture(
+    root: Path, partition: list[int], size: tuple[int, int] = (178, 218), seed: int = 0
+) -> tuple[Path, np.ndarray]:
     """A CelebA folder (img_align_celeba/000001.jpg ..., list_attr_celeba.txt, list_eval_partition.txt)
     with one image per entry of `partition` (0 train, 1 valid, 2 test). Returns (folder, the (N, 40)
     table of +1/-1 attribute values written)."""
@@ -235,7 +277,9 @@ def write_celeba_fixture(root: Path, partition: list[int], size: tuple[int, int]
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(images / name, quality=90)
     # The real files: a count, the names (with a trailing space), then rows padded to 2 characters.
     rows = [f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, attrs)]
-    (root / "list_attr_celeba.txt").write_text(f"{len(names)}\n" + " ".join(CELEBA_ATTRIBUTES) + " \n" + "\n".join(rows) + "\n")
+    (root / "list_attr_celeba.txt").write_text(
+        f"{len(names)}\n" + " ".join(CELEBA_ATTRIBUTES) + " \n" + "\n".join(rows) + "\n"
+    )
     (root / "list_eval_partition.txt").write_text("".join(f"{name} {p}\n" for name, p in zip(names, partition)))
     return root, attrs
 
@@ -261,7 +305,14 @@ def write_image(path: Path, size: tuple[int, int] = (12, 12), mode: str = "RGB",
     return path
 
 
-def write_image_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (12, 12), mode: str = "RGB", suffix: str = ".png", seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path,
+    counts: dict[str, int],
+    size: tuple[int, int] = (12, 12),
+    mode: str = "RGB",
+    suffix: str = ".png",
+    seed: int = 0,
+) -> Path:
     """root/<class>/<i>.png: counts[class] images per class."""
     for c, (cls, n) in enumerate(counts.items()):
         for i in range(n):
@@ -306,7 +357,13 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,2000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,2000",
+    ):
         options.add_argument(arg)
     options.binary_location = chromium
     driver = webdriver.Chrome(service=Service(driver_path), options=options)

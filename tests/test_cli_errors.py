@@ -1,7 +1,6 @@
 """What a user can get wrong: one line on stderr, a non-zero exit, no traceback."""
 
 import pytest
-
 from conftest import QUICK, run_cli, run_main
 
 
@@ -20,7 +19,9 @@ def test_missing_data_path():
 
 
 def test_folder_without_the_files(tmp_path):
-    assert_one_line_error(run_main("train", "--data", str(tmp_path)), "no dataset found in", str(tmp_path), "cnnlab data list")
+    assert_one_line_error(
+        run_main("train", "--data", str(tmp_path)), "no dataset found in", str(tmp_path), "cnnlab data list"
+    )
 
 
 def test_corrupt_data_file(tmp_path, fashion_dir):
@@ -53,14 +54,18 @@ def test_bad_flags(args, needle, fashion_dir):
 
 def test_out_is_a_file(tmp_path, fashion_dir):
     (tmp_path / "f").write_text("mine")
-    assert_one_line_error(run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "f"), *QUICK), "is a file")
+    assert_one_line_error(
+        run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "f"), *QUICK), "is a file"
+    )
     assert (tmp_path / "f").read_text() == "mine"
 
 
 def test_out_holds_an_earlier_run(tmp_path, fashion_dir):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text("{}")
-    assert_one_line_error(run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK), "already holds files")
+    assert_one_line_error(
+        run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK), "already holds files"
+    )
     assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
 
 
@@ -78,6 +83,11 @@ def test_the_fast_exit_keeps_output_exit_codes_and_profilers(tmp_path):
     r = run_cli("data", "list")
     assert r.returncode == 0 and "fashion-mnist" in r.stdout and r.stdout.endswith("\n")
     stats = tmp_path / "profile.out"
-    r = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "cnnlab", "data", "list"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "cnnlab", "data", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "fashion-mnist" in r.stdout
     assert stats.is_file() and stats.stat().st_size > 0

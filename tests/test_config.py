@@ -1,6 +1,14 @@
 import pytest
 
-from cnnlab.config import DEFAULT_RECIPE, RunConfig, apply_overrides, config_from_dict, load_recipe, parse_set, recipe_names
+from cnnlab.config import (
+    DEFAULT_RECIPE,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    load_recipe,
+    parse_set,
+    recipe_names,
+)
 from cnnlab.errors import ConfigError
 
 
@@ -21,7 +29,11 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
     again = load_recipe(str(path))
-    assert again == cfg and again.train.epochs == 7 and again.model.kwargs == {"pool_grid": 3, "strided_first": True, "widths": [8, 16]}
+    assert (
+        again == cfg
+        and again.train.epochs == 7
+        and again.model.kwargs == {"pool_grid": 3, "strided_first": True, "widths": [8, 16]}
+    )
 
 
 def test_parse_set_reads_yaml_scalars():
@@ -49,7 +61,16 @@ def test_bad_overrides_name_the_key(overrides, message):
         apply_overrides(RunConfig(), overrides)
 
 
-@pytest.mark.parametrize("key, value", [("train.epochs", 0), ("optim.lr", -1.0), ("train.label_smoothing", 1.0), ("train.precision", "fp8"), ("train.channels_last", "yes")])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("train.epochs", 0),
+        ("optim.lr", -1.0),
+        ("train.label_smoothing", 1.0),
+        ("train.precision", "fp8"),
+        ("train.channels_last", "yes"),
+    ],
+)
 def test_validate_rejects_bad_values(key, value):
     with pytest.raises(ConfigError, match=key):
         apply_overrides(RunConfig(), {key: value}).validate()
@@ -87,4 +108,6 @@ def test_another_model_drops_the_recipes_model_kwargs():
     assert base.model.kwargs == {"pool_grid": 3, "strided_first": True, "widths": [8, 16]}
     assert apply_overrides(base, {"model.name": "uw-lab"}).model.kwargs == {}
     assert apply_overrides(base, {"model.name": "uw-lab", "model.kwargs.act": "gelu"}).model.kwargs == {"act": "gelu"}
-    assert apply_overrides(base, {"model.name": "fastnet"}).model.kwargs == base.model.kwargs  # the same model keeps them
+    assert (
+        apply_overrides(base, {"model.name": "fastnet"}).model.kwargs == base.model.kwargs
+    )  # the same model keeps them

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import QUICK, run_main, write_image_folder, write_npy_pairs
 
 from cnnlab.cli import main
 from cnnlab.config import DataConfig, RunConfig, apply_overrides
@@ -14,13 +15,32 @@ from cnnlab.data.images import open_image
 from cnnlab.data.pipeline import build_loaders, normalization_stats
 from cnnlab.data.splits import carve
 from cnnlab.errors import DataError
-from conftest import QUICK, run_main, write_image_folder, write_npy_pairs
 
 
-@pytest.mark.parametrize("steps", ["[{resize: -1}]", "[resize]", "[{resize: 8, center_crop: 8}]", "[{resize: abc}]", "[{resize: 8.5}]", "{resize: 8}", "[{resize: [1, 2, 3]}]"])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        "[{resize: -1}]",
+        "[resize]",
+        "[{resize: 8, center_crop: 8}]",
+        "[{resize: abc}]",
+        "[{resize: 8.5}]",
+        "{resize: 8}",
+        "[{resize: [1, 2, 3]}]",
+    ],
+)
 def test_bad_preprocess_is_one_line_before_any_work(tmp_path, steps):
     write_image_folder(tmp_path / "d", {"a": 3, "b": 3})
-    r = run_main("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *QUICK, "--set", f"data.preprocess={steps}")
+    r = run_main(
+        "train",
+        "--data",
+        str(tmp_path / "d"),
+        "--out",
+        str(tmp_path / "run"),
+        *QUICK,
+        "--set",
+        f"data.preprocess={steps}",
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "data.preprocess" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
@@ -31,7 +51,14 @@ def test_one_number_list_resizes_the_shorter_side(tmp_path):
     assert ds.input_shape == (3, 8, 10) and tuple(ds.train.images.shape[1:]) == (3, 8, 10)
 
 
-@pytest.mark.parametrize("key, value, needle", [("data.attributes", "Smiling", "data.attributes"), ("data.jitter", "1.5", "data.jitter"), ("data.workers", "-1", "data.workers")])
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("data.attributes", "Smiling", "data.attributes"),
+        ("data.jitter", "1.5", "data.jitter"),
+        ("data.workers", "-1", "data.workers"),
+    ],
+)
 def test_keys_the_dataset_would_ignore_are_refused(fashion_dir, tmp_path, key, value, needle):
     r = run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), *QUICK, "--set", f"{key}={value}")
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -49,7 +76,23 @@ def test_preprocess_pads_or_resizes_arrays_and_is_recorded(fashion_dir, tmp_path
     resized = load_dataset(DataConfig(root=str(fashion_dir), val_size=8, preprocess=[{"resize": 20}]), 0)
     assert tuple(resized.val.images.shape[1:]) == (1, 20, 20) and resized.val.images.dtype == torch.uint8
     out = tmp_path / "run"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--model", "kth-default", "--set", "data.preprocess=[{center_crop: 32}]"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(fashion_dir),
+                "--out",
+                str(out),
+                *QUICK,
+                "--model",
+                "kth-default",
+                "--set",
+                "data.preprocess=[{center_crop: 32}]",
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(out / "checkpoints/best.pt", weights_only=True)
     assert ckpt["input_shape"] == [1, 32, 32] and ckpt["preprocess"] == [{"center_crop": 32}]
 
@@ -64,7 +107,9 @@ def test_a_folder_held_in_memory_is_preprocessed_once(tmp_path):
     assert isinstance(ds.train, ArraySplit) and ds.input_shape == (3, 12, 12)
     path = sorted((tmp_path / "d" / "a").iterdir())[0]
     want = to_uint8_tensor(open_image(path, 3, 10**8), preprocess_transform(steps))
-    assert any(torch.equal(want, img) for img in ds.train.images) or any(torch.equal(want, img) for img in ds.test.images)
+    assert any(torch.equal(want, img) for img in ds.train.images) or any(
+        torch.equal(want, img) for img in ds.test.images
+    )
 
 
 def test_channels_converts_arrays_and_is_recorded(fashion_dir, tmp_path):
@@ -80,15 +125,49 @@ def test_channels_converts_arrays_and_is_recorded(fashion_dir, tmp_path):
 def test_config_yaml_records_the_inferred_preprocess(tmp_path):
     write_image_folder(tmp_path / "d", {"a": 12, "b": 12}, size=(80, 70))  # over 64 px: resized and cropped
     out = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "d"), "--out", str(out), *QUICK, "--set", "data.val_size=4", "--set", "train.batch_size=8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "d"),
+                "--out",
+                str(out),
+                *QUICK,
+                "--set",
+                "data.val_size=4",
+                "--set",
+                "train.batch_size=8",
+            ]
+        )
+        == 0
+    )
     data = yaml.safe_load((out / "config.yaml").read_text())["data"]
-    assert data["preprocess"] == [{"resize": 64}, {"center_crop": 64}] and data["channels"] == 3 and data["name"] == "folder"
+    assert (
+        data["preprocess"] == [{"resize": 64}, {"center_crop": 64}]
+        and data["channels"] == 3
+        and data["name"] == "folder"
+    )
 
 
 def test_stats_failing_leaves_no_run_folder(tmp_path):
     write_image_folder(tmp_path / "d", {"a": 6, "b": 6})
-    r = run_main("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *QUICK, "--set", "data.val_size=2",
-                "--set", "data.normalize=standard-scaler", "--set", "data.in_memory=false", "--set", "data.workers=0")
+    r = run_main(
+        "train",
+        "--data",
+        str(tmp_path / "d"),
+        "--out",
+        str(tmp_path / "run"),
+        *QUICK,
+        "--set",
+        "data.val_size=2",
+        "--set",
+        "data.normalize=standard-scaler",
+        "--set",
+        "data.in_memory=false",
+        "--set",
+        "data.workers=0",
+    )
     assert r.returncode == 2 and "standard-scaler" in r.stderr and not (tmp_path / "run").exists()
 
 
@@ -112,7 +191,16 @@ def test_float_arrays_keep_their_scale_through_jitter(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 64)).astype(np.float32)  # standardised already: negative values
     write_npy_pairs(tmp_path, {"train": (x, np.arange(40) % 2), "test": (x[:6], np.arange(6) % 2)})
-    cfg = apply_overrides(RunConfig(), {"data.root": str(tmp_path), "data.name": "npy", "data.val_size": 0, "data.augment": "jitter", "data.normalize": "none"})
+    cfg = apply_overrides(
+        RunConfig(),
+        {
+            "data.root": str(tmp_path),
+            "data.name": "npy",
+            "data.val_size": 0,
+            "data.augment": "jitter",
+            "data.normalize": "none",
+        },
+    )
     ds = load_dataset(cfg.data, 0)
     assert ds.train.images.dtype == torch.float32
     mean, std = normalization_stats(ds, cfg.data)

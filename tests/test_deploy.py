@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, write_corrupt_files, write_image
 from PIL import Image
 
 import cnnlab
+from cnnlab.cli import main
 from cnnlab.config import RunConfig
 from cnnlab.data.images import BadImage, TooManyPixels
 from cnnlab.engine.checkpoint import save_checkpoint
@@ -21,8 +23,6 @@ from cnnlab.evaluation import load_split, predict, split_loader
 from cnnlab.models import MODELS, create_model, default_input
 from cnnlab.serve.export import check_parity, export_model, runner, sidecar_path
 from cnnlab.serve.predictor import Classifier, image_files
-from cnnlab.cli import main
-from conftest import run_cli, write_corrupt_files, write_image
 
 
 def cli(capsys, *args: str):
@@ -82,7 +82,11 @@ def test_predict_gives_evaluates_probabilities_for_every_kind_of_input(clf, test
         assert not any(p.resized for p in preds)
     one = clf.predict(paths[3], topk=2)
     assert [c for c, _ in one.top] == [clf.classes[i] for i in want[3].topk(2).indices]
-    assert one.label == one.top[0][0] and one.source == str(paths[3]) and one.probability == pytest.approx(float(want[3].max()), abs=1e-6)
+    assert (
+        one.label == one.top[0][0]
+        and one.source == str(paths[3])
+        and one.probability == pytest.approx(float(want[3].max()), abs=1e-6)
+    )
 
 
 def test_any_mode_and_size_is_fitted_to_the_input(clf, tmp_path):
@@ -105,7 +109,13 @@ def test_any_mode_and_size_is_fitted_to_the_input(clf, tmp_path):
     x, _ = clf.pixels(tmp_path / "float.tif")
     assert x[0, 0, 0] == 0 and float(x.max()) == 255  # NaN as 0, scaled by the image's own maximum
     x, resized = clf.pixels(tmp_path / "rgb.jpg")
-    assert resized and tuple(x.shape) == (1, 28, 28) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 255
+    assert (
+        resized
+        and tuple(x.shape) == (1, 28, 28)
+        and x.dtype == torch.float32
+        and 0 <= float(x.min())
+        and float(x.max()) <= 255
+    )
     # a (C, H, W) tensor through the same fit: a 3x60x90 tensor whose middle 60x60 is 200, sides 0
     t = torch.zeros(3, 60, 90, dtype=torch.uint8)
     t[:, :, 15:75] = 200
@@ -205,10 +215,14 @@ def test_predict_cli_on_a_folder_with_a_corrupt_file(run, clf, test_images, tmp_
     assert all(want[i] in lines[i + 1] for i in range(5))
 
     out = tmp_path / "p.csv"
-    code, _, stderr = cli(capsys, "predict", run, folder / "0.png", folder / "1.png", "--format", "csv", "--topk", "3", "--out", out)
+    code, _, stderr = cli(
+        capsys, "predict", run, folder / "0.png", folder / "1.png", "--format", "csv", "--topk", "3", "--out", out
+    )
     assert code == 0, stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert [row["label"] for row in rows] == want[:2] and float(rows[0]["probability_1"]) >= float(rows[0]["probability_3"])
+    assert [row["label"] for row in rows] == want[:2] and float(rows[0]["probability_1"]) >= float(
+        rows[0]["probability_3"]
+    )
 
 
 def test_predict_cli_errors_are_one_line(run, tmp_path, capsys):
@@ -249,7 +263,11 @@ def test_export_check_passes_on_1000_test_images(run, fmt, tmp_path, capsys):
         assert code == 2 and "not a checkpoint" in stderr and len(stderr.strip().splitlines()) == 1
     else:
         code, _, stderr = cli(capsys, "predict", out, sidecar_path(out))
-        assert code == 2 and "exported TorchScript model, not a training checkpoint" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert (
+            code == 2
+            and "exported TorchScript model, not a training checkpoint" in stderr
+            and len(stderr.strip().splitlines()) == 1
+        ), stderr
         extra = {"cnnlab.json": ""}
         with pytest.warns(FutureWarning):  # torch.jit is deprecated; its files still load
             torch.jit.load(str(out), _extra_files=extra)
@@ -265,7 +283,24 @@ def test_export_check_on_1000_real_fashion_mnist_test_images(tmp_path, capsys):
     if DATASETS.get("fashion-mnist").find(DataConfig(download=False)) is None:
         pytest.skip("the real Fashion-MNIST is not installed (make bootstrap installs it)")
     out = tmp_path / "run"
-    assert main(["train", "--data", "fashion-mnist", "--out", str(out), "--epochs", "1", "--set", "data.train_limit=6000", "--set", "train.report=false"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "fashion-mnist",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--set",
+                "data.train_limit=6000",
+                "--set",
+                "train.report=false",
+            ]
+        )
+        == 0
+    )
     code, stdout, stderr = cli(capsys, "export", out, "--format", "onnx", "--check")
     assert code == 0, stderr
     line = next(x for x in stdout.splitlines() if x.startswith("parity check"))
@@ -308,7 +343,10 @@ def test_export_failure_of_the_onnx_exporter_is_one_line(clf, tmp_path, monkeypa
         raise RuntimeError("Unsupported operator aten::something\nmore detail")
 
     monkeypatch.setattr(torch.onnx, "export", fail)
-    with pytest.raises(CnnlabError, match="ONNX exporter failed on this model .RuntimeError: Unsupported operator aten::something.; try --format torchscript"):
+    with pytest.raises(
+        CnnlabError,
+        match="ONNX exporter failed on this model .RuntimeError: Unsupported operator aten::something.; try --format torchscript",
+    ):
         export_model(clf, "onnx", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -385,8 +423,16 @@ def _checkpoint(path: Path, name: str) -> Path:
     cfg = RunConfig()
     cfg.model.name = name
     cfg.train.loss = loss
-    save_checkpoint(path, model=model.state_dict(), config=cfg.to_dict(), classes=["a", "b"] if sigmoid else ["a", "b", "c"],
-                    input_shape=[c, h, w], preprocess=[], normalization={"mean": [0.5] * c, "std": [0.25] * c}, objective=loss)
+    save_checkpoint(
+        path,
+        model=model.state_dict(),
+        config=cfg.to_dict(),
+        classes=["a", "b"] if sigmoid else ["a", "b", "c"],
+        input_shape=[c, h, w],
+        preprocess=[],
+        normalization={"mean": [0.5] * c, "std": [0.25] * c},
+        objective=loss,
+    )
     return path
 
 
@@ -398,7 +444,9 @@ def test_every_registered_model_exports_with_parity(name, tmp_path):
     clf = Classifier.load(path)
     state = torch.load(path, weights_only=True)["model"]
     loaded = clf.model.state_dict()
-    assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[k], state[k]) and not loaded[k].is_meta for k in state)
+    assert sorted(loaded) == sorted(state) and all(
+        torch.equal(loaded[k], state[k]) and not loaded[k].is_meta for k in state
+    )
     x = torch.rand(3, *clf.input_shape, generator=torch.Generator().manual_seed(0))
     want = clf.probabilities(x * 255)
     assert want.shape == (3, len(clf.classes)) and torch.allclose(want.sum(1), torch.ones(3), atol=1e-5)
@@ -418,7 +466,9 @@ def test_a_checkpoint_is_loaded_without_initialising_the_model_first(tmp_path, m
     state = {k: v.contiguous() for k, v in torch.load(path, weights_only=True)["model"].items()}
     model, outputs = evaluation._model_with_weights("fastnet", state, 3, (1, 28, 28), {})
     assert outputs == 3 and not model.training
-    assert all(t.data_ptr() == state[k].data_ptr() for k, t in model.state_dict().items())  # the checkpoint's own tensors
+    assert all(
+        t.data_ptr() == state[k].data_ptr() for k, t in model.state_dict().items()
+    )  # the checkpoint's own tensors
     built = []
 
     def no_meta(name, **kw):
@@ -474,7 +524,12 @@ def test_a_checkpoint_that_runs_code_is_refused_everywhere(run, tmp_path, zipfil
     assert not marker.exists()
     for args in (["export", evil, "--format", "onnx"], ["serve", evil, "--port", "0"]):
         code, _, stderr = cli(capsys, *args)
-        assert code == 2 and "refusing" in stderr and "holds more than weights" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert (
+            code == 2
+            and "refusing" in stderr
+            and "holds more than weights" in stderr
+            and len(stderr.strip().splitlines()) == 1
+        ), stderr
         assert not marker.exists(), args
     with pytest.raises(CnnlabError, match="refusing"):
         cnnlab.load(evil)

@@ -32,7 +32,9 @@ def test_each_training_batch_is_split_among_the_processes(world):
     single.set_epoch(2)
     ranks = []
     for r in range(world):
-        ld = TensorLoader(split, batch // world, mean=[0.0], std=[1.0], shuffle=True, drop_last=True, seed=5, shard=(r, world))
+        ld = TensorLoader(
+            split, batch // world, mean=[0.0], std=[1.0], shuffle=True, drop_last=True, seed=5, shard=(r, world)
+        )
         ld.set_epoch(2)
         ranks.append(_labels(ld))
     assert len({len(b) for b in ranks}) == 1  # every process steps the same number of times
@@ -50,8 +52,26 @@ def test_evaluation_chunks_cover_the_split_once():
 
 def test_torchrun_two_processes_write_one_run_folder(fashion_dir, tmp_path):
     out = tmp_path / "runs" / "ddp"
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "2",
-           "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.report=false"]
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cnnlab",
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--set",
+        "data.val_size=64",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.report=false",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # one folder, written by rank 0
@@ -82,7 +102,12 @@ def test_a_global_batch_that_does_not_divide_is_refused(fashion_dir):
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=2 -m cnnlab train ARGS`, which must succeed (its stderr's end shows why not)."""
-    r = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train", *args], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cnnlab", "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     return r
 
@@ -92,8 +117,22 @@ def _history(run: Path) -> list[list[str]]:
 
 
 def test_torchrun_resume_from_an_epoch_end_is_exact(fashion_dir, tmp_path):
-    common = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--lr", "0.05",
-              "--set", "train.report=false", "--set", "model.kwargs={widths: [8, 16]}"]
+    common = [
+        "--data",
+        str(fashion_dir),
+        "--set",
+        "data.val_size=64",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "schedule.name=constant",
+        "--lr",
+        "0.05",
+        "--set",
+        "train.report=false",
+        "--set",
+        "model.kwargs={widths: [8, 16]}",
+    ]
     _torchrun(*common, "--out", str(tmp_path / "a"), "--epochs", "2")
     _torchrun("--resume", str(tmp_path / "a"), "--epochs", "3")
     _torchrun(*common, "--out", str(tmp_path / "b"), "--epochs", "3")

@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import run_main, write_corrupt_files, write_fashion_fixture, write_image_folder, write_npy_pairs
 
 from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS
 from cnnlab.data.doctor import check, list_datasets
-from conftest import run_main, write_corrupt_files, write_fashion_fixture, write_image_folder, write_npy_pairs
 
 
 def _check_json(*args):
@@ -60,7 +60,9 @@ def test_duplicates_within_a_split_and_a_clean_folder(tmp_path):
     assert report["image_sizes"] == {"12x12": 8} and report["image_modes"] == {"RGB": 8}
     shutil.copy(data / "a" / "000.png", data / "a" / "again.png")
     code, report = _check_json(str(data))
-    assert code == 1 and report["duplicates_within_split"]["train"] == [[str(data / "a" / "000.png"), str(data / "a" / "again.png")]]
+    assert code == 1 and report["duplicates_within_split"]["train"] == [
+        [str(data / "a" / "000.png"), str(data / "a" / "again.png")]
+    ]
 
 
 def test_arrays_are_hashed_by_pixels(tmp_path):
@@ -110,4 +112,7 @@ def test_data_list_names_every_registered_dataset():
 def test_every_source_describes_itself(name):
     source = DATASETS.get(name)
     assert source.layout and source.default_augment
-    assert source.find(DataConfig(name=name, download=False)) is None or source.find(DataConfig(name=name, download=False)).exists()
+    assert (
+        source.find(DataConfig(name=name, download=False)) is None
+        or source.find(DataConfig(name=name, download=False)).exists()
+    )

@@ -5,13 +5,24 @@ import json
 
 import pytest
 import torch
+from conftest import QUICK, run_cli, run_main
 
 from cnnlab.cli import main
 from cnnlab.config import ScheduleConfig
 from cnnlab.engine.optim import create_scheduler
-from conftest import QUICK, run_cli, run_main
 
-TWO_STEPS = ["--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320", "--set", "train.report=false"]  # 256 images: 2 steps
+TWO_STEPS = [
+    "--epochs",
+    "1",
+    "--set",
+    "data.val_size=64",
+    "--set",
+    "train.batch_size=128",
+    "--set",
+    "data.train_limit=320",
+    "--set",
+    "train.report=false",
+]  # 256 images: 2 steps
 
 
 def _lrs(cfg, steps_per_epoch=10, epochs=6):
@@ -30,9 +41,16 @@ def test_step_and_cosine_restarts_and_one_cycle_shapes():
     step = _lrs(ScheduleConfig(name="step", step_epochs=2, gamma=0.5))
     assert step[0] == 1.0 and step[19] == 1.0 and step[20] == 0.5 and step[40] == 0.25
     cos = _lrs(ScheduleConfig(name="cosine-restarts", restart_epochs=2, restart_mult=2))
-    assert cos[0] == 1.0 and cos[10] == pytest.approx(0.5) and cos[20] == 1.0 and cos[40] == pytest.approx(0.5)  # restart at 2, cycle of 4
+    assert (
+        cos[0] == 1.0 and cos[10] == pytest.approx(0.5) and cos[20] == 1.0 and cos[40] == pytest.approx(0.5)
+    )  # restart at 2, cycle of 4
     one = _lrs(ScheduleConfig(name="one-cycle", pct_start=0.25))
-    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0) and one.index(max(one)) == 15 and one[-1] < 0.01
+    assert (
+        one[0] == pytest.approx(1 / 25)
+        and max(one) == pytest.approx(1.0)
+        and one.index(max(one)) == 15
+        and one[-1] < 0.01
+    )
 
 
 def test_plateau_lowers_the_lr_when_validation_stalls():
@@ -46,13 +64,24 @@ def test_plateau_lowers_the_lr_when_validation_stalls():
 
 
 def test_plateau_without_validation_is_refused_up_front(fashion_dir, tmp_path):
-    r = run_cli("train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), *QUICK, "--set", "schedule.name=plateau", "--set", "data.val_size=0")
+    r = run_cli(
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(tmp_path / "r"),
+        *QUICK,
+        "--set",
+        "schedule.name=plateau",
+        "--set",
+        "data.val_size=0",
+    )
     assert r.returncode == 2 and "plateau" in r.stderr and not (tmp_path / "r").exists()
 
 
 def test_gradient_clipping_bounds_the_update():
-    from cnnlab.engine.losses import cross_entropy
     from cnnlab.engine.loop import TrainStep, train_one_epoch
+    from cnnlab.engine.losses import cross_entropy
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
@@ -65,8 +94,32 @@ def test_gradient_clipping_bounds_the_update():
 
 def test_early_stopping_keeps_the_best(fashion_dir, tmp_path):
     out = tmp_path / "r"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "30", "--lr", "0.3", "--set", "data.val_size=64",
-                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.min_steps=null", "--set", "train.report=false"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(fashion_dir),
+                "--out",
+                str(out),
+                "--epochs",
+                "30",
+                "--lr",
+                "0.3",
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.batch_size=64",
+                "--set",
+                "train.early_stopping=2",
+                "--set",
+                "train.min_steps=null",
+                "--set",
+                "train.report=false",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs_run"] < 30 and "early stopping" in m["stop_reason"] and m["epochs_run"] - m["best_epoch"] == 2
 
@@ -75,8 +128,32 @@ def test_early_stopping_on_validation_loss_keeps_the_lowest(fashion_dir, tmp_pat
     import csv
 
     out = tmp_path / "r"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "30", "--lr", "0.3", "--set", "data.val_size=64",
-                 "--set", "train.batch_size=64", "--set", "train.early_stopping=2", "--set", "train.monitor=val_loss", "--set", "train.report=false"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(fashion_dir),
+                "--out",
+                str(out),
+                "--epochs",
+                "30",
+                "--lr",
+                "0.3",
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.batch_size=64",
+                "--set",
+                "train.early_stopping=2",
+                "--set",
+                "train.monitor=val_loss",
+                "--set",
+                "train.report=false",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     rows = list(csv.DictReader(open(out / "history.csv")))
     losses = [float(r["val_loss"]) for r in rows]
@@ -85,10 +162,33 @@ def test_early_stopping_on_validation_loss_keeps_the_lowest(fashion_dir, tmp_pat
     assert m["val"]["loss"] == pytest.approx(min(losses), abs=1e-6 if m["precision"] == "float32" else 2e-2)
 
 
-def test_a_loss_that_explodes_stops_after_the_recoveries_with_one_line_and_keeps_the_last_good_epoch(fashion_dir, tmp_path):
+def test_a_loss_that_explodes_stops_after_the_recoveries_with_one_line_and_keeps_the_last_good_epoch(
+    fashion_dir, tmp_path
+):
     out = tmp_path / "r"
-    r = run_cli("train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "3", "--lr", "1e6", "--set", "data.val_size=64", "--set", "train.batch_size=32",
-                "--set", "schedule.name=one-cycle", "--set", "schedule.pct_start=0.5", "--optimizer", "sgd", "--set", "train.min_steps=null")
+    r = run_cli(
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--lr",
+        "1e6",
+        "--set",
+        "data.val_size=64",
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "schedule.name=one-cycle",
+        "--set",
+        "schedule.pct_start=0.5",
+        "--optimizer",
+        "sgd",
+        "--set",
+        "train.min_steps=null",
+    )
     assert r.returncode == 3 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     # the divergence guard rolls back and lowers the rate three times (lr 1e6 stays far too high), then stops
     assert "became nan" in r.stderr or "became inf" in r.stderr or "the training loss rose to" in r.stderr
@@ -136,22 +236,39 @@ def test_train_threads_is_applied_and_recorded(fashion_dir, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert json.loads((out / "metrics.json").read_text())["threads"] == 1
-    r = run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "bad"), *QUICK, "--set", "train.threads=0")
+    r = run_main(
+        "train", "--data", str(fashion_dir), "--out", str(tmp_path / "bad"), *QUICK, "--set", "train.threads=0"
+    )
     assert r.returncode == 2 and "train.threads" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("augment, data, expected", [("auto", "fashion", True), ("translate", "fashion", False), ("flip+rotate", "fashion", True), ("auto", "mnist-5k", False), ("flip-translate", "mnist-5k", False)])
+@pytest.mark.parametrize(
+    "augment, data, expected",
+    [
+        ("auto", "fashion", True),
+        ("translate", "fashion", False),
+        ("flip+rotate", "fashion", True),
+        ("auto", "mnist-5k", False),
+        ("flip-translate", "mnist-5k", False),
+    ],
+)
 def test_tta_auto_mirrors_at_test_time_only_where_training_flips(fashion_dir, augment, data, expected):
     from cnnlab.config import apply_overrides, load_recipe
     from cnnlab.run import prepare
 
     source = {"data.root": str(fashion_dir)} if data == "fashion" else {"data.name": "mnist-5k"}
-    cfg = apply_overrides(load_recipe(None), {**source, "data.augment": augment, "data.val_size": 64, "train.tta": "auto"})
+    cfg = apply_overrides(
+        load_recipe(None), {**source, "data.augment": augment, "data.val_size": 64, "train.tta": "auto"}
+    )
     assert prepare(cfg).cfg.train.tta is expected
 
 
 def test_tta_takes_true_false_or_auto(fashion_dir, tmp_path):
     r = run_main("train", "--data", str(fashion_dir), "--out", str(tmp_path / "r"), "--set", "train.tta=sometimes")
-    assert r.returncode == 2 and "train.tta is 'sometimes'; it must be true, false or auto" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (
+        r.returncode == 2
+        and "train.tta is 'sometimes'; it must be true, false or auto" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
     r = run_main("train", "--data", "mnist-5k", "--out", str(tmp_path / "m"), "--set", "train.tta=true")
     assert r.returncode == 2 and "changes digits" in r.stderr

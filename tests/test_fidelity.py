@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from conftest import write_celeba_fixture, write_fashion_fixture, write_image_folder
 
 from cnnlab.cli import main
 from cnnlab.config import apply_overrides, load_recipe
@@ -16,7 +17,6 @@ from cnnlab.data.base import ArraySplit
 from cnnlab.data.splits import carve
 from cnnlab.models import create_model, num_parameters
 from cnnlab.reproduce import study_names
-from conftest import write_celeba_fixture, write_fashion_fixture, write_image_folder
 
 
 def _split_counts(data_cfg, n: int) -> tuple[int, int, int]:
@@ -36,7 +36,9 @@ def test_hanoi_split_is_70_10_20_with_the_reports_arithmetic(tmp_path):
     assert cfg.preprocess[0] == {"resize": [256, 256]} and cfg.preprocess[1] == {"center_crop": 224}
     # the same arithmetic through load_dataset on a real folder: 97 images -> 67 / 9 / 21
     folder = write_image_folder(tmp_path / "animals", {"cat": 49, "dog": 48}, size=(8, 8))
-    ds = load_dataset(dataclasses.replace(cfg, root=str(folder), preprocess=[{"resize": [8, 8]}], in_memory=True), seed=0)
+    ds = load_dataset(
+        dataclasses.replace(cfg, root=str(folder), preprocess=[{"resize": [8, 8]}], in_memory=True), seed=0
+    )
     assert (len(ds.train), len(ds.val), len(ds.test)) == (67, 9, 21)
 
 
@@ -47,7 +49,14 @@ def test_celeba_recipe_is_the_books_code(tmp_path):
     assert recipe.data.attributes == 18 and recipe.data.split == "first"
     assert (recipe.data.train_limit, recipe.data.val_limit) == (16_000, 1_000) and recipe.train.seed == 1
     root, attrs = write_celeba_fixture(tmp_path / "celeba", [0] * 10 + [1] * 6 + [2] * 4, size=(20, 24))
-    cfg = dataclasses.replace(recipe.data, root=str(root), train_limit=7, val_limit=4, preprocess=[{"center_crop": 20}, {"resize": 8}], in_memory=True)
+    cfg = dataclasses.replace(
+        recipe.data,
+        root=str(root),
+        train_limit=7,
+        val_limit=4,
+        preprocess=[{"center_crop": 20}, {"resize": 8}],
+        in_memory=True,
+    )
     ds = load_dataset(cfg, seed=recipe.train.seed)
     # the first 7 train and first 4 valid entries of the files, with column 18 of the attribute table as the target
     assert ds.train.labels.tolist() == [int(v > 0) for v in attrs[:7, 18]]
@@ -66,14 +75,21 @@ def test_uw_lab_fashion_splits_the_labs_10000_and_takes_its_learning_rate(tmp_pa
     assert (d.given_limit, d.val_size, d.test_limit, d.train_limit) == (10_000, 1_000, 1_000, None)
     assert recipe.optim.name == "adam" and recipe.optim.lr == pytest.approx(3e-4)
     data = write_fashion_fixture(tmp_path / "idx", n_train=300, n_test=50)
-    cfg = apply_overrides(recipe, {"data.root": str(data), "data.given_limit": 100, "data.val_size": 10, "data.test_limit": 10}).data
+    cfg = apply_overrides(
+        recipe, {"data.root": str(data), "data.given_limit": 100, "data.val_size": 10, "data.test_limit": 10}
+    ).data
     ds = load_dataset(cfg, seed=recipe.train.seed)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (90, 10, 10)  # the 100 given, split: not 100 train + 10 more
 
 
 TESTED = {  # what each report scored: the model at the end, except report 002's "best model kept"
-    "textbook-mnist": "last", "textbook-celeba-smile": "last", "uw-lab-mnist": "last", "uw-lab-fashion": "last",
-    "kth-cifar10": "last", "hanoi-animals": "last", "cifar10-comprehensive": "best",
+    "textbook-mnist": "last",
+    "textbook-celeba-smile": "last",
+    "uw-lab-mnist": "last",
+    "uw-lab-fashion": "last",
+    "kth-cifar10": "last",
+    "hanoi-animals": "last",
+    "cifar10-comprehensive": "best",
 }
 
 
@@ -85,9 +101,36 @@ def test_each_report_recipe_tests_the_weights_its_report_tested():
 def test_last_weights_and_no_validation_part_test_the_end_of_training(fashion_dir, tmp_path, capsys):
     """test_weights last scores last.pt, and evaluate reads the same file; with no validation part,
     best is not chosen by training accuracy: the last weights are tested, and log.txt says so."""
-    quick = ["--epochs", "2", "--set", "train.batch_size=64", "--set", "train.report=false", "--set", "model.kwargs={widths: [8, 16]}", "--lr", "0.05"]
+    quick = [
+        "--epochs",
+        "2",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.report=false",
+        "--set",
+        "model.kwargs={widths: [8, 16]}",
+        "--lr",
+        "0.05",
+    ]
     out = tmp_path / "last"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--set", "data.val_size=64", "--set", "train.test_weights=last", *quick]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(fashion_dir),
+                "--out",
+                str(out),
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.test_weights=last",
+                *quick,
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert (m["test_weights"], m["tested_epoch"]) == ("last", 2)
     assert main(["evaluate", str(out), "--out", str(tmp_path / "eval.json")]) == 0
@@ -101,7 +144,9 @@ def test_last_weights_and_no_validation_part_test_the_end_of_training(fashion_di
 
 def test_report_recipes_train_in_fp32():
     """No report trained under bf16 autocast (report 002 names mixed precision only as an option)."""
-    assert {name: load_recipe(name).train.precision for name in study_names()} == {name: "fp32" for name in study_names()}
+    assert {name: load_recipe(name).train.precision for name in study_names()} == {
+        name: "fp32" for name in study_names()
+    }
 
 
 def test_comprehensive_cifar10_fixes_seed_42_and_determinism():

@@ -13,17 +13,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from cnnlab.config import DataConfig, TrainConfig
-from cnnlab.data import DATASETS, FileSplit, detect, load_dataset, resolve_data
-from cnnlab.data.base import ArraySplit
-from cnnlab.data.cifar import read_batch
-from cnnlab.data.images import BadImage, header_info, open_image
-from cnnlab.data.normalize import CIFAR10_STATS
-from cnnlab.data.pipeline import build_loaders, normalization_stats
-from cnnlab.data.splits import carve, class_counts
-from cnnlab.errors import ConfigError, DataError
 from conftest import (
     CELEBA_ATTRIBUTES,
     CIFAR10_CLASSES,
@@ -36,6 +25,17 @@ from conftest import (
     write_image_folder,
     write_npy_pairs,
 )
+from PIL import Image
+
+from cnnlab.config import DataConfig, TrainConfig
+from cnnlab.data import DATASETS, FileSplit, detect, load_dataset, resolve_data
+from cnnlab.data.base import ArraySplit
+from cnnlab.data.cifar import read_batch
+from cnnlab.data.images import BadImage, header_info, open_image
+from cnnlab.data.normalize import CIFAR10_STATS
+from cnnlab.data.pipeline import build_loaders, normalization_stats
+from cnnlab.data.splits import carve, class_counts
+from cnnlab.errors import ConfigError, DataError
 
 # 12x12 images through a no-op crop. Not `preprocess=[]`: see test_empty_preprocess_keeps_the_images.
 KEEP12 = [{"center_crop": 12}]
@@ -127,7 +127,9 @@ PARTITION = [0, 0, 0, 0, 1, 1, 2, 2, 2]  # 4 train, 2 valid, 3 test
 
 def _celeba_labels(attrs, col):
     part = np.array(PARTITION)
-    return {name: (attrs[part == p, col] > 0).astype(int).tolist() for p, name in ((0, "train"), (1, "val"), (2, "test"))}
+    return {
+        name: (attrs[part == p, col] > 0).astype(int).tolist() for p, name in ((0, "train"), (1, "val"), (2, "test"))
+    }
 
 
 def test_celeba_attribute_names_are_the_real_ones():
@@ -161,7 +163,9 @@ def test_celeba_attribute_by_index(tmp_path):
 
 def test_celeba_two_attributes_make_a_multilabel_task(tmp_path):
     root, attrs = write_celeba_fixture(tmp_path, PARTITION, size=(20, 24))
-    ds = load_dataset(DataConfig(root=str(root), attributes=["Male", "Smiling"], preprocess=[{"center_crop": 16}]), seed=0)
+    ds = load_dataset(
+        DataConfig(root=str(root), attributes=["Male", "Smiling"], preprocess=[{"center_crop": 16}]), seed=0
+    )
     assert ds.multilabel and ds.classes == ["Male", "Smiling"]
     part = np.array(PARTITION)
     for p, split in ((0, ds.train), (1, ds.val), (2, ds.test)):
@@ -171,7 +175,9 @@ def test_celeba_two_attributes_make_a_multilabel_task(tmp_path):
 
 def test_celeba_unknown_attribute_lists_the_names(tmp_path):
     root, _ = write_celeba_fixture(tmp_path, PARTITION, size=(20, 24))
-    with pytest.raises(DataError, match=r"no attribute 'Smilling'; choose from: 5_o_Clock_Shadow, Arched_Eyebrows.*Smiling.*Young"):
+    with pytest.raises(
+        DataError, match=r"no attribute 'Smilling'; choose from: 5_o_Clock_Shadow, Arched_Eyebrows.*Smiling.*Young"
+    ):
         load_dataset(DataConfig(root=str(root), attributes="Smilling"), seed=0)
     with pytest.raises(DataError, match=r"index 40 is outside 0\.\.39"):
         load_dataset(DataConfig(root=str(root), attributes=40), seed=0)
@@ -197,7 +203,11 @@ def test_flat_folder_classes_shapes_and_carved_parts(tmp_path):
     assert ds.input_shape == (3, 12, 12)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (21, 3, 6)  # test: 20% of 30, val: 10% of 30
     for split in ds.splits().values():
-        assert isinstance(split, ArraySplit) and split.images.dtype == torch.uint8 and split.images.shape[1:] == (3, 12, 12)
+        assert (
+            isinstance(split, ArraySplit)
+            and split.images.dtype == torch.uint8
+            and split.images.shape[1:] == (3, 12, 12)
+        )
     total = [sum(c) for c in zip(*(_counts(s, 3) for s in ds.splits().values()))]
     assert total == [10, 10, 10]
     # the test part is carved with split_seed: the same for every run seed; val with the run seed
@@ -289,13 +299,28 @@ def test_exif_rotated_folder_has_a_consistent_input_shape(tmp_path, in_memory):
     for c in ("a", "b"):
         for i in range(3):
             _exif_rotated_jpeg(tmp_path / c / f"{i}.jpg", seed=i)
-    cfg = DataConfig(root=str(tmp_path), val_size=1, test_size=1, preprocess=[{"resize": 12}], in_memory=in_memory, workers=0, augment="none")
+    cfg = DataConfig(
+        root=str(tmp_path),
+        val_size=1,
+        test_size=1,
+        preprocess=[{"resize": 12}],
+        in_memory=in_memory,
+        workers=0,
+        augment="none",
+    )
     ds = load_dataset(cfg, seed=0)
     if in_memory:
         assert tuple(ds.train.images.shape[1:]) == (3, 20, 12)  # upright: 12 wide, 20 high
         assert ds.input_shape == (3, 20, 12)
     else:
-        loaders = build_loaders(ds, cfg, TrainConfig(batch_size=8, eval_batch_size=8, channels_last=False), torch.device("cpu"), [0.0] * 3, [1.0] * 3)
+        loaders = build_loaders(
+            ds,
+            cfg,
+            TrainConfig(batch_size=8, eval_batch_size=8, channels_last=False),
+            torch.device("cpu"),
+            [0.0] * 3,
+            [1.0] * 3,
+        )
         seen = sum(len(y) for x, y in loaders["train"])
         assert loaders["train"].skipped == {}
         assert seen == len(ds.train)
@@ -330,7 +355,10 @@ def test_decompression_bomb_is_skipped(tmp_path):
     with pytest.raises(BadImage, match="decompression bomb"):
         open_image(bomb, 3, 5000)
     assert open_image(bomb, 3, 10_000).size == (100, 100)  # at the limit: fine
-    ds = load_dataset(DataConfig(root=str(tmp_path), val_size=0, test_size=2, max_pixels=5000, preprocess=[{"center_crop": 16}]), seed=0)
+    ds = load_dataset(
+        DataConfig(root=str(tmp_path), val_size=0, test_size=2, max_pixels=5000, preprocess=[{"center_crop": 16}]),
+        seed=0,
+    )
     reasons = dict(ds.skipped)
     assert list(reasons) == [str(bomb)] and "decompression bomb" in reasons[str(bomb)]
     assert len(ds.train) + len(ds.test) == 8 and ds.input_shape == (3, 16, 16)
@@ -360,14 +388,23 @@ def test_lazy_folder_loader_skips_corrupt_files(tmp_path):
     root = tmp_path / "data"
     write_image_folder(root, {"a": 6, "b": 6, "c": 6})
     bad = write_corrupt_files(root / "b")
-    cfg = DataConfig(root=str(root), val_size=3, test_size=5, in_memory=False, workers=0, preprocess=KEEP12, augment="flip")
+    cfg = DataConfig(
+        root=str(root), val_size=3, test_size=5, in_memory=False, workers=0, preprocess=KEEP12, augment="flip"
+    )
     ds = load_dataset(cfg, seed=0)
     assert all(isinstance(s, FileSplit) for s in ds.splits().values())
     assert (len(ds.train), len(ds.val), len(ds.test)) == (13, 3, 5)  # 21 files: nothing decoded yet
     assert ds.skipped == [] and ds.input_shape == (3, 12, 12)
     mean, std = normalization_stats(ds, cfg)
     assert mean.shape == (3,) and std.shape == (3,) and ((mean > 0.3) & (mean < 0.7)).all()
-    loaders = build_loaders(ds, cfg, TrainConfig(batch_size=32, eval_batch_size=2, channels_last=False), torch.device("cpu"), mean.tolist(), std.tolist())
+    loaders = build_loaders(
+        ds,
+        cfg,
+        TrainConfig(batch_size=32, eval_batch_size=2, channels_last=False),
+        torch.device("cpu"),
+        mean.tolist(),
+        std.tolist(),
+    )
     skipped: dict[str, str] = {}
     for name, loader in loaders.items():
         split, seen = getattr(ds, name), 0
@@ -431,7 +468,13 @@ def test_npy_pairs_class_names_and_a_val_pair(tmp_path):
 
 
 def test_npy_pairs_non_square_rows_are_refused(tmp_path):
-    write_npy_pairs(tmp_path, {"train": (np.zeros((4, 700), np.uint8), np.zeros(4, np.int64)), "test": (np.zeros((2, 700), np.uint8), np.zeros(2, np.int64))})
+    write_npy_pairs(
+        tmp_path,
+        {
+            "train": (np.zeros((4, 700), np.uint8), np.zeros(4, np.int64)),
+            "test": (np.zeros((2, 700), np.uint8), np.zeros(2, np.int64)),
+        },
+    )
     with pytest.raises(DataError, match="700 features per row is not a square image"):
         load_dataset(DataConfig(root=str(tmp_path), val_size=0), seed=0)
 
@@ -585,7 +628,9 @@ def test_normalisation_presets(tmp_path):
     mean, std = normalization_stats(gray, DataConfig(normalize="half"))
     assert mean.tolist() == [0.5] and std.tolist() == [1.0]
     mean, std = normalization_stats(gray, DataConfig(normalize="auto"))
-    assert mean.item() == pytest.approx(x.mean() / 255, abs=1e-6) and std.item() == pytest.approx(x.std() / 255, abs=1e-6)
+    assert mean.item() == pytest.approx(x.mean() / 255, abs=1e-6) and std.item() == pytest.approx(
+        x.std() / 255, abs=1e-6
+    )
 
     write_cifar_fixture(tmp_path / "rgb")
     rgb = load_dataset(DataConfig(root=str(tmp_path / "rgb"), val_size=0), seed=0)
@@ -605,8 +650,24 @@ def test_cli_trains_on_a_folder_and_lists_the_skipped_files(tmp_path, preprocess
     bad = write_corrupt_files(data / "dog", size=(24, 24))  # the truncated JPEG's header: 24x24 too
     out = tmp_path / "run"
     env = {**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache")}
-    r = run_cli("train", "--data", str(data), "--out", str(out), *QUICK, "--set", "data.val_size=6", "--set", "train.batch_size=8",
-                "--set", f"data.preprocess={preprocess}", "--device", "cpu", cwd=tmp_path, env=env)
+    r = run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *QUICK,
+        "--set",
+        "data.val_size=6",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        f"data.preprocess={preprocess}",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "skipped 3 file(s) that are not images or would not decode:" in log

@@ -19,8 +19,8 @@ import os
 import pickle
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -58,7 +58,11 @@ def _idx_seeds() -> list[bytes]:
 
 def _npy_seeds() -> list[bytes]:
     out = []
-    for a in (np.arange(48, dtype=np.uint8).reshape(3, 4, 4), np.arange(3, dtype=np.int64), np.ones((2, 16), np.float32)):
+    for a in (
+        np.arange(48, dtype=np.uint8).reshape(3, 4, 4),
+        np.arange(3, dtype=np.int64),
+        np.ones((2, 16), np.float32),
+    ):
         buf = io.BytesIO()
         np.save(buf, a)
         out.append(buf.getvalue())
@@ -66,7 +70,12 @@ def _npy_seeds() -> list[bytes]:
 
 
 def _cifar_seeds() -> list[bytes]:
-    batch = {b"batch_label": b"x", b"labels": [1, 2], b"data": np.zeros((2, 3072), np.uint8), b"filenames": [b"a.png", b"b.png"]}
+    batch = {
+        b"batch_label": b"x",
+        b"labels": [1, 2],
+        b"data": np.zeros((2, 3072), np.uint8),
+        b"filenames": [b"a.png", b"b.png"],
+    }
     return [pickle.dumps(batch, protocol=2), pickle.dumps({"label_names": [b"cat", b"dog"]}, protocol=2)]
 
 
@@ -80,8 +89,16 @@ def _checkpoint_seeds() -> list[bytes]:
     model = create_model("lenet5", num_classes=3, in_channels=1, input_size=(28, 28))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.pt"
-        save_checkpoint(path, model=model.state_dict(), config=dict(RunConfig(model=type(RunConfig().model)(name="lenet5")).to_dict()), classes=["a", "b", "c"],
-                        input_shape=[1, 28, 28], preprocess=[], normalization={"mean": [0.5], "std": [0.25]}, objective="cross-entropy")
+        save_checkpoint(
+            path,
+            model=model.state_dict(),
+            config=dict(RunConfig(model=type(RunConfig().model)(name="lenet5")).to_dict()),
+            classes=["a", "b", "c"],
+            input_shape=[1, 28, 28],
+            preprocess=[],
+            normalization={"mean": [0.5], "std": [0.25]},
+            objective="cross-entropy",
+        )
         data = path.read_bytes()
     del torch
     return [data]
@@ -129,7 +146,11 @@ def _load_checkpoint(data: bytes, tmp: Path) -> None:
 from cnnlab.data.images import BadImage  # noqa: E402  (TooManyPixels is one)
 
 TARGETS: dict[str, tuple[Callable[[bytes, Path], None], Callable[[], list[bytes]], tuple[type[BaseException], ...]]] = {
-    "images": (_open_image, _image_seeds, (BadImage,)),  # what predict, serve and the folder loaders turn into their one line
+    "images": (
+        _open_image,
+        _image_seeds,
+        (BadImage,),
+    ),  # what predict, serve and the folder loaders turn into their one line
     "idx": (_read_idx, _idx_seeds, (CnnlabError,)),
     "npy": (_read_npy, _npy_seeds, (CnnlabError,)),
     "cifar": (_read_cifar, _cifar_seeds, (CnnlabError,)),
@@ -150,7 +171,9 @@ def mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
     return bytes(d)
 
 
-EDITS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=8)), min_size=1, max_size=6)
+EDITS = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=8)), min_size=1, max_size=6
+)
 
 
 def _check(name: str, data: bytes, tmp: Path, crashed: list[bytes] | None = None, record: bool = False) -> None:
@@ -183,8 +206,14 @@ def _fuzz(name: str, examples: int, rng_seed: int | None) -> int:
     count, crashed = [0], []
     with tempfile.TemporaryDirectory() as tmp:
 
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=rng_seed is None, report_multiple_bugs=False,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=rng_seed is None,
+            report_multiple_bugs=False,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        )
         @given(st.sampled_from(seeds), EDITS)
         def run(original: bytes, edits) -> None:
             count[0] += 1
@@ -194,7 +223,9 @@ def _fuzz(name: str, examples: int, rng_seed: int | None) -> int:
             (seed(rng_seed)(run) if rng_seed is not None else run)()
         except (Exception, MemoryError):
             if crashed:
-                print(f"fuzz {name}: a crash, kept as {_keep(name, crashed[0])} (commit it: test_corpus_regressions reads it)")
+                print(
+                    f"fuzz {name}: a crash, kept as {_keep(name, crashed[0])} (commit it: test_corpus_regressions reads it)"
+                )
             raise
     return count[0]
 
@@ -209,7 +240,9 @@ def test_fuzz(name, capsys):
     if SECONDS > 0 and last.is_file():  # the previous long run died on this input (no Python exception to catch)
         kept = _keep(name, last.read_bytes())
         last.unlink()
-        pytest.fail(f"the last make fuzz died on an input of {name}: kept as {kept}; run it with test_corpus_regressions")
+        pytest.fail(
+            f"the last make fuzz died on an input of {name}: kept as {kept}; run it with test_corpus_regressions"
+        )
     if SECONDS <= 0:
         assert _fuzz(name, EXAMPLES, None) >= EXAMPLES // 2
         return
@@ -222,7 +255,11 @@ def test_fuzz(name, capsys):
         print(f"\nfuzz {name}: {total:,} inputs in {time.monotonic() - start:.0f} s ({rounds} rounds of 500), no crash")
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CORPUS.glob("*/*") if p.parent.name in TARGETS and not p.name.startswith(".")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in CORPUS.glob("*/*") if p.parent.name in TARGETS and not p.name.startswith(".")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
 def test_corpus_regressions(path, tmp_path):
     """Every input a target ever crashed on is read or refused with cnnlab's own error now."""
     _check(path.parent.name, path.read_bytes(), tmp_path)
@@ -243,7 +280,12 @@ def test_no_command_prints_a_traceback_for_the_corpus(tmp_path):
     for path in sorted((CORPUS / "idx").glob("*")):
         folder = tmp_path / f"idx-{path.stem}"
         folder.mkdir()
-        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        for name in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ):
             (folder / name).write_bytes(path.read_bytes())
         outputs.append(run_main("data", "check", str(folder)))
     for path in sorted((CORPUS / "cifar").glob("*")):

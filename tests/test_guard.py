@@ -43,7 +43,9 @@ def test_a_spike_rolls_back_the_weights_and_halves_the_rate():
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # the schedule keeps the lower rate
     assert len(state.recoveries) == 1 and state.recoveries[0]["restored"] == "epoch 1, step 6" and not state.diverged
-    assert lines == [lines[0]] and lines[0].startswith("recovery 1 of at most 3: the training loss rose to 25 at epoch 1, step 7")
+    assert lines == [lines[0]] and lines[0].startswith(
+        "recovery 1 of at most 3: the training loss rose to 25 at epoch 1, step 7"
+    )
 
 
 def test_small_wobbles_and_the_first_steps_are_not_spikes():
@@ -63,7 +65,10 @@ def test_nan_after_the_last_recovery_stops_with_the_loss_named():
         assert not state.diverged
     _steps(guard, state, [float("nan")])
     assert state.diverged and len(state.recoveries) == 3 and len(lines) == 3
-    assert state.stop_reason.startswith("the training loss became nan at epoch 2, step 10") and "after 3 recoveries" in state.stop_reason
+    assert (
+        state.stop_reason.startswith("the training loss became nan at epoch 2, step 10")
+        and "after 3 recoveries" in state.stop_reason
+    )
 
 
 def test_a_validation_loss_that_explodes_is_rolled_back_too():
@@ -109,12 +114,27 @@ def test_a_forced_spike_in_a_real_run_is_recovered_logged_and_in_metrics(fashion
         return p
 
     monkeypatch.setattr(run_mod, "prepare", prepare)
-    cfg = apply_overrides(load_recipe(None), {"data.root": str(fashion_dir), "train.epochs": 3, "train.min_steps": None, "train.reference_images": None,
-                                               "data.val_size": 64, "train.batch_size": 32, "train.report": False, "model.kwargs.widths": [8, 16]})
+    cfg = apply_overrides(
+        load_recipe(None),
+        {
+            "data.root": str(fashion_dir),
+            "train.epochs": 3,
+            "train.min_steps": None,
+            "train.reference_images": None,
+            "data.val_size": 64,
+            "train.batch_size": 32,
+            "train.report": False,
+            "model.kwargs.widths": [8, 16],
+        },
+    )
     out = tmp_path / "run"
     result = run_mod.train_run(cfg, out=str(out), progress=False, callbacks=[BlowUp(lambda: built["model"], at=12)])
     m = json.loads((out / "metrics.json").read_text())
-    assert len(m["recoveries"]) == 1 and m["recoveries"][0]["step"] == 13 and result.metrics["recoveries"] == m["recoveries"]
+    assert (
+        len(m["recoveries"]) == 1
+        and m["recoveries"][0]["step"] == 13
+        and result.metrics["recoveries"] == m["recoveries"]
+    )
     log = (out / "log.txt").read_text()
     assert "recovery 1 of at most 3: the training loss rose to" in log and "learning rate x0.5" in log
     assert m["test"]["accuracy"] > 0.3  # ten classes: chance is 0.1

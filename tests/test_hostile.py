@@ -5,15 +5,16 @@ every command that reads images is run over them here."""
 
 import gzip
 import io
-import time
 import json
 import os
 import shutil
+import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import QUICK, run_main, serving, write_image_folder, write_npy_pairs
 from PIL import Image
 
 from cnnlab.config import DataConfig
@@ -22,7 +23,6 @@ from cnnlab.data.folder import scan_folder
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import BadImage, open_image
 from cnnlab.errors import CnnlabError, DataError
-from conftest import QUICK, run_main, serving, write_image_folder, write_npy_pairs
 
 CORPUS = Path(__file__).parent / "corpus"
 CORPUS_IMAGES = sorted(p for p in (CORPUS / "images").iterdir() if not p.name.startswith("."))
@@ -118,7 +118,9 @@ def _pairs(tmp_path):
 def test_npy_claiming_a_terabyte_is_refused_from_its_header(tmp_path):
     folder = _pairs(tmp_path)
     with open(folder / "mnist_train_features.npy", "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 9, 1 << 9)})
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 9, 1 << 9)}
+        )
     assert (folder / "mnist_train_features.npy").stat().st_size <= 128
     with pytest.raises(DataError, match="claims a 1048576x512x512 float32 array"):
         load_dataset(DataConfig(root=str(folder)), 0)
@@ -146,11 +148,24 @@ def test_a_run_on_files_and_classes_named_in_latin1(tmp_path):
     (data / "a" / "notes.txt").write_text("x")
     os.rename(os.fsencode(data / "a" / "notes.txt"), os.fsencode(data / "a") + b"/r\xe9sum\xe9.txt")
     out = tmp_path / "run"
-    r = run_main("train", "--data", str(data), "--out", str(out), *QUICK, "--set", "data.val_size=2", "--set", "train.batch_size=4")
+    r = run_main(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *QUICK,
+        "--set",
+        "data.val_size=2",
+        "--set",
+        "train.batch_size=4",
+    )
     no_traceback(r)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))  # strict UTF-8
-    assert "caf\\xe9" in metrics["test"]["per_class"] and any("r\\xe9sum\\xe9.txt" in f["path"] for f in metrics["skipped_files"])
+    assert "caf\\xe9" in metrics["test"]["per_class"] and any(
+        "r\\xe9sum\\xe9.txt" in f["path"] for f in metrics["skipped_files"]
+    )
     assert "r\\xe9sum\\xe9.txt" in (out / "log.txt").read_text(encoding="utf-8")
     r = run_main("predict", str(out), str(data / "a" / "000.png"), "--format", "json")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
@@ -172,7 +187,10 @@ def test_links_out_of_the_dataset_are_not_followed_and_are_listed(tmp_path):
     assert all(p.resolve().is_relative_to(data.resolve()) for p in files)
     assert data / "b" / "again.png" in files and len(files) == 9
     reasons = dict(scan.skipped)
-    assert "outside the dataset" in reasons[str(data / "c")] and "outside the dataset" in reasons[str(data / "a" / "host.png")]
+    assert (
+        "outside the dataset" in reasons[str(data / "c")]
+        and "outside the dataset" in reasons[str(data / "a" / "host.png")]
+    )
 
 
 # --- 10. the run name becomes a path --------------------------------------------------------------
@@ -245,12 +263,19 @@ def test_resume_removes_the_temp_file_a_kill_left_and_renames_are_fsynced(fashio
 # --- 7. CIFAR batches with bad values -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key, value, needle", [
-    ("data", lambda d: d.astype(np.int64) + np.eye(1, d.size, 5, dtype=np.int64).reshape(d.shape) * 300, "outside the pixel range"),
-    ("labels", lambda y: ["cat"] * len(y), "not whole numbers"),
-    ("labels", lambda y: [0] * (len(y) - 1), "labels for"),
-    ("labels", lambda y: [10] * len(y), "names 10 classes"),
-])
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        (
+            "data",
+            lambda d: d.astype(np.int64) + np.eye(1, d.size, 5, dtype=np.int64).reshape(d.shape) * 300,
+            "outside the pixel range",
+        ),
+        ("labels", lambda y: ["cat"] * len(y), "not whole numbers"),
+        ("labels", lambda y: [0] * (len(y) - 1), "labels for"),
+        ("labels", lambda y: [10] * len(y), "names 10 classes"),
+    ],
+)
 def test_cifar_batches_with_bad_values_are_one_line(tmp_path, key, value, needle):
     import pickle
 
@@ -273,11 +298,28 @@ def test_cifar_batches_with_bad_values_are_one_line(tmp_path, key, value, needle
 def test_resume_on_other_data_is_refused_saying_what_differs(tmp_path):
     a = write_image_folder(tmp_path / "a", {"cat": 6, "dog": 6})
     out = tmp_path / "run"
-    assert run_main("train", "--data", str(a), "--out", str(out), *QUICK, "--set", "data.val_size=2", "--set", "train.batch_size=4").returncode == 0
+    assert (
+        run_main(
+            "train",
+            "--data",
+            str(a),
+            "--out",
+            str(out),
+            *QUICK,
+            "--set",
+            "data.val_size=2",
+            "--set",
+            "train.batch_size=4",
+        ).returncode
+        == 0
+    )
     before = (out / "checkpoints" / "last.pt").read_bytes(), (out / "config.yaml").read_text()
     renamed = write_image_folder(tmp_path / "b", {"ant": 6, "bee": 6})  # the same count, other names
     more = write_image_folder(tmp_path / "c", {"cat": 6, "dog": 6, "eel": 6})
-    for data, needle in ((renamed, "class names 2 (cat, dog) there, 2 (ant, bee) here"), (more, "3 (cat, dog, eel) here")):
+    for data, needle in (
+        (renamed, "class names 2 (cat, dog) there, 2 (ant, bee) here"),
+        (more, "3 (cat, dog, eel) here"),
+    ):
         r = run_main("train", "--resume", str(out), "--data", str(data), "--epochs", "2")
         no_traceback(r)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -325,8 +367,14 @@ def test_slow_clients_are_cut_off_and_ordinary_uploads_still_get_answers(deploy_
     with serving(deploy_run, "--header-seconds", "1", "--upload-seconds", "1.5") as (_, port):
         head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
         slow = {}
-        threads = [threading.Thread(target=lambda i=i: slow.__setitem__(i, _trickle(port, b"" if i % 2 else head, head if i % 2 else b"\x89" * 5000, 15)))
-                   for i in range(20)]  # odd: a slowloris trickling its headers; even: headers, then the body trickled
+        threads = [
+            threading.Thread(
+                target=lambda i=i: slow.__setitem__(
+                    i, _trickle(port, b"" if i % 2 else head, head if i % 2 else b"\x89" * 5000, 15)
+                )
+            )
+            for i in range(20)
+        ]  # odd: a slowloris trickling its headers; even: headers, then the body trickled
         for t in threads:
             t.start()
         buf = io.BytesIO()
@@ -348,7 +396,11 @@ def test_slow_clients_are_cut_off_and_ordinary_uploads_still_get_answers(deploy_
     assert statuses == [200] * 20
     for i, (held, said) in slow.items():
         if i % 2:
-            assert held < 1 + 2 and not said.startswith(b"HTTP/1.1 5"), (i, held, said[:40])  # closed at the header deadline
+            assert held < 1 + 2 and not said.startswith(b"HTTP/1.1 5"), (
+                i,
+                held,
+                said[:40],
+            )  # closed at the header deadline
         else:
             assert held < 1.5 + 2 and said.startswith(b"HTTP/1.1 408"), (i, held, said[:40])
 
@@ -409,7 +461,13 @@ def test_a_chunked_upload_over_the_limit_is_413(deploy_run):
 
     with serving(deploy_run, "--max-upload-mb", "1") as (_, port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/predict", body=iter([b"\0" * 65536] * 20), headers={"Content-Type": "image/png"}, encode_chunked=True)  # 1.25 MB, no Content-Length
+        conn.request(
+            "POST",
+            "/predict",
+            body=iter([b"\0" * 65536] * 20),
+            headers={"Content-Type": "image/png"},
+            encode_chunked=True,
+        )  # 1.25 MB, no Content-Length
         r = conn.getresponse()
         assert r.status == 413 and b"this server takes images of at most" in r.read()
 
@@ -423,9 +481,15 @@ def test_celeba_names_that_lead_outside_the_images_folder_are_not_read(tmp_path)
     lines = attr.read_text().splitlines()
     first = lines[2].split(" ", 1)[1]
     escapes = [str(secret / "x" / "000.png"), "../../outside/x/000.png"]
-    attr.write_text("\n".join([str(len(lines) - 2 + len(escapes)), lines[1], *lines[2:], *(f"{e} {first}" for e in escapes)]) + "\n")
+    attr.write_text(
+        "\n".join([str(len(lines) - 2 + len(escapes)), lines[1], *lines[2:], *(f"{e} {first}" for e in escapes)]) + "\n"
+    )
     part.write_text(part.read_text() + "".join(f"{e} 0\n" for e in escapes))
-    scan = scan_celeba = __import__("cnnlab.data.celeba", fromlist=["CelebASource"]).CelebASource().scan(DataConfig(name="celeba", root=str(folder)))
+    scan = scan_celeba = (
+        __import__("cnnlab.data.celeba", fromlist=["CelebASource"])
+        .CelebASource()
+        .scan(DataConfig(name="celeba", root=str(folder)))
+    )
     read = [p for entries in scan_celeba.files.values() for p, _ in entries]
     assert len(read) == 6 and all(p.resolve().is_relative_to((folder / "img_align_celeba").resolve()) for p in read)
     assert sum("leads outside img_align_celeba" in reason for _, reason in scan.skipped) == 2
@@ -480,7 +544,12 @@ def test_a_split_folder_that_is_a_link_to_another_disk_is_the_dataset(tmp_path):
     write_image_folder(tmp_path / "ds" / "test", {"a": 2, "b": 2})
     (tmp_path / "ds" / "train").symlink_to(elsewhere, target_is_directory=True)
     scan = scan_folder(tmp_path / "ds")
-    assert scan.classes == ["a", "b"] and len(scan.files["train"]) == 6 and len(scan.files["test"]) == 4 and not scan.skipped
+    assert (
+        scan.classes == ["a", "b"]
+        and len(scan.files["train"]) == 6
+        and len(scan.files["test"]) == 4
+        and not scan.skipped
+    )
 
 
 def test_cifar_dtype_state_cannot_clear_an_object_dtypes_flags(tmp_path):

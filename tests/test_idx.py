@@ -3,13 +3,13 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from conftest import write_fashion_fixture
 
 from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS, load_dataset
 from cnnlab.data.idx import read_idx, write_idx
 from cnnlab.data.mnist_idx import FASHION_MNIST_CLASSES
 from cnnlab.errors import DataError
-from conftest import write_fashion_fixture
 
 
 @pytest.mark.parametrize("name", ["x.idx", "x.idx.gz"])
@@ -36,7 +36,11 @@ def test_truncated_file_is_a_clear_error(tmp_path):
         read_idx(tmp_path / "x")
 
 
-@pytest.mark.parametrize("content", [b"", b"\x01\x02\x03\x04garbage", gzip.compress(b"\x00\x00\x08", mtime=0)], ids=["empty", "garbage", "gzip-of-a-short-header"])  # fixed ids: every xdist worker collects the same tests
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x01\x02\x03\x04garbage", gzip.compress(b"\x00\x00\x08", mtime=0)],
+    ids=["empty", "garbage", "gzip-of-a-short-header"],
+)  # fixed ids: every xdist worker collects the same tests
 def test_not_idx_is_a_clear_error(tmp_path, content):
     (tmp_path / "x.gz").write_bytes(content)
     with pytest.raises(DataError, match="not an IDX file"):
@@ -45,7 +49,9 @@ def test_not_idx_is_a_clear_error(tmp_path, content):
 
 def test_corrupt_gzip_is_a_clear_error(tmp_path):
     # an IDX header and data, gzipped, then cut: the header decompresses, the rest of the stream does not
-    (tmp_path / "x.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + (5000).to_bytes(4, "big") + bytes(range(256)) * 20)[:60])
+    (tmp_path / "x.gz").write_bytes(
+        gzip.compress(bytes([0, 0, 8, 1]) + (5000).to_bytes(4, "big") + bytes(range(256)) * 20)[:60]
+    )
     with pytest.raises(DataError, match="cannot read IDX file"):
         read_idx(tmp_path / "x.gz")
 
@@ -69,7 +75,10 @@ def test_validation_split_is_seeded_and_disjoint(fashion_dir):
     assert not torch.equal(a.val.images, c.val.images)
     # every training image lands in exactly one of the two parts
     full = torch.cat([a.train.images, a.val.images]).flatten(1)
-    assert torch.unique(full, dim=0).shape[0] == torch.unique(DATASETS.get("fashion-mnist")(cfg).train.images.flatten(1), dim=0).shape[0]
+    assert (
+        torch.unique(full, dim=0).shape[0]
+        == torch.unique(DATASETS.get("fashion-mnist")(cfg).train.images.flatten(1), dim=0).shape[0]
+    )
 
 
 def test_env_folder_is_searched(tmp_path, fashion_dir, monkeypatch):
@@ -123,7 +132,9 @@ def test_validation_that_leaves_no_training_is_refused(tmp_path, val_size):
 
 
 def test_no_validation_and_limits(fashion_dir):
-    ds = load_dataset(DataConfig(root=str(fashion_dir), val_size=0, train_limit=100, test_limit=7, download=False), seed=0)
+    ds = load_dataset(
+        DataConfig(root=str(fashion_dir), val_size=0, train_limit=100, test_limit=7, download=False), seed=0
+    )
     assert ds.val is None and len(ds.train) == 100 and len(ds.test) == 7
     assert ds.input_shape == (1, 28, 28)
 

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from cnnlab.data.augment import AUGMENTATIONS, PRESETS, AugmentParams, build_augment, parse_augment, random_translate
-from cnnlab.errors import ConfigError
 from cnnlab.data.base import ArraySplit
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.normalize import compute_stats
+from cnnlab.errors import ConfigError
 
 
 def _split(n=50, c=1, size=12):
@@ -34,7 +34,9 @@ def test_ops_join_with_plus_and_unknown_ones_are_named():
 
 def test_rotation_by_zero_changes_nothing():
     x = torch.rand(4, 3, 10, 10) * 255
-    assert torch.allclose(AUGMENTATIONS.get("rotate")(x, torch.Generator().manual_seed(0), AugmentParams(rotate=0.0)), x, atol=1e-3)
+    assert torch.allclose(
+        AUGMENTATIONS.get("rotate")(x, torch.Generator().manual_seed(0), AugmentParams(rotate=0.0)), x, atol=1e-3
+    )
 
 
 def test_resized_crop_stays_inside_the_image():
@@ -66,12 +68,14 @@ def test_cutout_blanks_one_square_per_image_and_keeps_the_rest():
     x = torch.full((200, 2, 20, 20), 7, dtype=torch.uint8)
     out = AUGMENTATIONS.get("cutout")(x, torch.Generator().manual_seed(0), AugmentParams(cutout=6))
     blank = out[:, 0] == 0
-    assert torch.equal(blank, out[:, 1] == 0) and torch.equal(out[~blank.unsqueeze(1).expand_as(out)], x[~blank.unsqueeze(1).expand_as(x)])
+    assert torch.equal(blank, out[:, 1] == 0) and torch.equal(
+        out[~blank.unsqueeze(1).expand_as(out)], x[~blank.unsqueeze(1).expand_as(x)]
+    )
     counts = blank.sum((1, 2))
     assert counts.max() == 36 and counts.min() > 0  # a whole 6x6 square inside; cut by an edge elsewhere
     for img in blank:  # each blank area is one rectangle: its bounding box is all blank
         r, c = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
-        assert img[r.min(): r.max() + 1, c.min(): c.max() + 1].all() and len(r) <= 6 and len(c) <= 6
+        assert img[r.min() : r.max() + 1, c.min() : c.max() + 1].all() and len(r) <= 6 and len(c) <= 6
     assert len({tuple(img.nonzero()[0].tolist()) for img in blank}) > 50  # placed per image
 
 

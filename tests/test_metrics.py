@@ -20,9 +20,13 @@ def test_against_scikit_learn(seed):
     assert m["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(y, p))
     prec, rec, f1, sup = sklearn_metrics.precision_recall_fscore_support(y, p, labels=range(k), zero_division=0)
     for i, name in enumerate(names):
-        assert m["per_class"][name] == pytest.approx({"precision": prec[i], "recall": rec[i], "f1": f1[i], "support": sup[i]})
+        assert m["per_class"][name] == pytest.approx(
+            {"precision": prec[i], "recall": rec[i], "f1": f1[i], "support": sup[i]}
+        )
     for avg in ("macro", "weighted"):
-        ap, ar, af, _ = sklearn_metrics.precision_recall_fscore_support(y, p, labels=range(k), average=avg, zero_division=0)
+        ap, ar, af, _ = sklearn_metrics.precision_recall_fscore_support(
+            y, p, labels=range(k), average=avg, zero_division=0
+        )
         assert m[avg] == pytest.approx({"precision": ap, "recall": ar, "f1": af})
     assert m["worst_class"] == names[int(rec.argmin())]
     assert m["num_samples"] == 400 and m["loss"] == 1.5
@@ -56,11 +60,21 @@ def test_every_figure_from_random_predictions_over_an_odd_class_count_equals_sci
     prec, rec, f1, sup = sklearn_metrics.precision_recall_fscore_support(y, pred, labels=range(k), zero_division=0)
     for i, name in enumerate(names):
         got = m["per_class"][name]
-        assert abs(got["precision"] - prec[i]) <= 1e-9 and abs(got["recall"] - rec[i]) <= 1e-9 and abs(got["f1"] - f1[i]) <= 1e-9
+        assert (
+            abs(got["precision"] - prec[i]) <= 1e-9
+            and abs(got["recall"] - rec[i]) <= 1e-9
+            and abs(got["f1"] - f1[i]) <= 1e-9
+        )
         assert got["support"] == sup[i]
     for avg in ("macro", "weighted"):
-        ap, ar, af, _ = sklearn_metrics.precision_recall_fscore_support(y, pred, labels=range(k), average=avg, zero_division=0)
-        assert abs(m[avg]["precision"] - ap) <= 1e-9 and abs(m[avg]["recall"] - ar) <= 1e-9 and abs(m[avg]["f1"] - af) <= 1e-9
+        ap, ar, af, _ = sklearn_metrics.precision_recall_fscore_support(
+            y, pred, labels=range(k), average=avg, zero_division=0
+        )
+        assert (
+            abs(m[avg]["precision"] - ap) <= 1e-9
+            and abs(m[avg]["recall"] - ar) <= 1e-9
+            and abs(m[avg]["f1"] - af) <= 1e-9
+        )
     assert abs(m["accuracy"] - sklearn_metrics.accuracy_score(y, pred)) <= 1e-9
     assert abs(m["balanced_accuracy"] - sklearn_metrics.balanced_accuracy_score(y, pred)) <= 1e-9
     for key, value in m["top_k_accuracy"].items():

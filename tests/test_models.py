@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import run_cli, run_main
 
 from cnnlab.errors import ConfigError
 from cnnlab.models import DEFAULT_INPUTS, MODELS, create_model, num_parameters
 from cnnlab.models.summary import summarize
-from conftest import run_cli, run_main
 
 # The figures the reports give (hanoi-scratch: 20 classes at 3x224x224), or that the layers add up to
 # (cifar10-comprehensive: the report says "about 1.28 M"; lenet5: LeCun's, on 28x28 with padding 2).
@@ -82,16 +82,34 @@ def test_kth_layer_table_matches_the_report():
 def test_hanoi_table_has_no_relu_rows_and_the_reports_sizes():
     s = summarize(create_model("hanoi-scratch", num_classes=20, in_channels=3, input_size=(224, 224)), (3, 224, 224))
     assert not any(r.layer.startswith("ReLU") for r in s.rows)
-    assert [f"{v:.2f}" for v in (s.input_mb, s.forward_backward_mb, s.params_mb, s.total_mb)] == ["0.57", "17.90", "26.64", "45.12"]
+    assert [f"{v:.2f}" for v in (s.input_mb, s.forward_backward_mb, s.params_mb, s.total_mb)] == [
+        "0.57",
+        "17.90",
+        "26.64",
+        "45.12",
+    ]
 
 
 def test_summary_cli_prints_the_reports_figures():
     r = run_main("summary", "kth-default", "--input", "3x32x32")
     assert r.returncode == 0, r.stderr
-    for text in ("Total params: 256,058", "[-1, 24, 28, 28]", "[-1, 96, 2, 2]", "Params size (MB): 0.98", "Estimated Total Size (MB): 1.46", "MACs per image"):
+    for text in (
+        "Total params: 256,058",
+        "[-1, 24, 28, 28]",
+        "[-1, 96, 2, 2]",
+        "Params size (MB): 0.98",
+        "Estimated Total Size (MB): 1.46",
+        "MACs per image",
+    ):
         assert text in r.stdout, text
     r = run_main("summary", "hanoi-scratch", "--input", "3x224x224", "--num-classes", "20")
-    for text in ("Total params: 6,983,444", "Input size (MB): 0.57", "Forward/backward pass size (MB): 17.90", "Params size (MB): 26.64", "Estimated Total Size (MB): 45.12"):
+    for text in (
+        "Total params: 6,983,444",
+        "Input size (MB): 0.57",
+        "Forward/backward pass size (MB): 17.90",
+        "Params size (MB): 26.64",
+        "Estimated Total Size (MB): 45.12",
+    ):
         assert text in r.stdout, text
 
 
@@ -133,17 +151,40 @@ def test_unknown_model_and_bad_kwargs():
         create_model("uw-lab", num_classes=10, in_channels=1, act="swish")
 
 
-@pytest.mark.parametrize("args, needle", [(["summary", "nope"], "unknown model"), (["summary", "uw-lab", "--input", "1x28"], "CxHxW"), (["summary", "hanoi-scratch", "--input", "3x28x28"], "too small")])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["summary", "nope"], "unknown model"),
+        (["summary", "uw-lab", "--input", "1x28"], "CxHxW"),
+        (["summary", "hanoi-scratch", "--input", "3x28x28"], "too small"),
+    ],
+)
 def test_summary_errors_are_one_line(args, needle):
     r = run_main(*args)
-    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (
+        r.returncode == 2
+        and needle in r.stderr
+        and "Traceback" not in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
 
 
 @pytest.mark.parametrize("name", ["uw-lab", "textbook-mnist", "lenet5", "kth-default"])
 def test_presets_train_through_the_cli(name, fashion_dir, tmp_path):
     from conftest import QUICK
 
-    r = run_cli("train", "--data", str(fashion_dir), "--model", name, "--out", str(tmp_path / "run"), *QUICK, "--set", "train.report=true")
+    r = run_cli(
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--model",
+        name,
+        "--out",
+        str(tmp_path / "run"),
+        *QUICK,
+        "--set",
+        "train.report=true",
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / "plots" / "gradcam.png").is_file() and (tmp_path / "run" / "report.html").is_file()
@@ -153,8 +194,12 @@ def test_presets_train_through_the_cli(name, fashion_dir, tmp_path):
 def test_a_sigmoid_preset_is_refused_before_training(fashion_dir, tmp_path):
     from conftest import QUICK
 
-    r = run_cli("train", "--data", str(fashion_dir), "--model", "textbook-celeba-smile", "--out", str(tmp_path / "run"), *QUICK)
-    assert r.returncode == 2 and "sigmoid" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+    r = run_cli(
+        "train", "--data", str(fashion_dir), "--model", "textbook-celeba-smile", "--out", str(tmp_path / "run"), *QUICK
+    )
+    assert (
+        r.returncode == 2 and "sigmoid" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+    )
 
 
 # Counted by hand from the layers (weights + biases, BN: 2 per channel), 3x32x32 input, 10 classes.
@@ -176,7 +221,21 @@ def test_kth_variants_are_cumulative_yaml_overrides_with_their_counts():
     assert cfg.train.batch_size == 256 and cfg.optim.lr == 0.1 and cfg.data.shuffle is True
 
 
-@pytest.mark.parametrize("key, value", [("channels", [-1]), ("dropout", 1.5), ("order", None), ("head_order", "linear,linear"), ("hidden", [0]), ("orders", []), ("padding", -1), ("kernel", 0), ("stride", 0), ("order", "act,conv")])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("channels", [-1]),
+        ("dropout", 1.5),
+        ("order", None),
+        ("head_order", "linear,linear"),
+        ("hidden", [0]),
+        ("orders", []),
+        ("padding", -1),
+        ("kernel", 0),
+        ("stride", 0),
+        ("order", "act,conv"),
+    ],
+)
 def test_bad_spec_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key.split("_")[0] if key != "orders" else "orders"):
         create_model("uw-lab", num_classes=10, in_channels=1, **{key: value})
@@ -184,7 +243,12 @@ def test_bad_spec_values_name_the_key(key, value):
 
 def test_summary_of_an_input_too_small_is_one_line():
     r = run_main("summary", "alexnet", "--input", "3x32x32")
-    assert r.returncode == 2 and "cannot take a 3x32x32 input" in r.stderr and r.stdout == "" and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2
+        and "cannot take a 3x32x32 input" in r.stderr
+        and r.stdout == ""
+        and "Traceback" not in r.stderr
+    )
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -234,5 +298,9 @@ def test_fastnet_strided_first_halves_as_the_pooled_block_does(size):
         x_a, x = a(x), b(x)
         assert x.shape == x_a.shape
     first = strided.features[0]
-    assert first[0].stride == (2, 2) and first[0].kernel_size == (4, 4) and not any(isinstance(m, MaxPool2x2) for m in first)
+    assert (
+        first[0].stride == (2, 2)
+        and first[0].kernel_size == (4, 4)
+        and not any(isinstance(m, MaxPool2x2) for m in first)
+    )
     assert strided(torch.randn(2, 1, *size)).shape == (2, 10)

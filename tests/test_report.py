@@ -6,13 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUICK, run_main, write_image_folder
 
 from cnnlab.cli import main
 from cnnlab.report.plots import shorten
-from conftest import QUICK, run_main, write_image_folder
 
-SECTIONS = ["Training curves", "Metrics (test)", "Confusion matrix", "Per-class accuracy and the most-confused pairs",
-            "Worst misclassifications", "What the layers see", "Grad-CAM", "Configuration"]
+SECTIONS = [
+    "Training curves",
+    "Metrics (test)",
+    "Confusion matrix",
+    "Per-class accuracy and the most-confused pairs",
+    "Worst misclassifications",
+    "What the layers see",
+    "Grad-CAM",
+    "Configuration",
+]
 FIGURES = ["curves", "lr", "confusion", "per_class", "worst", "filters", "feature_maps", "gradcam"]
 
 
@@ -20,8 +28,26 @@ FIGURES = ["curves", "lr", "confusion", "per_class", "worst", "filters", "featur
 def run(fashion_dir, tmp_path_factory):
     """The default recipe (on the Fashion-MNIST fixture), as cnnlab train runs it: it writes the report."""
     out = tmp_path_factory.mktemp("report") / "run"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "3", "--set", "data.val_size=64", "--set", "train.batch_size=64",
-                 "--set", "train.adapt=false"]) == 0  # as the recipe is: flips on, so a few test images stay wrong and the gallery has some
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(fashion_dir),
+                "--out",
+                str(out),
+                "--epochs",
+                "3",
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.batch_size=64",
+                "--set",
+                "train.adapt=false",
+            ]
+        )
+        == 0
+    )  # as the recipe is: flips on, so a few test images stay wrong and the gallery has some
     return out
 
 
@@ -31,14 +57,16 @@ def test_train_writes_the_report_with_every_figure(run):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000, name
     page = (run / "report.html").read_text()
     assert all(f">{h}</h2>" in page for h in SECTIONS)
-    assert "src=\"http" not in page and "src='http" not in page  # self-contained: images are data: URIs
+    assert 'src="http' not in page and "src='http" not in page  # self-contained: images are data: URIs
 
 
 def test_the_report_in_headless_chromium(run, browser):
     browser.get((run / "report.html").resolve().as_uri())
     headings = [h.text for h in browser.find_elements("tag name", "h2")]
     assert headings == SECTIONS
-    images = browser.execute_script("return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+    )
     assert len(images) == len(FIGURES)
     assert all(complete and w > 100 and h > 100 for _, complete, w, h in images), images
     worst = browser.find_element("css selector", "tr.worst td").text
@@ -114,7 +142,11 @@ def test_compare_three_runs(run, fashion_dir, tmp_path, capsys):
 
 
 def test_long_class_names_are_shortened_in_the_figures(tmp_path):
-    names = {"a very long class name that would overlap its neighbours": 12, "another equally long class name here": 12, "short": 12}
+    names = {
+        "a very long class name that would overlap its neighbours": 12,
+        "another equally long class name here": 12,
+        "short": 12,
+    }
     folder = write_image_folder(tmp_path / "imgs", names, size=(16, 16))
     out = tmp_path / "run"
     assert main(["train", "--data", str(folder), "--out", str(out), "--epochs", "1", "--set", "data.val_size=0"]) == 0
@@ -125,8 +157,8 @@ def test_long_class_names_are_shortened_in_the_figures(tmp_path):
 def test_gradcam_heat_lies_on_the_garment_in_real_fashion_mnist(tmp_path):
     """The default model trained briefly on the real Fashion-MNIST: over 50 test images, the mean
     Grad-CAM heat on the garment's pixels (non-zero) exceeds the mean heat on the black background."""
-    from cnnlab.data import DATASETS
     from cnnlab.config import DataConfig
+    from cnnlab.data import DATASETS
     from cnnlab.evaluation import load_run, load_split, split_loader
     from cnnlab.report.gradcam import grad_cam
     from cnnlab.report.images import heat_inside_ratio
@@ -134,7 +166,26 @@ def test_gradcam_heat_lies_on_the_garment_in_real_fashion_mnist(tmp_path):
     if DATASETS.get("fashion-mnist").find(DataConfig(download=False)) is None:
         pytest.skip("the real Fashion-MNIST is not installed (make bootstrap installs it)")
     out = tmp_path / "run"
-    assert main(["train", "--data", "fashion-mnist", "--out", str(out), "--epochs", "2", "--set", "data.train_limit=12000", "--set", "data.test_limit=500", "--set", "train.report=false"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "fashion-mnist",
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--set",
+                "data.train_limit=12000",
+                "--set",
+                "data.test_limit=500",
+                "--set",
+                "train.report=false",
+            ]
+        )
+        == 0
+    )
     run = load_run(out)
     _, split = load_split(run, "test")
     subset = split.subset(torch.arange(50))
@@ -148,7 +199,9 @@ def test_tensorboard_logging_is_an_option(fashion_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    assert main(["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--set", "train.tensorboard=true"]) == 0
+    assert (
+        main(["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--set", "train.tensorboard=true"]) == 0
+    )
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     steps = len((out / "steps.csv").read_text().strip().splitlines()) - 1
@@ -160,18 +213,42 @@ def test_tensorboard_logging_is_an_option(fashion_dir, tmp_path):
 def test_report_with_files_that_do_not_decode_keeps_images_and_captions_together(tmp_path):
     """Data read lazily from disk: undecodable files have no prediction row; the figures still pair
     each prediction with its own image."""
-    from cnnlab.evaluation import load_run, load_split, predict, split_loader
     from conftest import write_corrupt_files
+
+    from cnnlab.evaluation import load_run, load_split, predict, split_loader
 
     folder = tmp_path / "imgs"
     write_image_folder(folder / "train", {"cat": 20, "dog": 20}, size=(16, 16))
     write_image_folder(folder / "test", {"cat": 6, "dog": 6}, size=(16, 16), seed=1)
     write_corrupt_files(folder / "test" / "cat")  # three files in the test part that will not decode
     out = tmp_path / "run"
-    assert main(["train", "--data", str(folder), "--out", str(out), "--epochs", "1", "--set", "data.in_memory=false", "--set", "data.workers=0", "--set", "data.val_size=0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--set",
+                "data.in_memory=false",
+                "--set",
+                "data.workers=0",
+                "--set",
+                "data.val_size=0",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["test"]["num_samples"] == 12 and len(m["skipped_files"]) == 3
-    assert (out / "plots" / "gradcam.png").is_file() and (out / "plots" / "worst.png").is_file() and "warning" not in (out / "log.txt").read_text()
+    assert (
+        (out / "plots" / "gradcam.png").is_file()
+        and (out / "plots" / "worst.png").is_file()
+        and "warning" not in (out / "log.txt").read_text()
+    )
     run = load_run(out)
     _, split = load_split(run, "test")
     p = predict(run.model, split_loader(run, split), run.objective)

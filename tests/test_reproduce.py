@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
+from conftest import run_cli, run_main, write_cifar_fixture, write_fashion_fixture, write_image_folder
 
 from cnnlab.cli import main
 from cnnlab.config import recipe_names
 from cnnlab.reproduce import figure_lines, load_study, run_reproduction, study_names
-from conftest import run_cli, run_main, write_cifar_fixture, write_fashion_fixture, write_image_folder
 
 FAST = ["--set", "train.report=false", "--set", "train.eval_batch_size=64"]
 
@@ -24,7 +24,11 @@ def _table_rows(out):
 
 
 def test_every_report_recipe_has_a_study():
-    assert set(study_names()) == set(recipe_names()) - {"fashion-mnist-fast", "fashion-mnist-best", "finetune"}  # every recipe but our three is a report's
+    assert set(study_names()) == set(recipe_names()) - {
+        "fashion-mnist-fast",
+        "fashion-mnist-best",
+        "finetune",
+    }  # every recipe but our three is a report's
     for name in study_names():
         study = load_study(name)
         assert study.rows and all(r.figures for r in study.rows)
@@ -41,19 +45,36 @@ def test_missing_data_says_where_it_looked(tmp_path):
     env = {"CNNLAB_DATA": str(tmp_path / "nothing")}
     r = run_cli("reproduce", "kth-cifar10", "--out", str(tmp_path / "out"), cwd=tmp_path, env=env)
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "CNNLAB_DATA" in r.stderr and "--data" in r.stderr and "fashion-mnist" in r.stderr  # where it looked, how to fix, a stand-in
+    assert (
+        "CNNLAB_DATA" in r.stderr and "--data" in r.stderr and "fashion-mnist" in r.stderr
+    )  # where it looked, how to fix, a stand-in
     assert not (tmp_path / "out" / "00-default").exists()
 
 
 def test_kth_study_with_two_seeds_gives_all_ten_rows(tmp_path):
     write_cifar_fixture(tmp_path / "cifar", n_per_batch=8, n_test=10)
     out = tmp_path / "kth"
-    args = ["reproduce", "kth-cifar10", "--data", str(tmp_path / "cifar"), "--epochs", "1", "--seeds", "2", "--out", str(out), *FAST]
+    args = [
+        "reproduce",
+        "kth-cifar10",
+        "--data",
+        str(tmp_path / "cifar"),
+        "--epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        *FAST,
+    ]
     assert main(args) == 0
     table = [[c.strip() for c in row.strip("|").split("|")] for row in _table_rows(out)]
     assert len(table) == 12  # ten rows' recall, and the two wall times the report gives
     times = [cells for cells in table if cells[1].startswith("training time")]
-    assert [(c[0], c[2]) for c in times] == [("BatchNorm after each activation", "1h 15m 44s"), ("batch 256", "1h 9m 24s")]
+    assert [(c[0], c[2]) for c in times] == [
+        ("BatchNorm after each activation", "1h 15m 44s"),
+        ("batch 256", "1h 9m 24s"),
+    ]
     assert all(c[3].endswith("s (2 seeds)") and "% of the report's time" in c[4] for c in times)
     assert all(cells[8].endswith("s") for cells in table)  # every row's own wall time per run, beside the report's
     rows = ["|".join(cells) for cells in table if not cells[1].startswith("training time")]
@@ -67,9 +88,13 @@ def test_kth_study_with_two_seeds_gives_all_ten_rows(tmp_path):
         assert "fewer epochs (1 of 300)" in cells[7] and cells[7].endswith("; kept" if got["kept"] else "; not kept")
     assert payload["rows"][0]["kept"] is True
     # cumulative: each row's runs carry every key kept before it, and its own
-    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}  # noqa: E731
+    flat = lambda d, p="": {
+        k2: v2
+        for k, v in d.items()
+        for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])
+    }  # noqa: E731
     kept: dict = {}
-    for i, (want, got) in enumerate(zip(study.rows, payload["rows"])):
+    for _i, (want, got) in enumerate(zip(study.rows, payload["rows"])):
         cfg = flat(yaml.safe_load((Path(got["runs"][0]) / "config.yaml").read_text()))
         for k, v in {**kept, **want.set}.items():
             assert cfg[k] == v, (want.name, k)
@@ -82,15 +107,45 @@ def test_kth_study_with_two_seeds_gives_all_ten_rows(tmp_path):
 def test_cifar10_ablation_gives_its_six_rows_as_changes(tmp_path):
     write_cifar_fixture(tmp_path / "cifar", n_per_batch=8, n_test=10)
     out = tmp_path / "abl"
-    assert main(["reproduce", "cifar10-comprehensive", "--data", str(tmp_path / "cifar"), "--epochs", "1", "--out", str(out), "--set", "data.val_size=8", "--set", "train.batch_size=8", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "cifar10-comprehensive",
+                "--data",
+                str(tmp_path / "cifar"),
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--set",
+                "data.val_size=8",
+                "--set",
+                "train.batch_size=8",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     rows = _table_rows(out)
     assert len(rows) == 10  # the full model's four figures and the six ablations
     assert "75.00% to 85.00%" in rows[0]
     cells = [[c.strip() for c in r.strip("|").split("|")][1:3] for r in rows[1:4]]
-    assert cells == [["best epoch", "15 to 18"], ["final training loss", "0.3 to 0.5"], ["final validation loss", "0.5 to 0.7"]]
+    assert cells == [
+        ["best epoch", "15 to 18"],
+        ["final training loss", "0.3 to 0.5"],
+        ["final validation loss", "0.5 to 0.7"],
+    ]
     assert (out / "reproduction.png").is_file()
     ablations = rows[4:]
-    assert [r.split("|")[1].strip() for r in ablations] == ["no BatchNorm", "no dropout", "no augmentation", "half the channels", "double the channels", "SGD instead of Adam"]
+    assert [r.split("|")[1].strip() for r in ablations] == [
+        "no BatchNorm",
+        "no dropout",
+        "no augmentation",
+        "half the channels",
+        "double the channels",
+        "SGD instead of Adam",
+    ]
     assert all("change from full model" in r and " pts" in r for r in ablations)
     assert "-10.0 to -5.0 pts" in ablations[0] and "+1.0 to +3.0 pts" in ablations[4]
     # the changes are this row's run minus the full model's, seed by seed
@@ -104,7 +159,24 @@ def test_cifar10_ablation_gives_its_six_rows_as_changes(tmp_path):
 def test_stand_in_split_and_markers_on_mnist_5k(tmp_path):
     """textbook-mnist's 10,000-image validation part becomes the first sixth on the 5k stand-in."""
     out = tmp_path / "tb"
-    assert main(["reproduce", "textbook-mnist", "--data", "mnist-5k", "--epochs", "1", "--out", str(out), "--set", "data.train_limit=256", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "textbook-mnist",
+                "--data",
+                "mnist-5k",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--set",
+                "data.train_limit=256",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     m = json.loads((next((out / "00-textbook-mnist-cnn").iterdir()) / "metrics.json").read_text())
     assert m["val"]["num_samples"] == 667  # 4,000 / 6
     rows = _table_rows(out)
@@ -130,8 +202,25 @@ def test_hanoi_models_train_in_three_periods(tmp_path, monkeypatch):
     _fake_hub_weights(tmp_path / "torch", "squeezenet1_0", url.rsplit("/", 1)[1])
     data = write_image_folder(tmp_path / "animals", {f"animal{i}": 6 for i in range(4)}, size=(40, 30))
     out = tmp_path / "hanoi"
-    args = ["reproduce", "hanoi-animals", "--data", str(data), "--epochs", "1", "--rows", "Scratch,SqueezeNet", "--out", str(out),
-            "--set", "train.batch_size=4", "--set", "data.workers=0", "--set", "data.preprocess=[{resize: 64}]", *FAST]
+    args = [
+        "reproduce",
+        "hanoi-animals",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--rows",
+        "Scratch,SqueezeNet",
+        "--out",
+        str(out),
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "data.workers=0",
+        "--set",
+        "data.preprocess=[{resize: 64}]",
+        *FAST,
+    ]
     assert main(args) == 0
     for row in ("00-scratch", "03-squeezenet"):  # folders by the study's row number
         run = next((out / row).iterdir())
@@ -140,21 +229,38 @@ def test_hanoi_models_train_in_three_periods(tmp_path, monkeypatch):
         assert len((run / "history.csv").read_text().splitlines()) == 4  # three epochs, one per period
     rows = _table_rows(out)
     assert len(rows) == 12  # two models x (accuracy, loss, training time) x (after period 1, after period 3)
-    assert sum("SqueezeNet" in r for r in rows) == 6 and "93.05% (11336/12183)" in rows[6]  # the report's count beside its accuracy
+    assert (
+        sum("SqueezeNet" in r for r in rows) == 6 and "93.05% (11336/12183)" in rows[6]
+    )  # the report's count beside its accuracy
     ours = [c.strip() for c in rows[6].strip("|").split("|")][3]
     assert re.search(r"% \(\d+/6\) \(1 seed\)$", ours), ours  # ours with its count: 24 images give 16 / 2 / 6
     assert "2h 20m 12s" in rows[4] and "% of the report's time" in rows[4] and "training time after period 1" in rows[4]
     page = (out / "reproduction.html").read_text()
     assert "After the first and the last period" in page and "Predictions for a few test images" in page
     assert (out / "reproduction-predictions.png").is_file()
-    for row in ("00-scratch", "03-squeezenet"):  # each period's curves are kept (confusion.png too where the report is drawn)
+    for row in (
+        "00-scratch",
+        "03-squeezenet",
+    ):  # each period's curves are kept (confusion.png too where the report is drawn)
         run = next((out / row).iterdir())
         assert all((run / "plots" / f"curves-period-{k}.png").is_file() for k in (1, 2, 3))
     # a second run of the same command reads everything back
     trained = []
-    res = run_reproduction("hanoi-animals", data=str(data), epochs=1, out=out, only=["Scratch", "SqueezeNet"],
-                           sets={"train.batch_size": 4, "data.workers": 0, "data.preprocess": [{"resize": 64}], "train.report": False, "train.eval_batch_size": 64},
-                           train=lambda *a, **k: trained.append(1))
+    res = run_reproduction(
+        "hanoi-animals",
+        data=str(data),
+        epochs=1,
+        out=out,
+        only=["Scratch", "SqueezeNet"],
+        sets={
+            "train.batch_size": 4,
+            "data.workers": 0,
+            "data.preprocess": [{"resize": 64}],
+            "train.report": False,
+            "train.eval_batch_size": 64,
+        },
+        train=lambda *a, **k: trained.append(1),
+    )
     assert not trained and len(figure_lines(res)) == 12
 
 
@@ -165,11 +271,16 @@ def test_a_period_interrupted_midway_is_resumed_not_mistaken_for_done(fashion_di
     from cnnlab.run import train_run
     from cnnlab.sweep import _period_runs
 
-    cfg = apply_overrides(load_recipe("uw-lab-fashion"), {"data.root": str(fashion_dir), "data.val_size": 64, "train.batch_size": 64, "train.report": False})
+    cfg = apply_overrides(
+        load_recipe("uw-lab-fashion"),
+        {"data.root": str(fashion_dir), "data.val_size": 64, "train.batch_size": 64, "train.report": False},
+    )
     run = tmp_path / "run"
     _period_runs(cfg, run, [1], train_run)
     cfg_text = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(cfg_text.replace("epochs: 1\n", "epochs: 2\n", 1))  # what a resume writes before it trains
+    (run / "config.yaml").write_text(
+        cfg_text.replace("epochs: 1\n", "epochs: 2\n", 1)
+    )  # what a resume writes before it trains
     periods = _period_runs(cfg, run, [1, 2, 3], train_run)
     assert [p["epochs_run"] for p in periods] == [1, 2, 3]
     assert json.loads((run / "metrics-period-2.json").read_text())["epochs_run"] == 2
@@ -199,12 +310,33 @@ def test_a_stopped_reproduction_resumes_only_what_is_missing(fashion_dir, tmp_pa
 def test_uw_lab_fashion_prints_per_class_accuracy_and_the_goals(tmp_path, capsys):
     data = write_fashion_fixture(tmp_path / "idx")
     out = tmp_path / "uw"
-    assert main(["reproduce", "uw-lab-fashion", "--data", str(data), "--epochs", "1", "--out", str(out), "--set", "data.val_size=64", "--set", "train.batch_size=64", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "uw-lab-fashion",
+                "--data",
+                str(data),
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--set",
+                "data.val_size=64",
+                "--set",
+                "train.batch_size=64",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "> 89.00% (goal)" in text and "> 83.50% (goal)" in text
     assert "Per-class test accuracy" in text and "worst class:" in text and "Ankle boot" in text
     assert "met)" in text  # each goal says met or not met
-    assert (out / "reproduction-curves.png").is_file()  # the lab's two panels: loss per iteration, validation accuracy per epoch
+    assert (
+        out / "reproduction-curves.png"
+    ).is_file()  # the lab's two panels: loss per iteration, validation accuracy per epoch
     assert "Training loss and validation accuracy" in (out / "reproduction.html").read_text()
 
 
@@ -212,7 +344,24 @@ def test_uw_lab_mnist_prints_the_labs_worked_examples(tmp_path, capsys):
     """The lab's slides, computed by F.conv2d, F.pad, F.max_pool2d and F.avg_pool2d: each cell the
     slides show agrees, except the one slip on the stride-1 slide (a 3 where the window sums to 2)."""
     out = tmp_path / "uw"
-    assert main(["reproduce", "uw-lab-mnist", "--data", "mnist-5k", "--epochs", "1", "--out", str(out), "--set", "data.train_limit=200", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "uw-lab-mnist",
+                "--data",
+                "mnist-5k",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--set",
+                "data.train_limit=200",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert text.count("equal to the report") == 6
     assert "differs from the report: row 2, column 1: the report shows 3, torch gives 2" in text

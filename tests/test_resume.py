@@ -10,15 +10,37 @@ import sys
 
 import pytest
 import torch
-
 from conftest import run_cli, run_main, write_image_folder
 
 # 256 training images in batches of 32: 8 steps an epoch, 3 epochs. last.pt is also saved every 3
 # steps inside epochs. Augmentation (flip+translate), mixup (global RNG) and an EMA are on, so every
 # saved stream matters.
-ARGS = ["--epochs", "3", "--lr", "0.05", "--set", "data.val_size=64", "--set", "train.batch_size=32", "--set", "train.eval_batch_size=128",
-        "--set", "train.checkpoint_steps=3", "--set", "data.augment=flip-translate", "--set", "data.translate=1", "--set", "train.mixup=0.2", "--set", "train.ema=0.9", "--set", "train.report=false",
-        "--set", "model.kwargs.widths=[16, 32]"]
+ARGS = [
+    "--epochs",
+    "3",
+    "--lr",
+    "0.05",
+    "--set",
+    "data.val_size=64",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "train.eval_batch_size=128",
+    "--set",
+    "train.checkpoint_steps=3",
+    "--set",
+    "data.augment=flip-translate",
+    "--set",
+    "data.translate=1",
+    "--set",
+    "train.mixup=0.2",
+    "--set",
+    "train.ema=0.9",
+    "--set",
+    "train.report=false",
+    "--set",
+    "model.kwargs.widths=[16, 32]",
+]
 
 # Runs cnnlab train in-process with one extra callback that kills this process at a chosen point:
 # `batch N` after optimizer step N (before that step's checkpoint), `epoch N` after epoch N's
@@ -67,7 +89,9 @@ def _history(run) -> list[dict]:
 
 def _metrics(run) -> dict:
     m = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
-    m.get("precision_policy", {}).pop("cached", None)  # the first run of a session measured it, the others read the cache
+    m.get("precision_policy", {}).pop(
+        "cached", None
+    )  # the first run of a session measured it, the others read the cache
     return m
 
 
@@ -104,7 +128,9 @@ def straight(fashion_dir, tmp_path_factory):
         ("batch", 13, True),  # mid-epoch 2, one step after the save at step 12
     ],
 )
-def test_sigkill_then_resume_gives_the_uninterrupted_run(where, at, resumed_inside_epoch, straight, fashion_dir, tmp_path):
+def test_sigkill_then_resume_gives_the_uninterrupted_run(
+    where, at, resumed_inside_epoch, straight, fashion_dir, tmp_path
+):
     out = tmp_path / "run"
     r = _drive(where, at, fashion_dir, out)
     assert r.returncode == -signal.SIGKILL, r.stderr
@@ -123,8 +149,28 @@ def test_sigkill_inside_an_epoch_read_from_files_by_workers(tmp_path):
     first run computes the normalisation statistics from the files and the killed one reads them from
     the cache, so this also checks that reading files leaves the random streams alone."""
     folder = write_image_folder(tmp_path / "pets", {"cat": 30, "dog": 30, "fox": 30}, size=(16, 16))
-    args = ["--epochs", "2", "--lr", "0.05", "--set", "data.in_memory=false", "--set", "data.workers=2", "--set", "data.val_size=9",
-            "--set", "train.batch_size=8", "--set", "train.checkpoint_steps=2", "--set", "data.augment=flip-translate", "--set", "data.translate=1", "--set", "train.report=false"]
+    args = [
+        "--epochs",
+        "2",
+        "--lr",
+        "0.05",
+        "--set",
+        "data.in_memory=false",
+        "--set",
+        "data.workers=2",
+        "--set",
+        "data.val_size=9",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.checkpoint_steps=2",
+        "--set",
+        "data.augment=flip-translate",
+        "--set",
+        "data.translate=1",
+        "--set",
+        "train.report=false",
+    ]
     straight = tmp_path / "straight"
     assert run_cli("train", "--data", str(folder), "--out", str(straight), *args, timeout=180).returncode == 0
     out = tmp_path / "run"
@@ -149,8 +195,20 @@ def test_ctrl_c_saves_the_position_and_exits_cleanly(straight, fashion_dir, tmp_
 def test_periods_continue_a_finished_run(fashion_dir, tmp_path):
     """Three epochs, then --resume --epochs 5: two more, history continued, the schedule stretched."""
     out = tmp_path / "run"
-    base = ["--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "schedule.name=constant", "--set", "train.report=false",
-            "--set", "model.kwargs={widths: [8, 16]}"]  # the model is not the point
+    base = [
+        "--data",
+        str(fashion_dir),
+        "--set",
+        "data.val_size=64",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "schedule.name=constant",
+        "--set",
+        "train.report=false",
+        "--set",
+        "model.kwargs={widths: [8, 16]}",
+    ]  # the model is not the point
     assert run_cli("train", "--out", str(out), "--epochs", "3", *base).returncode == 0
     r = run_cli("train", "--resume", str(out), "--epochs", "5")
     assert r.returncode == 0, r.stderr
@@ -166,7 +224,24 @@ def test_periods_continue_a_finished_run(fashion_dir, tmp_path):
 def finished(fashion_dir, tmp_path_factory):
     """A finished 2-epoch run; each refusal test works on a copy."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    assert run_cli("train", "--out", str(out), "--data", str(fashion_dir), "--epochs", "2", "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.report=false").returncode == 0
+    assert (
+        run_cli(
+            "train",
+            "--out",
+            str(out),
+            "--data",
+            str(fashion_dir),
+            "--epochs",
+            "2",
+            "--set",
+            "data.val_size=64",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "train.report=false",
+        ).returncode
+        == 0
+    )
     return out
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import serving
 from PIL import Image
 
 import cnnlab
-from conftest import serving
 
 UPLOAD_MB = 1  # the server's upload limit in these tests, so an oversized body stays small
 
@@ -29,7 +29,9 @@ def server(deploy_run):
         yield address
 
 
-def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60):
+def request(
+    server, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60
+):
     """(status, parsed JSON or text, seconds) of one request on a new connection."""
     conn = http.client.HTTPConnection(*server, timeout=timeout)
     t0 = time.perf_counter()
@@ -46,8 +48,14 @@ def request(server, method: str, path: str, body: bytes | None = None, headers: 
 
 def multipart(field: str, filename: str, content: bytes) -> tuple[bytes, dict]:
     boundary = "cnnlabtestboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
@@ -65,7 +73,13 @@ def images(deploy_run, tmp_path_factory):
         Image.fromarray(split.images[i, 0].numpy()).save(good[-1])
     (root / "corrupt.png").write_bytes(good[0].read_bytes()[:60])  # a PNG cut inside its data
     Image.new("L", (10_000, 5_000), 128).save(root / "50mp.png")  # 50 megapixels in about 60 kB
-    return {"good": good, "labels": [clf.predict(p).label for p in good], "corrupt": root / "corrupt.png", "50mp": root / "50mp.png", "root": root}
+    return {
+        "good": good,
+        "labels": [clf.predict(p).label for p in good],
+        "corrupt": root / "corrupt.png",
+        "50mp": root / "50mp.png",
+        "root": root,
+    }
 
 
 # --- the page in a real browser ------------------------------------------------------------------
@@ -76,7 +90,9 @@ def _upload(browser, path: Path) -> str:
 
     browser.execute_script("document.body.dataset.state = ''")
     browser.find_element("id", "file").send_keys(str(path))
-    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.body.dataset.state") in ("done", "error"))
+    WebDriverWait(browser, 30).until(
+        lambda b: b.execute_script("return document.body.dataset.state") in ("done", "error")
+    )
     return browser.execute_script("return document.body.dataset.state")
 
 
@@ -89,7 +105,9 @@ def test_the_page_classifies_an_upload_in_headless_chromium(server, browser, ima
         assert browser.find_element("id", "top-class").text == label
         bars = browser.find_elements("css selector", "#bars .bar")
         assert len(bars) == 5 and bars[0].get_attribute("data-cls") == label
-        natural, shown, complete = browser.execute_script("const i = document.getElementById('gradcam'); return [i.naturalWidth, i.clientWidth, i.complete]")
+        natural, shown, complete = browser.execute_script(
+            "const i = document.getElementById('gradcam'); return [i.naturalWidth, i.clientWidth, i.complete]"
+        )
         assert complete and natural == 28 and shown >= 256  # the Grad-CAM overlay at the input's size, shown scaled up
         assert browser.find_element("id", "cam-box").is_displayed()
     assert _upload(browser, images["corrupt"]) == "error"
@@ -112,7 +130,9 @@ def test_health_info_and_predict(server, images, deploy_run):
     body, headers = multipart("file", "x.png", raw)
     status_b, b, _ = request(server, "POST", "/predict?topk=3&gradcam=1", body, headers)
     assert status == status_b == 200
-    assert a["label"] == b["label"] == images["labels"][1] and [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+    assert a["label"] == b["label"] == images["labels"][1] and [t["class"] for t in a["top"]] == [
+        t["class"] for t in b["top"]
+    ]
     want = cnnlab.load(deploy_run).predict(images["good"][1], topk=3)
     assert np.allclose([t["probability"] for t in a["top"]], [p for _, p in want.top], atol=1e-6)
     assert "gradcam" not in a
@@ -128,8 +148,15 @@ def _png_claiming(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     idat = b"IDAT" + zlib.compress(b"\0" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(idat) - 4)
+        + idat
+        + struct.pack(">I", zlib.crc32(idat))
+    )
 
 
 def test_bad_requests_get_4xx_with_a_message(server, images, tmp_path):
@@ -146,7 +173,14 @@ def test_bad_requests_get_4xx_with_a_message(server, images, tmp_path):
         ("random bytes", "POST", "/predict", np.random.default_rng(0).bytes(5000), {}, 400),
         ("zero-size PNG claim", "POST", "/predict", _png_claiming(0, 0), {}, 400),
         ("form without a file", "POST", "/predict", *multipart_field_only(), 400),
-        ("broken multipart", "POST", "/predict", b"--x\r\ngarbage", {"Content-Type": "multipart/form-data; boundary=x"}, 400),
+        (
+            "broken multipart",
+            "POST",
+            "/predict",
+            b"--x\r\ngarbage",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            400,
+        ),
         ("multipart without boundary", "POST", "/predict", good, {"Content-Type": "multipart/form-data"}, 400),
         ("topk 0", "POST", "/predict?topk=0", good, {}, 400),
         ("topk text", "POST", "/predict?topk=lots", good, {}, 400),
@@ -167,7 +201,7 @@ def test_bad_requests_get_4xx_with_a_message(server, images, tmp_path):
 
 def multipart_field_only() -> tuple[bytes, dict]:
     boundary = "b0undary"
-    body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--{boundary}--\r\n".encode()
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--{boundary}--\r\n'.encode()
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
@@ -200,13 +234,32 @@ def test_200_requests_at_most_20_at_a_time(server, images, capsys):
         print(f"\n  cnnlab serve, 200 requests, 20 at a time: p50 {p50:.0f} ms, p99 {p99:.0f} ms", end="")
 
 
-@pytest.mark.parametrize("args, words", [(["--port", "70000"], "not a port"), (["--port", "-1"], "not a port"), (["--topk", "101"], "more than 100"),
-                                         (["--max-upload-mb", "inf"], "finite number"), (["--max-upload-mb", "1e-7"], "under a kilobyte")])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--port", "70000"], "not a port"),
+        (["--port", "-1"], "not a port"),
+        (["--topk", "101"], "more than 100"),
+        (["--max-upload-mb", "inf"], "finite number"),
+        (["--max-upload-mb", "1e-7"], "under a kilobyte"),
+    ],
+)
 def test_serve_flags_are_checked(deploy_run, args, words):
-    r = subprocess.run([sys.executable, "-m", "cnnlab", "serve", str(deploy_run), *args], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "serve", str(deploy_run), *args], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_a_port_in_use_is_one_line(deploy_run, server):
-    r = subprocess.run([sys.executable, "-m", "cnnlab", "serve", str(deploy_run), "--port", str(server[1])], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{server[1]}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "serve", str(deploy_run), "--port", str(server[1])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        r.returncode == 2
+        and f"cannot listen on 127.0.0.1:{server[1]}" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    ), r.stderr

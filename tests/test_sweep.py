@@ -20,15 +20,34 @@ def _base(fashion_dir):
 
 def test_grid_values_are_yaml_and_lists_keep_their_commas():
     assert parse_grid(["optim.lr=0.1,0.001", "model.kwargs.widths=[16, 32],[32,64]", "data.shuffle=true,false"]) == [
-        ("optim.lr", [0.1, 1e-3]), ("model.kwargs.widths", [[16, 32], [32, 64]]), ("data.shuffle", [True, False])]
+        ("optim.lr", [0.1, 1e-3]),
+        ("model.kwargs.widths", [[16, 32], [32, 64]]),
+        ("data.shuffle", [True, False]),
+    ]
     with pytest.raises(ConfigError, match="key=v1,v2"):
         parse_grid(["optim.lr"])
 
 
 def test_a_grid_over_seeds_gives_one_folder_per_run_and_mean_and_std(fashion_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["sweep", "fashion-mnist-fast", "--data", str(fashion_dir), "--grid", "optim.lr=0.05,0.1", "--seeds", "2", "--out", str(out),
-                 *[x for k, v in FAST.items() for x in ("--set", f"{k}={'null' if v is None else str(v).lower()}")]]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "fashion-mnist-fast",
+                "--data",
+                str(fashion_dir),
+                "--grid",
+                "optim.lr=0.05,0.1",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+                *[x for k, v in FAST.items() for x in ("--set", f"{k}={'null' if v is None else str(v).lower()}")],
+            ]
+        )
+        == 0
+    )
     runs = sorted(p.parent.name + "/" + p.name for p in out.glob("*/seed-*"))
     assert runs == ["00-lr=0.05/seed-0", "00-lr=0.05/seed-1", "01-lr=0.1/seed-0", "01-lr=0.1/seed-1"]
     table = json.loads((out / "sweep.json").read_text())["rows"]
@@ -43,7 +62,14 @@ def test_a_grid_over_seeds_gives_one_folder_per_run_and_mean_and_std(fashion_dir
 
 
 def test_cumulative_keeps_a_value_only_when_it_beats_the_best_so_far(fashion_dir, tmp_path):
-    rows = run_sweep(_base(fashion_dir), parse_grid(["optim.lr=1e-5,0.05", "train.label_smoothing=0.0"]), seeds=1, out=tmp_path / "s", cumulative=True, log=lambda _: None)
+    rows = run_sweep(
+        _base(fashion_dir),
+        parse_grid(["optim.lr=1e-5,0.05", "train.label_smoothing=0.0"]),
+        seeds=1,
+        out=tmp_path / "s",
+        cumulative=True,
+        log=lambda _: None,
+    )
     assert [r.label for r in rows] == ["base", "optim.lr=1e-5", "optim.lr=0.05", "train.label_smoothing=0.0"]
     best = rows[0].mean
     for r in rows[1:]:
@@ -76,7 +102,10 @@ def test_a_sweep_that_stopped_resumes_where_it_stopped(fashion_dir, tmp_path):
     assert (tmp_path / "s" / "01-lr=0.1" / "seed-0" / "checkpoints" / "last.pt").is_file()
     calls.clear()
     rows = run_sweep(_base(fashion_dir), grid, seeds=2, out=tmp_path / "s", train=stopping, log=lambda _: None)
-    assert [("resume" in kw) for kw in calls] == [True, False]  # the stopped run resumed, the last one trained; the first two read back
+    assert [("resume" in kw) for kw in calls] == [
+        True,
+        False,
+    ]  # the stopped run resumed, the last one trained; the first two read back
     assert all(len(r.metric) == 2 for r in rows)
 
 
@@ -103,7 +132,10 @@ def test_a_plan_from_before_a_new_config_key_still_resumes_but_a_new_kwarg_is_re
     del older["recipe"]["data"]["cutout"]  # written by a cnnlab that had no data.cutout
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
     guard_plan(tmp_path, "sweep.yaml", plan, "sweep")  # the new key at its default: the same plan
-    changed = {"recipe": {**plan["recipe"], "model": {"name": "fastnet", "kwargs": {"pool_grid": 3}, "init_from": None}}, "seeds": 1}
+    changed = {
+        "recipe": {**plan["recipe"], "model": {"name": "fastnet", "kwargs": {"pool_grid": 3}, "init_from": None}},
+        "seeds": 1,
+    }
     with pytest.raises(ConfigError, match="recipe.model.kwargs is {} there and {'pool_grid': 3} here"):
         guard_plan(tmp_path, "sweep.yaml", changed, "sweep")
     cut = {"recipe": {**plan["recipe"], "data": {**plan["recipe"]["data"], "cutout": 4}}, "seeds": 1}
@@ -123,5 +155,16 @@ def test_a_grid_over_models_keeps_the_users_model_kwargs(fashion_dir, tmp_path):
 
     sets = {**FAST, "data.root": str(fashion_dir), "model.kwargs.act": "gelu"}
     base = apply_overrides(load_recipe("uw-lab-fashion"), sets)
-    run_sweep(base, parse_grid(["model.name=uw-lab,lenet5"]), seeds=1, out=tmp_path / "s", train=recording, log=lambda _: None, sets=sets)
-    assert seen == [("uw-lab", {"act": "gelu"}), ("lenet5", {"act": "gelu"})]  # the recipe's kwargs (none here) dropped, the user's kept
+    run_sweep(
+        base,
+        parse_grid(["model.name=uw-lab,lenet5"]),
+        seeds=1,
+        out=tmp_path / "s",
+        train=recording,
+        log=lambda _: None,
+        sets=sets,
+    )
+    assert seen == [
+        ("uw-lab", {"act": "gelu"}),
+        ("lenet5", {"act": "gelu"}),
+    ]  # the recipe's kwargs (none here) dropped, the user's kept

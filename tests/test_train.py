@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 import yaml
+from conftest import QUICK, run_cli
 
 from cnnlab.cli import main
 from cnnlab.config import load_recipe
@@ -19,7 +20,6 @@ from cnnlab.data.loader import TensorLoader
 from cnnlab.engine.callbacks import HISTORY_COLUMNS
 from cnnlab.engine.loop import evaluate
 from cnnlab.models import create_model
-from conftest import QUICK, run_cli
 
 METRIC_KEYS = {"test", "val", "best_epoch", "epochs_run", "train_seconds", "num_parameters", "model", "data", "seed"}
 SPLIT_KEYS = {"accuracy", "loss", "num_samples", "per_class", "macro", "weighted", "confusion_matrix", "worst_class"}
@@ -33,7 +33,15 @@ def run_dir(fashion_dir, tmp_path_factory):
 
 
 def test_run_folder_has_every_file(run_dir):
-    for name in ["config.yaml", "history.csv", "steps.csv", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt", "plots/curves.png"]:
+    for name in [
+        "config.yaml",
+        "history.csv",
+        "steps.csv",
+        "metrics.json",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "plots/curves.png",
+    ]:
         assert (run_dir / name).is_file(), name
     assert (run_dir / "plots/curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(run_dir.rglob("*.tmp")), "a temporary file was left behind"
@@ -71,11 +79,15 @@ def test_config_yaml_reruns_the_same_run(run_dir):
 def test_best_checkpoint_restores_the_reported_model(run_dir):
     ckpt = torch.load(run_dir / "checkpoints/best.pt", weights_only=True)
     cfg = load_recipe(str(run_dir / "config.yaml"))
-    model = create_model(cfg.model.name, num_classes=len(ckpt["classes"]), in_channels=ckpt["input_shape"][0], **cfg.model.kwargs)
+    model = create_model(
+        cfg.model.name, num_classes=len(ckpt["classes"]), in_channels=ckpt["input_shape"][0], **cfg.model.kwargs
+    )
     model.load_state_dict(ckpt["model"])
     ds = load_dataset(cfg.data, cfg.train.seed)
     norm = ckpt["normalization"]
-    result = evaluate(model, TensorLoader(ds.test, 100, mean=norm["mean"], std=norm["std"]), len(ckpt["classes"]), tta=cfg.train.tta)
+    result = evaluate(
+        model, TensorLoader(ds.test, 100, mean=norm["mean"], std=norm["std"]), len(ckpt["classes"]), tta=cfg.train.tta
+    )
     m = json.loads((run_dir / "metrics.json").read_text())
     assert result.accuracy == m["test"]["accuracy"]
     assert result.confusion.tolist() == m["test"]["confusion_matrix"]
@@ -85,7 +97,18 @@ def test_best_checkpoint_restores_the_reported_model(run_dir):
 
 def test_learns_the_fixture(fashion_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["--epochs", "6", "--lr", "0.05", "--set", "data.val_size=64", "--set", "train.batch_size=32", "--set", "data.augment=none"]
+    args = [
+        "--epochs",
+        "6",
+        "--lr",
+        "0.05",
+        "--set",
+        "data.val_size=64",
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "data.augment=none",
+    ]
     assert main(["train", "--data", str(fashion_dir), "--out", str(out), *args]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["test"]["accuracy"] > 0.5  # ten classes: chance is 0.1
@@ -119,7 +142,12 @@ def test_time_limit_stops_evaluates_and_writes_everything(fashion_dir, tmp_path)
 def test_ctrl_c_leaves_readable_files(fashion_dir, tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "cnnlab", "train", "--data", str(fashion_dir), "--out", str(out), "--epochs", "500"]
-    proc = subprocess.Popen(args + ["--set", "data.val_size=64", "--set", "train.batch_size=16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args + ["--set", "data.val_size=64", "--set", "train.batch_size=16"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 90
     while not (out / "history.csv").is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -142,14 +170,35 @@ def test_cli_subprocess_end_to_end(fashion_dir, tmp_path):
 
 def test_class_weights_and_balanced_sampler_train(fashion_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--data", str(fashion_dir), "--out", str(out), *QUICK, "--class-weights", "auto", "--set", "data.sampler=balanced"]
+    args = [
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(out),
+        *QUICK,
+        "--class-weights",
+        "auto",
+        "--set",
+        "data.sampler=balanced",
+    ]
     assert main(args) == 0
     cfg = load_recipe(str(out / "config.yaml"))
     assert cfg.train.class_weights == "auto" and cfg.data.sampler == "balanced"
 
 
 def test_min_steps_adds_epochs_unless_epochs_is_given(fashion_dir, tmp_path):
-    base = ["train", "--data", str(fashion_dir), "--set", "data.val_size=64", "--set", "train.batch_size=64", "--set", "train.min_steps=40"]
+    base = [
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--set",
+        "data.val_size=64",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.min_steps=40",
+    ]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0  # 256 images / 64 = 4 steps an epoch -> 10 epochs
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["epochs_run"] == 10
     assert "train.min_steps=40" in (tmp_path / "a" / "log.txt").read_text()

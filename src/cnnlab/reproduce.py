@@ -23,10 +23,11 @@ import dataclasses
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -37,15 +38,32 @@ from cnnlab.runs import write_json, write_text
 from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
 
 # keys that do not change what a run computes: a reproduction resumes whatever they are
-PLAN_FREE = {"data.root", "data.workers", "data.download", "train.device", "train.threads", "train.eval_batch_size", "train.checkpoint_steps", "train.checkpoint_seconds", "train.report", "train.tensorboard"}
-VALUE = re.compile(r"^(test|val)\.(accuracy|balanced_accuracy|loss)$|^history\.(train_accuracy|val_accuracy|train_loss|val_loss)$|^(best_epoch|train_seconds)$")
+PLAN_FREE = {
+    "data.root",
+    "data.workers",
+    "data.download",
+    "train.device",
+    "train.threads",
+    "train.eval_batch_size",
+    "train.checkpoint_steps",
+    "train.checkpoint_seconds",
+    "train.report",
+    "train.tensorboard",
+}
+VALUE = re.compile(
+    r"^(test|val)\.(accuracy|balanced_accuracy|loss)$|^history\.(train_accuracy|val_accuracy|train_loss|val_loss)$|^(best_epoch|train_seconds)$"
+)
 DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
 
 
 def duration_seconds(text: str) -> float | None:
     """ "1h 15m 44s" -> 4544.0 (a report's wall time); None for anything else."""
     m = DURATION.match(text) if isinstance(text, str) and text.strip() else None
-    return None if m is None or not any(m.groups()) else float(int(m[1] or 0) * 3600 + int(m[2] or 0) * 60 + int(m[3] or 0))
+    return (
+        None
+        if m is None or not any(m.groups())
+        else float(int(m[1] or 0) * 3600 + int(m[2] or 0) * 60 + int(m[3] or 0))
+    )
 
 
 def duration_text(seconds: float) -> str:
@@ -90,13 +108,17 @@ class Study:
     notes: list[str] = field(default_factory=list)
     examples: list[Any] = field(default_factory=list)  # worked examples (cnnlab/worked.py), computed again by torch
     test_images: int | None = None  # the report's test part: its accuracies are also shown as counts (Hanoi: 12,183)
-    two_panel: bool = False  # the report's figure: training loss against iteration over validation accuracy against epoch
+    two_panel: bool = (
+        False  # the report's figure: training loss against iteration over validation accuracy against epoch
+    )
     predictions: bool = False  # the report's figure of a few test images with each row's prediction (cnnlab compare's)
 
 
 def study_names() -> list[str]:
     """The recipes that have a `reproduce:` block."""
-    return [n for n in recipe_names() if "reproduce" in (yaml.safe_load((recipe_dir() / f"{n}.yaml").read_text()) or {})]
+    return [
+        n for n in recipe_names() if "reproduce" in (yaml.safe_load((recipe_dir() / f"{n}.yaml").read_text()) or {})
+    ]
 
 
 def _figure(raw: Any, default_value: str | None, where: str) -> Figure:
@@ -108,7 +130,9 @@ def _figure(raw: Any, default_value: str | None, where: str) -> Figure:
         raise ConfigError(f"{where}: unknown figure key(s) {', '.join(sorted(unknown))}")
     f = Figure(**raw)
     if not isinstance(f.value, str) or not VALUE.match(f.value):
-        raise ConfigError(f"{where}: value {f.value!r} is not test.X, val.X (X accuracy, balanced_accuracy or loss) or history.X")
+        raise ConfigError(
+            f"{where}: value {f.value!r} is not test.X, val.X (X accuracy, balanced_accuracy or loss) or history.X"
+        )
     if f.value.startswith("history.") and f.epoch is None:
         raise ConfigError(f"{where}: {f.value} needs the epoch the report printed it at")
     if f.epoch is not None and f.epoch != "last" and not isinstance(f.epoch, int):
@@ -119,7 +143,10 @@ def _figure(raw: Any, default_value: str | None, where: str) -> Figure:
             raise ConfigError(f"{where}: reported time {f.reported!r} is not like 1h 15m 44s")
         f.reported = seconds
     rep = f.reported
-    if not (isinstance(rep, (int, float)) or (isinstance(rep, list) and len(rep) == 2 and all(isinstance(v, (int, float)) for v in rep))):
+    if not (
+        isinstance(rep, (int, float))
+        or (isinstance(rep, list) and len(rep) == 2 and all(isinstance(v, (int, float)) for v in rep))
+    ):
         raise ConfigError(f"{where}: reported must be a number or [low, high], got {rep!r}")
     return f
 
@@ -131,13 +158,23 @@ def load_study(name: str) -> Study:
         raise ConfigError(f"unknown report {name!r}; cnnlab reproduce knows: {', '.join(known)}")
     raw = yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text())["reproduce"]
     where = f"recipes/{name}.yaml reproduce"
-    if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list) or not all(isinstance(r, dict) for r in raw["rows"]):
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("rows"), list)
+        or not all(isinstance(r, dict) for r in raw["rows"])
+    ):
         raise ConfigError(f"{where}: must be a mapping with a list of rows, each a mapping (name, set, figures)")
     default_value = raw.pop("value", None)
     rows = []
     for i, r in enumerate(raw.pop("rows")):
         figs = r.get("figures", [r["reported"]] if "reported" in r else [])
-        rows.append(StudyRow(str(r.get("name", f"row {i}")), dict(r.get("set") or {}), [_figure(f, default_value, f"{where} row {r.get('name', i)}") for f in figs]))
+        rows.append(
+            StudyRow(
+                str(r.get("name", f"row {i}")),
+                dict(r.get("set") or {}),
+                [_figure(f, default_value, f"{where} row {r.get('name', i)}") for f in figs],
+            )
+        )
     if not rows or not all(r.figures for r in rows):
         raise ConfigError(f"{where}: every row needs a figure the report printed")
     unknown = set(raw) - set(Study.__dataclass_fields__)
@@ -185,7 +222,11 @@ def _check_data(cfg: RunConfig, study: Study) -> None:
         try:
             source(data)
         except DataError as e:
-            hint = f"; or run it on a stand-in here: --data {' or --data '.join(study.stand_ins)}" if study.stand_ins else ""
+            hint = (
+                f"; or run it on a stand-in here: --data {' or --data '.join(study.stand_ins)}"
+                if study.stand_ins
+                else ""
+            )
             raise DataError(f"{study.name} needs {study.data}: {e}{hint}") from None
 
 
@@ -212,25 +253,41 @@ class Result:
         return worked.report(self.study.examples)
 
     @cached_property
-    def lines(self) -> list["Line"]:
+    def lines(self) -> list[Line]:
         """figure_lines(self), worked out once (it reads every run's history.csv): the table, the JSON
         and the figure all show these."""
         return figure_lines(self)
 
 
-def run_reproduction(name: str, *, data: str | None = None, epochs: int | None = None, seeds: int = 1, out: str | Path | None = None, sets: dict[str, Any] | None = None, only: list[str] | None = None, train: Train | None = None, log: Callable[[str], None] = print) -> Result:
+def run_reproduction(
+    name: str,
+    *,
+    data: str | None = None,
+    epochs: int | None = None,
+    seeds: int = 1,
+    out: str | Path | None = None,
+    sets: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    train: Train | None = None,
+    log: Callable[[str], None] = print,
+) -> Result:
     """Train study NAME's rows (over `seeds` seeds) and write the reproduction files under `out`."""
     t0 = time.perf_counter()
     study = load_study(name)
     if study.examples:  # before any data is needed: they are the report's own arithmetic
         from cnnlab import worked
 
-        log(f"reproduce {name}: the report's worked examples, computed by torch\n" + worked.report(study.examples).rstrip())
+        log(
+            f"reproduce {name}: the report's worked examples, computed by torch\n"
+            + worked.report(study.examples).rstrip()
+        )
     rows = study.rows  # --rows A,B: those, and the rows their figures are relative to
     if only:
         missing = [o for o in only if o not in [r.name for r in rows]]
         if missing:
-            raise ConfigError(f"--rows {missing[0]!r} is not a row of {name}; its rows: {', '.join(r.name for r in rows)}")
+            raise ConfigError(
+                f"--rows {missing[0]!r} is not a row of {name}; its rows: {', '.join(r.name for r in rows)}"
+            )
         if study.cumulative:
             raise ConfigError(f"{name} is cumulative (each row builds on the best so far): run all its rows")
         needed = set(only) | {f.relative_to for r in rows if r.name in only for f in r.figures if f.relative_to}
@@ -262,17 +319,54 @@ def run_reproduction(name: str, *, data: str | None = None, epochs: int | None =
         row_cfg = apply_overrides(cfg, {**r.set, **epoch_keys, **user}).validate()
         check_names(dataclasses.replace(row_cfg, data=resolve_data(row_cfg.data)))
     out = Path(out or f"runs/reproduce-{name}")
-    plan = {"study": name, "recipe": {sec: {k: v for k, v in vals.items() if f"{sec}.{k}" not in PLAN_FREE} if isinstance(vals, dict) else vals for sec, vals in cfg.to_dict().items()},
-            "rows": [[r.name, r.set] for r in study.rows], "periods": periods}
+    plan = {
+        "study": name,
+        "recipe": {
+            sec: {k: v for k, v in vals.items() if f"{sec}.{k}" not in PLAN_FREE} if isinstance(vals, dict) else vals
+            for sec, vals in cfg.to_dict().items()
+        },
+        "rows": [[r.name, r.set] for r in study.rows],
+        "periods": periods,
+    }
     guard_plan(out, "reproduce.yaml", plan, "reproduction")
-    index = {r.name: i for i, r in enumerate(study.rows)}  # folders by the study's row number, so --rows runs are reused
+    index = {
+        r.name: i for i, r in enumerate(study.rows)
+    }  # folders by the study's row number, so --rows runs are reused
     steps = [(r.name, {**r.set, **epoch_keys, **user}, f"{index[r.name]:02d}-{_slug(r.name)}") for r in rows]
-    trained = run_rows(cfg, steps, seeds=seeds, out=out, cumulative=study.cumulative, metric=study.metric, periods=periods or None, train=train, log=lambda m: log(f"reproduce {name}: {m}"))
+    trained = run_rows(
+        cfg,
+        steps,
+        seeds=seeds,
+        out=out,
+        cumulative=study.cumulative,
+        metric=study.metric,
+        periods=periods or None,
+        train=train,
+        log=lambda m: log(f"reproduce {name}: {m}"),
+    )
     by_label = {r.label: r for r in trained}
     kept_rows = [r for r in rows if r.name in by_label]
     ran = periods[-1] if periods else cfg.train.epochs
-    row_epochs = [(ran, report_epochs) if periods else (epochs or int(r.set.get("train.epochs", ran)), int(r.set.get("train.epochs", report_epochs))) for r in kept_rows]
-    result = Result(study, [by_label[r.name] for r in kept_rows], [r.name for r in kept_rows], read if cfg.data.root is None else f"{read} at {cfg.data.root}", stand_in, ran, report_epochs, periods, row_epochs, seeds, time.perf_counter() - t0, out)
+    row_epochs = [
+        (ran, report_epochs)
+        if periods
+        else (epochs or int(r.set.get("train.epochs", ran)), int(r.set.get("train.epochs", report_epochs)))
+        for r in kept_rows
+    ]
+    result = Result(
+        study,
+        [by_label[r.name] for r in kept_rows],
+        [r.name for r in kept_rows],
+        read if cfg.data.root is None else f"{read} at {cfg.data.root}",
+        stand_in,
+        ran,
+        report_epochs,
+        periods,
+        row_epochs,
+        seeds,
+        time.perf_counter() - t0,
+        out,
+    )
     write_reproduction(result)
     return result
 
@@ -311,7 +405,9 @@ def seed_values(row: Row, f: Figure) -> tuple[list[float | None], int | None]:
     if kind == "history":
         got = [_history_value(r, key, f.epoch) for r in row.runs]  # type: ignore[arg-type]
         epochs = [g[1] for g in got if g is not None]
-        return [g[0] if g is not None else None for g in got], (None if f.epoch == "last" else min(epochs) if epochs else None)
+        return [g[0] if g is not None else None for g in got], (
+            None if f.epoch == "last" else min(epochs) if epochs else None
+        )
     sources = _sources(row, f)
     epochs = [int(m["epochs_run"]) for m in sources if "epochs_run" in m] if f.period else []
     if not key:  # best_epoch, train_seconds: top-level keys of metrics.json
@@ -346,7 +442,9 @@ def _fmt(v: float, scale: float) -> str:
 
 def _kind(value: str) -> str:
     """How a figure is shown: fraction (as %), loss, epoch or seconds (as a duration)."""
-    return {"train_seconds": "seconds", "best_epoch": "epoch"}.get(value, "loss" if value.endswith("loss") else "fraction")
+    return {"train_seconds": "seconds", "best_epoch": "epoch"}.get(
+        value, "loss" if value.endswith("loss") else "fraction"
+    )
 
 
 def _show(v: float, kind: str) -> str:
@@ -374,8 +472,14 @@ def _reported_text(f: Figure, kind: str) -> str:
     scale = 100.0 if kind == "fraction" else 1.0
     if isinstance(rep, list):
         lo, hi = sorted(rep)
-        return f"{lo * scale:+.1f} to {hi * scale:+.1f}{unit or ' pts'}" if f.relative_to else f"{_show(lo, kind)} to {_show(hi, kind)}"
-    return f"> {_show(rep, kind)} (goal)" if f.goal else f"{rep * scale:+.2f}{unit}" if f.relative_to else _show(rep, kind)
+        return (
+            f"{lo * scale:+.1f} to {hi * scale:+.1f}{unit or ' pts'}"
+            if f.relative_to
+            else f"{_show(lo, kind)} to {_show(hi, kind)}"
+        )
+    return (
+        f"> {_show(rep, kind)} (goal)" if f.goal else f"{rep * scale:+.2f}{unit}" if f.relative_to else _show(rep, kind)
+    )
 
 
 def _difference(f: Figure, mean: float, kind: str) -> str:
@@ -386,7 +490,9 @@ def _difference(f: Figure, mean: float, kind: str) -> str:
         lo, hi = sorted(rep)
         d = 0.0 if lo <= mean <= hi else (mean - hi if mean > hi else mean - lo)
         return "within the range" if d == 0 else f"{d * scale:+.2f}{' pts' if kind == 'fraction' else ''} outside"
-    return f"{(mean - rep) * scale:+.2f}{' pts' if kind == 'fraction' else ''}" + ((" (met)" if mean > rep else " (not met)") if f.goal else "")
+    return f"{(mean - rep) * scale:+.2f}{' pts' if kind == 'fraction' else ''}" + (
+        (" (met)" if mean > rep else " (not met)") if f.goal else ""
+    )
 
 
 def _label(res: Result, f: Figure) -> str:
@@ -413,7 +519,9 @@ def figure_lines(res: Result) -> list[Line]:
             kind = _kind(f.value)
             if f.relative_to:  # paired by seed: this row's run minus the reference row's run of the same seed
                 base_values, _ = seed_values(by_name[f.relative_to], Figure(f.value, 0, epoch=f.epoch, period=f.period))
-                got_values = [a - b if a is not None and b is not None else None for a, b in zip(got_values, base_values)]
+                got_values = [
+                    a - b if a is not None and b is not None else None for a, b in zip(got_values, base_values)
+                ]
             values = [v for v in got_values if v is not None]
             notes = [f"stand-in data ({res.stand_in}, not {res.study.data})"] if res.stand_in else []
             numbered = f.epoch is not None and f.epoch != "last"
@@ -430,10 +538,31 @@ def figure_lines(res: Result) -> list[Line]:
             if mean is None:
                 ours, diff = "no value", ""
             else:
-                spread = f" ± {_show(std, kind) if kind == 'seconds' else f'{std * scale:.2f}'}" if len(values) > 1 else ""
-                ours = (f"{mean * scale:+.2f}{spread} pts" if f.relative_to else f"{_show(mean, kind)}{spread}") + our_count + f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+                spread = (
+                    f" ± {_show(std, kind) if kind == 'seconds' else f'{std * scale:.2f}'}" if len(values) > 1 else ""
+                )
+                ours = (
+                    (f"{mean * scale:+.2f}{spread} pts" if f.relative_to else f"{_show(mean, kind)}{spread}")
+                    + our_count
+                    + f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+                )
                 diff = _difference(f, mean, kind)
-            lines.append(Line(name, _label(res, f), _reported_text(f, kind) + rep_count, ours, diff, "; ".join(notes), f.reported, mean, std, scale, bool(f.relative_to), kind))
+            lines.append(
+                Line(
+                    name,
+                    _label(res, f),
+                    _reported_text(f, kind) + rep_count,
+                    ours,
+                    diff,
+                    "; ".join(notes),
+                    f.reported,
+                    mean,
+                    std,
+                    scale,
+                    bool(f.relative_to),
+                    kind,
+                )
+            )
     return lines
 
 
@@ -458,20 +587,43 @@ def per_class_accuracy(row: Row) -> dict[str, float]:
 
 # --- the files -----------------------------------------------------------------------------------------
 
-HEADER = ["configuration", "figure", "report", "ours (mean ± std)", "difference", "data", "epochs", "notes", "wall time per run (ours)"]
+HEADER = [
+    "configuration",
+    "figure",
+    "report",
+    "ours (mean ± std)",
+    "difference",
+    "data",
+    "epochs",
+    "notes",
+    "wall time per run (ours)",
+]
 
 
 def run_wall_seconds(row: Row) -> float | None:
     """A row's wall time per run, the mean over its seeds: each run's total_seconds, summed over its
     periods where it trained in periods (each period is a session of its own)."""
-    per_run = [sum(float(m.get("total_seconds", 0.0)) for m in p) for p in row.periods] if row.periods else [float(m.get("total_seconds", 0.0)) for m in row.metrics]
+    per_run = (
+        [sum(float(m.get("total_seconds", 0.0)) for m in p) for p in row.periods]
+        if row.periods
+        else [float(m.get("total_seconds", 0.0)) for m in row.metrics]
+    )
     return statistics.fmean(per_run) if per_run else None
 
 
 def table_rows(res: Result) -> list[list[str]]:
-    epochs = {name: f"{ran}" + (f" of the report's {ref}" if ran < ref else "") for name, (ran, ref) in zip(res.names, res.row_epochs)}
-    wall = {name: duration_text(w) if (w := run_wall_seconds(row)) is not None else "" for name, row in zip(res.names, res.rows)}
-    return [[ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes, wall[ln.row]] for ln in res.lines]
+    epochs = {
+        name: f"{ran}" + (f" of the report's {ref}" if ran < ref else "")
+        for name, (ran, ref) in zip(res.names, res.row_epochs)
+    }
+    wall = {
+        name: duration_text(w) if (w := run_wall_seconds(row)) is not None else ""
+        for name, row in zip(res.names, res.rows)
+    }
+    return [
+        [ln.row, ln.figure, ln.reported, ln.ours, ln.difference, res.data, epochs[ln.row], ln.notes, wall[ln.row]]
+        for ln in res.lines
+    ]
 
 
 def epochs_text(res: Result) -> str:
@@ -484,14 +636,27 @@ def epochs_text(res: Result) -> str:
 
 def _summary_lines(res: Result) -> list[str]:
     s = res.study
-    out = [f"Report: {s.report}", f"Data: {res.data}" + (f" (a stand-in for {s.data})" if res.stand_in else ""), f"Seeds: {res.seeds} per row; epochs: {epochs_text(res)}" + (f" (the report: {res.report_epochs})" if res.epochs != res.report_epochs else "")]
+    out = [
+        f"Report: {s.report}",
+        f"Data: {res.data}" + (f" (a stand-in for {s.data})" if res.stand_in else ""),
+        f"Seeds: {res.seeds} per row; epochs: {epochs_text(res)}"
+        + (f" (the report: {res.report_epochs})" if res.epochs != res.report_epochs else ""),
+    ]
     if s.periods:
-        out.append(f"Trained in {len(res.periods)} periods, each resumed from the last: up to " + ", ".join(map(str, res.periods)) + " epochs")
+        out.append(
+            f"Trained in {len(res.periods)} periods, each resumed from the last: up to "
+            + ", ".join(map(str, res.periods))
+            + " epochs"
+        )
     if s.cumulative:
-        out.append(f"Cumulative: each row is applied to the best configuration so far, kept where it beats it (on the {_pretty('test.' + s.metric)})")
+        out.append(
+            f"Cumulative: each row is applied to the best configuration so far, kept where it beats it (on the {_pretty('test.' + s.metric)})"
+        )
     train = sum(r.seconds for r in res.rows)
     runs = sum(m.get("total_seconds", 0.0) for r in res.rows for m in r.metrics)  # each run's own wall time
-    out.append(f"Time: {train:.0f} s of training, {runs:.0f} s in all over {sum(len(r.runs) for r in res.rows)} runs (each run's wall time, summed); this command took {res.wall_seconds:.0f} s (runs read back from an earlier one take none)")
+    out.append(
+        f"Time: {train:.0f} s of training, {runs:.0f} s in all over {sum(len(r.runs) for r in res.rows)} runs (each run's wall time, summed); this command took {res.wall_seconds:.0f} s (runs read back from an earlier one take none)"
+    )
     return out + list(s.notes)
 
 
@@ -517,18 +682,55 @@ def run_link(res: Result, run_dir: str) -> str:
 
 def write_reproduction(res: Result) -> None:
     rows = table_rows(res)
-    md = [f"# Reproduction: {res.study.name}", "", *[f"- {x}" for x in _summary_lines(res)], "", markdown_table(HEADER, rows)]
+    md = [
+        f"# Reproduction: {res.study.name}",
+        "",
+        *[f"- {x}" for x in _summary_lines(res)],
+        "",
+        markdown_table(HEADER, rows),
+    ]
     if res.study.per_class:
         md += ["```", per_class_text(res).rstrip(), "```", ""]
     if res.study.examples:
         md += ["## The report's worked examples, computed by torch", "", "```", res.worked_text.rstrip(), "```", ""]
-    md += ["Run folders: " + ", ".join(f"[{Path(r).relative_to(res.out)}]({run_link(res, r)})" for row in res.rows for r in row.runs), ""]
+    md += [
+        "Run folders: "
+        + ", ".join(f"[{Path(r).relative_to(res.out)}]({run_link(res, r)})" for row in res.rows for r in row.runs),
+        "",
+    ]
     write_text(res.out / "reproduction.md", "\n".join(md))
     payload = {
-        "study": res.study.name, "report": res.study.report, "data": res.data, "stand_in": res.stand_in, "epochs": res.epochs, "report_epochs": res.report_epochs,
-        "seeds": res.seeds, "wall_seconds": res.wall_seconds, "train_seconds": sum(r.seconds for r in res.rows),
-        "figures": [{"row": ln.row, "figure": ln.figure, "reported": ln.reported_value, "mean": ln.mean, "std": ln.std, "notes": ln.notes} for ln in res.lines],
-        "rows": [{"name": n, "runs": r.runs, "kept": r.kept, "parameters": r.parameters, "train_seconds": r.seconds, **({"per_class_accuracy": per_class_accuracy(r)} if res.study.per_class else {})} for n, r in zip(res.names, res.rows)],
+        "study": res.study.name,
+        "report": res.study.report,
+        "data": res.data,
+        "stand_in": res.stand_in,
+        "epochs": res.epochs,
+        "report_epochs": res.report_epochs,
+        "seeds": res.seeds,
+        "wall_seconds": res.wall_seconds,
+        "train_seconds": sum(r.seconds for r in res.rows),
+        "figures": [
+            {
+                "row": ln.row,
+                "figure": ln.figure,
+                "reported": ln.reported_value,
+                "mean": ln.mean,
+                "std": ln.std,
+                "notes": ln.notes,
+            }
+            for ln in res.lines
+        ],
+        "rows": [
+            {
+                "name": n,
+                "runs": r.runs,
+                "kept": r.kept,
+                "parameters": r.parameters,
+                "train_seconds": r.seconds,
+                **({"per_class_accuracy": per_class_accuracy(r)} if res.study.per_class else {}),
+            }
+            for n, r in zip(res.names, res.rows)
+        ],
     }
     write_json(res.out / "reproduction.json", payload)
     from cnnlab.report.reproduction import write_html

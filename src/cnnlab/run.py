@@ -8,9 +8,10 @@ import json
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -20,14 +21,25 @@ from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.augment import parse_augment
 from cnnlab.data.loader import make_loader
 from cnnlab.data.pipeline import build_loaders, dataset_value_max, normalization_stats
-from cnnlab.engine.callbacks import Callback, Checkpointer, EarlyStopping, FitState, FreezeBody, DivergenceGuard, HistoryWriter, ProgressBar, TensorBoardLogger, TimeLimit
+from cnnlab.engine.callbacks import (
+    Callback,
+    Checkpointer,
+    DivergenceGuard,
+    EarlyStopping,
+    FitState,
+    FreezeBody,
+    HistoryWriter,
+    ProgressBar,
+    TensorBoardLogger,
+    TimeLimit,
+)
 from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
 from cnnlab.engine.device import autocast_factory, resolve_device, set_threads
 from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdown
 from cnnlab.engine.ema import EMA
 from cnnlab.engine.fit import fit
-from cnnlab.engine.losses import LOSSES, Objective, Target, create_objective, model_outputs
 from cnnlab.engine.loop import TrainStep
+from cnnlab.engine.losses import LOSSES, Objective, Target, create_objective, model_outputs
 from cnnlab.engine.mix import BatchMix
 from cnnlab.engine.optim import create_optimizer, create_scheduler
 from cnnlab.engine.precision import Choice, choose, model_signature
@@ -80,7 +92,13 @@ def check_names(cfg: RunConfig) -> None:
     from cnnlab.engine.optim import OPTIMIZERS, SCHEDULES
     from cnnlab.models import MODELS
 
-    checks = [(DATASETS, cfg.data.name), (MODELS, cfg.model.name), (OPTIMIZERS, cfg.optim.name), (SCHEDULES, cfg.schedule.name), (NORMALIZATIONS, cfg.data.normalize)]
+    checks = [
+        (DATASETS, cfg.data.name),
+        (MODELS, cfg.model.name),
+        (OPTIMIZERS, cfg.optim.name),
+        (SCHEDULES, cfg.schedule.name),
+        (NORMALIZATIONS, cfg.data.normalize),
+    ]
     if cfg.train.loss != "auto":
         checks.append((LOSSES, cfg.train.loss))
     for registry, name in checks:
@@ -106,13 +124,21 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
     """Options that each make sense but not together: refused before any data is read."""
     tc = cfg.train
     if cfg.schedule.name == "plateau" and cfg.data.val_size == 0:
-        raise ConfigError("schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another schedule")
+        raise ConfigError(
+            "schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another schedule"
+        )
     if world > 1 and tc.freeze_epochs:
-        raise ConfigError("train.freeze_epochs changes which parameters train while DistributedDataParallel expects a fixed set; under torchrun leave it at 0")
+        raise ConfigError(
+            "train.freeze_epochs changes which parameters train while DistributedDataParallel expects a fixed set; under torchrun leave it at 0"
+        )
     if world > 1 and tc.batch_size % world:
-        raise ConfigError(f"train.batch_size {tc.batch_size} is the global batch and must divide among the {world} processes; use a multiple of {world}")
+        raise ConfigError(
+            f"train.batch_size {tc.batch_size} is the global batch and must divide among the {world} processes; use a multiple of {world}"
+        )
     if tc.precision == "fp16" and device.type == "mps":
-        raise ConfigError("train.precision fp16 needs a loss scaler, which torch has for cuda and cpu only; use bf16 or fp32 on mps")
+        raise ConfigError(
+            "train.precision fp16 needs a loss scaler, which torch has for cuda and cpu only; use bf16 or fp32 on mps"
+        )
     if tc.tensorboard:
         import importlib.util
 
@@ -145,8 +171,12 @@ def weights_normalization(cfg: RunConfig, ds, w: dict[str, Any] | None) -> tuple
     if w is None or cfg.data.normalize != "auto" or ds.input_shape[0] != 3:
         return cfg, []
     if (tuple(round(v, 3) for v in w["mean"]), tuple(round(v, 3) for v in w["std"])) != IMAGENET_STATS:
-        return cfg, [f"normalize: the data's own statistics (the weights' mean {w['mean']} and std {w['std']} are not a cnnlab normalisation; data.normalize sets one)"]
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize="imagenet")), ["normalize: imagenet, the pretrained weights' statistics"]
+        return cfg, [
+            f"normalize: the data's own statistics (the weights' mean {w['mean']} and std {w['std']} are not a cnnlab normalisation; data.normalize sets one)"
+        ]
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize="imagenet")), [
+        "normalize: imagenet, the pretrained weights' statistics"
+    ]
 
 
 def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
@@ -169,17 +199,42 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     cfg, notes = adapt(cfg, ds, augment_auto)  # train.adapt: batch, lr, warm-up, epochs, augmentation for this data
     notes = weight_notes + more_notes + notes
     if cfg.data.preprocess is None and ds.preprocess:  # chosen from the files' sizes (data/folder.py auto_side)
-        notes.insert(0, f"input {'x'.join(map(str, ds.input_shape))}: the images' sizes vary or are large, so each is {' then '.join(f'{k} {v}' for step in ds.preprocess for k, v in step.items())}")
-    if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images (never digits)
+        notes.insert(
+            0,
+            f"input {'x'.join(map(str, ds.input_shape))}: the images' sizes vary or are large, so each is {' then '.join(f'{k} {v}' for step in ds.preprocess for k, v in step.items())}",
+        )
+    if (
+        cfg.train.tta == "auto"
+    ):  # mirror images at test time where training showed the model mirror images (never digits)
         flips = "flip" in parse_augment(cfg.data.augment) and cfg.data.name not in DIGITS
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta=flips))
     num_classes = len(ds.classes)
     target = Target(num_classes, ds.train.labels.ndim == 2, ds.train)
-    model: nn.Module = create_model(cfg.model.name, num_classes=model_outputs(cfg.train.loss, target), in_channels=ds.input_shape[0], input_size=tuple(ds.input_shape[1:]), **cfg.model.kwargs)
-    outputs = dry_run(model, tuple(ds.input_shape), "give larger images (data.preprocess resizes image files) or choose another model", f"model {cfg.model.name}").shape[-1]
-    objective = create_objective(cfg.train.loss, model, target, outputs, smoothing=cfg.train.label_smoothing, weighted=cfg.train.class_weights == "auto")
+    model: nn.Module = create_model(
+        cfg.model.name,
+        num_classes=model_outputs(cfg.train.loss, target),
+        in_channels=ds.input_shape[0],
+        input_size=tuple(ds.input_shape[1:]),
+        **cfg.model.kwargs,
+    )
+    outputs = dry_run(
+        model,
+        tuple(ds.input_shape),
+        "give larger images (data.preprocess resizes image files) or choose another model",
+        f"model {cfg.model.name}",
+    ).shape[-1]
+    objective = create_objective(
+        cfg.train.loss,
+        model,
+        target,
+        outputs,
+        smoothing=cfg.train.label_smoothing,
+        weighted=cfg.train.class_weights == "auto",
+    )
     if cfg.train.tta and cfg.data.name in DIGITS:
-        raise ConfigError("train.tta averages each image with its mirror image, which changes digits; leave it off for MNIST")
+        raise ConfigError(
+            "train.tta averages each image with its mirror image, which changes digits; leave it off for MNIST"
+        )
     if cfg.model.init_from:
         notes.append(init_from(model, cfg.model.init_from, ds.classes))
     # config.yaml records what was inferred (image size, channels, the loss), so a rerun reads the same way
@@ -192,10 +247,14 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
     tc = cfg.train
     if more_epochs:
-        notes.append(f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)")
+        notes.append(
+            f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)"
+        )
     if cfg.data.root and cfg.data.name in ("mnist", "fashion-mnist"):
         other = "mnist" if cfg.data.name == "fashion-mnist" else "fashion-mnist"
-        notes.append(f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}")
+        notes.append(
+            f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}"
+        )
     return Prepared(cfg, device, ds, model, objective, mean_t.tolist(), std_t.tolist(), notes)
 
 
@@ -203,9 +262,23 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
 
 # keys a resumed run may change; anything else that differs from the run's config is refused
 RESUME_FREE = (
-    "name", "train.epochs", "train.min_steps", "train.reference_images", "train.time_limit", "train.early_stopping", "train.checkpoint_steps",
-    "train.checkpoint_seconds", "train.device", "train.threads", "train.eval_batch_size", "train.tta", "train.test_weights", "train.clip_grad_norm",
-    "data.root", "data.workers", "data.download",
+    "name",
+    "train.epochs",
+    "train.min_steps",
+    "train.reference_images",
+    "train.time_limit",
+    "train.early_stopping",
+    "train.checkpoint_steps",
+    "train.checkpoint_seconds",
+    "train.device",
+    "train.threads",
+    "train.eval_batch_size",
+    "train.tta",
+    "train.test_weights",
+    "train.clip_grad_norm",
+    "data.root",
+    "data.workers",
+    "data.download",
 )
 
 
@@ -224,10 +297,14 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunCo
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if not (run_dir / "config.yaml").is_file() or not last.is_file():
-        raise CnnlabError(f"--resume {run_dir}: not a run folder with checkpoints/last.pt; give a folder that cnnlab train wrote")
+        raise CnnlabError(
+            f"--resume {run_dir}: not a run folder with checkpoints/last.pt; give a folder that cnnlab train wrote"
+        )
     ckpt = load_checkpoint(last)
     if not isinstance(ckpt.get("fit"), dict) or not isinstance(ckpt.get("config"), dict):
-        raise CnnlabError(f"--resume {run_dir}: its last.pt was written by an older cnnlab without the training state; start a new run (--init-from {run_dir} keeps the weights)")
+        raise CnnlabError(
+            f"--resume {run_dir}: its last.pt was written by an older cnnlab without the training state; start a new run (--init-from {run_dir} keeps the weights)"
+        )
     saved = config_from_dict(ckpt["config"])
     cfg = apply_overrides(saved, overrides)
     old, new = flatten(saved.to_dict()), flatten(cfg.to_dict())
@@ -235,13 +312,26 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunCo
     fixed = [k for k in changed if k not in RESUME_FREE]
     if fixed:
         k = fixed[0]
-        why = "changes the model" if k.startswith("model.") else "changes the data" if k.startswith("data.") else "does not fit the saved training state"
-        raise ConfigError(f"--resume {run_dir}: {k} is {old.get(k)!r} in that run and {new[k]!r} here, which {why}; resume without it, or start a new run (--init-from {run_dir} keeps the weights)")
+        why = (
+            "changes the model"
+            if k.startswith("model.")
+            else "changes the data"
+            if k.startswith("data.")
+            else "does not fit the saved training state"
+        )
+        raise ConfigError(
+            f"--resume {run_dir}: {k} is {old.get(k)!r} in that run and {new[k]!r} here, which {why}; resume without it, or start a new run (--init-from {run_dir} keeps the weights)"
+        )
     done = ckpt["fit"]["epoch"] - (1 if ckpt["fit"].get("progress") else 0)
     finished = not ckpt["fit"].get("progress") and _epochs_reported(run_dir) == ckpt["fit"]["epoch"]
     if cfg.train.epochs < done or (cfg.train.epochs == done and finished):
-        raise ConfigError(f"--resume {run_dir}: that run has finished {done} epoch(s) of {saved.train.epochs}; give --epochs N with N above {done} to train more")
-    notes = [f"resumed {run_dir} at epoch {ckpt['fit']['epoch']}, step {ckpt['fit']['step']}" + (" (inside the epoch)" if ckpt["fit"].get("progress") else "")]
+        raise ConfigError(
+            f"--resume {run_dir}: that run has finished {done} epoch(s) of {saved.train.epochs}; give --epochs N with N above {done} to train more"
+        )
+    notes = [
+        f"resumed {run_dir} at epoch {ckpt['fit']['epoch']}, step {ckpt['fit']['step']}"
+        + (" (inside the epoch)" if ckpt["fit"].get("progress") else "")
+    ]
     notes += [f"  {k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
     return cfg, ckpt, notes
 
@@ -264,8 +354,14 @@ def check_resumed_data(ckpt: dict[str, Any], p: Prepared, run_dir: Path) -> None
     ]
     for what, old, new in pairs:
         if old != new:
-            show = (lambda v: f"{len(v)} ({', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''})") if what == "class names" else str
-            raise ConfigError(f"--resume {run_dir}: the data differs from the run's: {what} {show(old)} there, {show(new)} here; resume on the same data, or start a new run (--init-from {run_dir} keeps the weights)")
+            show = (
+                (lambda v: f"{len(v)} ({', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''})")
+                if what == "class names"
+                else str
+            )
+            raise ConfigError(
+                f"--resume {run_dir}: the data differs from the run's: {what} {show(old)} there, {show(new)} here; resume on the same data, or start a new run (--init-from {run_dir} keeps the weights)"
+            )
 
 
 def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler, ema) -> None:
@@ -302,18 +398,38 @@ def training_policy(p: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Cho
             return Choice.from_dict(saved)
         # a checkpoint from before the measured policy: the rule it was trained under (bf16 wherever oneDNN
         # said it could), so the continuation is exact
-        old_auto = (p.device.type == "cpu" and bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())) or (p.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        old_auto = (
+            p.device.type == "cpu"
+            and bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        ) or (p.device.type == "cuda" and torch.cuda.is_bf16_supported())
         old_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and old_auto)
         dtype = "float16" if tc.precision == "fp16" else "bfloat16" if old_bf16 else "float32"
-        return Choice(dtype, tc.channels_last is not False, "resumed a run from before the measured policy: its own precision")
+        return Choice(
+            dtype, tc.channels_last is not False, "resumed a run from before the measured policy: its own precision"
+        )
     answer: tuple[dict | None, str] = (None, "")
     if dist.main:
         try:  # rank 0's error reaches every process: none is left waiting in the broadcast
             shape = tuple(p.ds.input_shape)
             signature = model_signature(p.cfg.model.name, p.cfg.model.kwargs, p.objective.outputs)
-            answer = (choose(p.device, tc.precision, tc.channels_last, model=p.model, input_shape=shape, batch=max(1, tc.batch_size // dist.world), num_outputs=p.objective.outputs, signature=signature).to_dict(), "")
+            answer = (
+                choose(
+                    p.device,
+                    tc.precision,
+                    tc.channels_last,
+                    model=p.model,
+                    input_shape=shape,
+                    batch=max(1, tc.batch_size // dist.world),
+                    num_outputs=p.objective.outputs,
+                    signature=signature,
+                ).to_dict(),
+                "",
+            )
         except Exception as e:  # the probe runs the user's model: any failure is reported, on every rank
-            answer = (None, f"the precision probe failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); set train.precision and train.channels_last explicitly")
+            answer = (
+                None,
+                f"the precision probe failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); set train.precision and train.channels_last explicitly",
+            )
     answer = dist.broadcast(answer)
     if answer[1]:
         raise ConfigError(answer[1])
@@ -330,14 +446,25 @@ def _import_dynamo_meanwhile() -> None:
     """Import torch._dynamo in a thread while the data loads. The first torch.optim optimizer imports
     it (torch._disable_dynamo on add_param_group), about 1 s of the default run's 40 on the 2-core
     CPU; reading and decompressing the data releases the GIL for most of that second."""
-    import importlib
     import sys
     import threading
 
     if "torch._dynamo" not in sys.modules:
         # not a daemon: an interpreter that exits (an early error) waits for the import rather than
         # tearing it down halfway, which aborts the process
-        threading.Thread(target=importlib.import_module, args=("torch._dynamo",), name="import-dynamo").start()
+        threading.Thread(target=_import_quietly, args=("torch._dynamo",), name="import-dynamo").start()
+
+
+def _import_quietly(name: str) -> None:
+    """Import `name`, keeping any failure to itself: two threads importing torch's modules at once can
+    meet Python's import-deadlock check (seen under load: the main thread building a torchvision model),
+    and an import that fails here is tried again, and reported, where the main thread needs it."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except BaseException:  # noqa: BLE001  not this thread's to report (see the docstring)
+        pass
 
 
 def train_run(
@@ -366,15 +493,45 @@ def train_run(
     dist = init_distributed(p.device)
     clean = False
     try:
-        result = _train(p, dist, t_start, out=out, progress=progress, resume=Path(resume) if resume is not None else None, ckpt=ckpt, notes=resume_notes, callbacks=callbacks)
+        result = _train(
+            p,
+            dist,
+            t_start,
+            out=out,
+            progress=progress,
+            resume=Path(resume) if resume is not None else None,
+            ckpt=ckpt,
+            notes=resume_notes,
+            callbacks=callbacks,
+        )
         clean = True
         return result
     finally:
         shutdown(dist, clean)
 
 
-def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Path | None, ckpt, notes: list[str], callbacks: Sequence[Callback]) -> RunResult:
-    cfg, device, ds, model, objective, mean, std, tc = p.cfg, p.device, p.ds, p.model, p.objective, p.mean, p.std, p.cfg.train
+def _train(
+    p: Prepared,
+    dist: Dist,
+    t_start: float,
+    *,
+    out,
+    progress,
+    resume: Path | None,
+    ckpt,
+    notes: list[str],
+    callbacks: Sequence[Callback],
+) -> RunResult:
+    cfg, device, ds, model, objective, mean, std, tc = (
+        p.cfg,
+        p.device,
+        p.ds,
+        p.model,
+        p.objective,
+        p.mean,
+        p.std,
+        p.cfg.train,
+    )
     num_classes = len(ds.classes)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -408,7 +565,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         for note in p.notes:
             log.write(note)
         if dist.enabled:
-            log.write(f"{dist.world} processes (torchrun): {tc.batch_size // dist.world} images per process per step, global batch {tc.batch_size}; checkpoints at epoch ends only")
+            log.write(
+                f"{dist.world} processes (torchrun): {tc.batch_size // dist.world} images per process per step, global batch {tc.batch_size}; checkpoints at epoch ends only"
+            )
 
     policy = training_policy(p, dist, ckpt)
     if dist.main:
@@ -418,7 +577,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
     forward: nn.Module = model
     if dist.enabled:
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if device.type == "cuda" else None
+        )
     if tc.compile:
         forward = torch.compile(forward)
     optimizer = create_optimizer(model, cfg.optim)
@@ -427,7 +588,17 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     ema = EMA(model, tc.ema) if tc.ema else None
     mix = BatchMix(tc.mixup, tc.cutmix) if tc.mixup or tc.cutmix else None
-    step = TrainStep(forward, optimizer, objective, scheduler, autocast_factory(device, amp_dtype), tc.clip_grad_norm, scaler, mix, ema)
+    step = TrainStep(
+        forward,
+        optimizer,
+        objective,
+        scheduler,
+        autocast_factory(device, amp_dtype),
+        tc.clip_grad_norm,
+        scaler,
+        mix,
+        ema,
+    )
     eval_model = ema.module if ema is not None else model
 
     guard = DivergenceGuard(model, optimizer, scheduler, log=log.write, every=max(20, len(loaders["train"]) // 4))
@@ -455,7 +626,11 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
             classes=list(ds.classes),
             input_shape=list(ds.input_shape),
             preprocess=list(ds.preprocess),
-            normalization={"mean": mean, "std": std, "value_max": dataset_value_max(ds)},  # x_norm = (x / value_max - mean) / std
+            normalization={
+                "mean": mean,
+                "std": std,
+                "value_max": dataset_value_max(ds),
+            },  # x_norm = (x / value_max - mean) / std
             objective=objective.name,
             policy=policy.to_dict(),  # a resumed run trains with the same precision and layout
             guard=guard.state_dict(),  # the divergence guard's last good point and level: a resumed run judges and rolls back alike
@@ -471,23 +646,54 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
     if dist.main:
         if tc.tensorboard:
             fit_callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
-        fit_callbacks += [Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds, inside_epochs=not dist.enabled), HistoryWriter(run_dir), ProgressBar(progress, log)]
+        fit_callbacks += [
+            Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds, inside_epochs=not dist.enabled),
+            HistoryWriter(run_dir),
+            ProgressBar(progress, log),
+        ]
     if tc.early_stopping:
         fit_callbacks.append(EarlyStopping(tc.early_stopping, tc.monitor))
     try:
         # validation in bf16 where training is (twice as fast); metrics.json's figures below are fp32
         val_autocast = step.autocast if amp_dtype == torch.bfloat16 else contextlib.nullcontext
-        state = fit(step, loaders["train"], loaders.get("val"), epochs=tc.epochs, num_classes=num_classes, callbacks=fit_callbacks, state=state, eval_model=eval_model, tta=tc.tta, monitor=tc.monitor, dist=dist, eval_autocast=val_autocast)
+        state = fit(
+            step,
+            loaders["train"],
+            loaders.get("val"),
+            epochs=tc.epochs,
+            num_classes=num_classes,
+            callbacks=fit_callbacks,
+            state=state,
+            eval_model=eval_model,
+            tta=tc.tta,
+            monitor=tc.monitor,
+            dist=dist,
+            eval_autocast=val_autocast,
+        )
     except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last saved point)") from None
+        raise RunInterrupted(
+            f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last saved point)"
+        ) from None
     train_seconds = state.train_seconds  # this session's fitting plus the sessions before a resume
     if state.interrupted:
         log.write(f"stopped: {state.stop_reason} at epoch {state.epoch}, step {state.step}")
-        where = "the position is saved" if not dist.enabled else f"under torchrun it restarts from the end of epoch {state.epoch - 1}"
-        raise RunInterrupted(f"interrupted at epoch {state.epoch}, step {state.step}; {where}: continue with cnnlab train --resume {run_dir}")
+        where = (
+            "the position is saved"
+            if not dist.enabled
+            else f"under torchrun it restarts from the end of epoch {state.epoch - 1}"
+        )
+        raise RunInterrupted(
+            f"interrupted at epoch {state.epoch}, step {state.step}; {where}: continue with cnnlab train --resume {run_dir}"
+        )
     if state.diverged:
         last = run_dir / "checkpoints" / "last.pt"
-        kept = f"the last good weights ({state.last_saved}) are in {last}" if state.last_saved else f"the last good weights are in {last}" if last.is_file() else "no checkpoint was written"
+        kept = (
+            f"the last good weights ({state.last_saved}) are in {last}"
+            if state.last_saved
+            else f"the last good weights are in {last}"
+            if last.is_file()
+            else "no checkpoint was written"
+        )
         log.write(f"stopped: {state.stop_reason}")
         raise RunDiverged(f"{state.stop_reason}; {kept}. Lower the learning rate (--lr) or set train.clip_grad_norm")
 
@@ -499,7 +705,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         return RunResult(run_dir, {}, state, time.perf_counter() - t_start, main=False)
     test_weights = tc.test_weights
     if test_weights == "best" and "val" not in loaders:
-        log.write("test weights: the last epoch's (there is no validation part, and best.pt would be chosen by training accuracy)")
+        log.write(
+            "test weights: the last epoch's (there is no validation part, and best.pt would be chosen by training accuracy)"
+        )
         test_weights = "last"
     tested = load_checkpoint(run_dir / "checkpoints" / f"{test_weights}.pt")
     eval_model.load_state_dict(tested["model"])
@@ -510,7 +718,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         if split in final:
             predictions[split] = predict(eval_model, final[split], objective, tc.tta)
             metrics[split] = metrics_of(predictions[split], ds.classes, objective)
-    late = {p: r for ld in [*loaders.values(), *final.values()] for p, r in ld.skipped.items()}  # found by decoding workers
+    late = {
+        p: r for ld in [*loaders.values(), *final.values()] for p, r in ld.skipped.items()
+    }  # found by decoding workers
     log_data_issues(log, sorted(late.items()), [])
     skipped = sorted(set(ds.skipped) | set(late.items()))
     metrics.update(
@@ -534,7 +744,9 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         precision_policy=policy.to_dict(),
         loss=objective.name,
         processes=dist.world,
-        skipped_files=[{"path": printable(p), "reason": r} for p, r in skipped],  # strict UTF-8 JSON, whatever the file names
+        skipped_files=[
+            {"path": printable(p), "reason": r} for p, r in skipped
+        ],  # strict UTF-8 JSON, whatever the file names
     )
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 3)
     write_json(run_dir / "metrics.json", metrics)
@@ -546,10 +758,32 @@ def _train(p: Prepared, dist: Dist, t_start: float, *, out, progress, resume: Pa
         plot_training_curves(run_dir)
     elif predictions:
         shown = "test" if "test" in predictions else "val"
-        fig_loader = lambda s: make_loader(s, 64, input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=cfg.data.max_pixels, workers=0, mean=mean, std=std, device=device)  # noqa: E731
-        inputs = ReportInputs(eval_model, objective, list(ds.classes), getattr(ds, shown), shown, fig_loader, predictions[shown], list(ds.preprocess), ds.input_shape[0])
+        fig_loader = lambda s: make_loader(
+            s,
+            64,
+            input_shape=ds.input_shape,
+            preprocess=ds.preprocess,
+            max_pixels=cfg.data.max_pixels,
+            workers=0,
+            mean=mean,
+            std=std,
+            device=device,
+        )  # noqa: E731
+        inputs = ReportInputs(
+            eval_model,
+            objective,
+            list(ds.classes),
+            getattr(ds, shown),
+            shown,
+            fig_loader,
+            predictions[shown],
+            list(ds.preprocess),
+            ds.input_shape[0],
+        )
         try:  # the run's results are written already: a figure that fails must not fail the run
             log.write(f"report: {write_report(run_dir, inputs)}", echo=False)
         except (CnnlabError, ValueError, RuntimeError) as e:
-            log.write(f"warning: report.html was not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); cnnlab report {run_dir} tries again")
+            log.write(
+                f"warning: report.html was not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); cnnlab report {run_dir} tries again"
+            )
     return RunResult(run_dir, metrics, state, metrics["total_seconds"])

@@ -7,8 +7,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cnnlab.errors import ConfigError
 from cnnlab.text import printable
@@ -147,8 +148,12 @@ def make_run_dir(out: str | None, name: str, root: Path = RUNS_ROOT) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create {root}/: {e.strerror}; run from a writable folder or pass --out DIR") from None
-    n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in root.glob(f"{name}-*") if p.name.rsplit("-", 1)[1].isdigit()), default=0)
+        raise ConfigError(
+            f"cannot create {root}/: {e.strerror}; run from a writable folder or pass --out DIR"
+        ) from None
+    n = 1 + max(
+        (int(p.name.rsplit("-", 1)[1]) for p in root.glob(f"{name}-*") if p.name.rsplit("-", 1)[1].isdigit()), default=0
+    )
     while True:
         path = root / f"{name}-{n}"
         try:

@@ -16,9 +16,10 @@ import json
 import re
 import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -79,8 +80,12 @@ class Row:
     parameters: int = 0
     seconds: float = 0.0  # training time summed over the seeds
     kept: bool | None = None  # cumulative: did this configuration become the best so far
-    metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)  # each seed's metrics.json (the last period's)
-    periods: list[list[dict[str, Any]]] = field(default_factory=list, repr=False)  # each seed's metrics after each period
+    metrics: list[dict[str, Any]] = field(
+        default_factory=list, repr=False
+    )  # each seed's metrics.json (the last period's)
+    periods: list[list[dict[str, Any]]] = field(
+        default_factory=list, repr=False
+    )  # each seed's metrics after each period
 
     @property
     def mean(self) -> float:
@@ -133,7 +138,11 @@ def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: Train)
                 out.append(out[-1])
                 continue
             m = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
-            configured = yaml.safe_load((folder / "config.yaml").read_text())["train"]["epochs"] if (folder / "config.yaml").is_file() else None
+            configured = (
+                yaml.safe_load((folder / "config.yaml").read_text())["train"]["epochs"]
+                if (folder / "config.yaml").is_file()
+                else None
+            )
             done = m is not None and (m.get("epochs_run") == end or (bool(m.get("stop_reason")) and configured == end))
             if not done:
                 if k == 1:
@@ -160,7 +169,17 @@ def _keep_period_plots(folder: Path, k: int) -> None:
             atomic_write(folder / "plots" / f"{name}-period-{k}.png", lambda f, data=data: f.write(data), mode="wb")
 
 
-def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int, metric: str, folder: Path, train: Train, log: Callable[[str], None], periods: list[int] | None = None) -> Row:
+def _run_row(
+    base: RunConfig,
+    label: str,
+    overrides: dict[str, Any],
+    seeds: int,
+    metric: str,
+    folder: Path,
+    train: Train,
+    log: Callable[[str], None],
+    periods: list[int] | None = None,
+) -> Row:
     row = Row(label, dict(overrides))
     for s in range(seeds):
         seed = base.train.seed + s
@@ -174,7 +193,9 @@ def _run_row(base: RunConfig, label: str, overrides: dict[str, Any], seeds: int,
             m = _one_run(cfg, run_dir, train)
         part = m.get("test") or m.get("val") or {}
         if metric not in part:
-            raise ConfigError(f"--metric {metric} is not in {run_dir}/metrics.json; use one of {', '.join(k for k in METRICS if k in part)}")
+            raise ConfigError(
+                f"--metric {metric} is not in {run_dir}/metrics.json; use one of {', '.join(k for k in METRICS if k in part)}"
+            )
         row.runs.append(str(run_dir))
         row.metrics.append(m)
         row.metric.append(float(part[metric]))
@@ -195,17 +216,35 @@ def guard_plan(out: Path, name: str, plan: dict[str, Any], what: str) -> None:
         new = flatten(plan)
         try:
             old = flatten(yaml.safe_load(saved.read_text()))
-            added = {k for k, v in flatten({"recipe": RunConfig().to_dict()}).items() if k not in old and new.get(k) == v}
-            key = next((k for k in list(old) + list(new) if k not in added and old.get(k, "(unset)") != new.get(k, "(unset)")), None)
+            added = {
+                k for k, v in flatten({"recipe": RunConfig().to_dict()}).items() if k not in old and new.get(k) == v
+            }
+            key = next(
+                (k for k in list(old) + list(new) if k not in added and old.get(k, "(unset)") != new.get(k, "(unset)")),
+                None,
+            )
         except (yaml.YAMLError, AttributeError):
             old, key = {}, ""
         if key is not None:
             detail = f": {key} is {old.get(key, '(unset)')!r} there and {new.get(key, '(unset)')!r} here" if key else ""
-            raise ConfigError(f"{out} holds another {what} ({name} differs{detail}); give another --out, or rerun that {what}'s own command to resume it")
+            raise ConfigError(
+                f"{out} holds another {what} ({name} differs{detail}); give another --out, or rerun that {what}'s own command to resume it"
+            )
     write_text(saved, text)
 
 
-def run_rows(base: RunConfig, steps: list[tuple[str, dict[str, Any], str]], *, seeds: int, out: Path, cumulative: bool = False, metric: str = "accuracy", periods: list[int] | None = None, train: Train | None = None, log: Callable[[str], None] = print) -> list[Row]:
+def run_rows(
+    base: RunConfig,
+    steps: list[tuple[str, dict[str, Any], str]],
+    *,
+    seeds: int,
+    out: Path,
+    cumulative: bool = False,
+    metric: str = "accuracy",
+    periods: list[int] | None = None,
+    train: Train | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Row]:
     """Train each step (label, overrides, folder name) over `seeds` seeds, one folder each under `out`.
 
     Plain: each step's overrides apply to `base`. Cumulative: the first step is the starting point and
@@ -219,7 +258,11 @@ def run_rows(base: RunConfig, steps: list[tuple[str, dict[str, Any], str]], *, s
     best: Row | None = None
     for label, delta, folder in steps:
         overrides = {**best.overrides, **delta} if cumulative and best is not None else dict(delta)
-        if cumulative and best is not None and apply_overrides(base, overrides).to_dict() == apply_overrides(base, best.overrides).to_dict():
+        if (
+            cumulative
+            and best is not None
+            and apply_overrides(base, overrides).to_dict() == apply_overrides(base, best.overrides).to_dict()
+        ):
             continue  # the best configuration already has this value
         row = _run_row(base, label, overrides, seeds, metric, out / folder, train, log, periods)
         if cumulative:
@@ -229,7 +272,18 @@ def run_rows(base: RunConfig, steps: list[tuple[str, dict[str, Any], str]], *, s
     return rows
 
 
-def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int, out: Path, cumulative: bool = False, metric: str = "accuracy", train: Train | None = None, log: Callable[[str], None] = print, sets: dict[str, Any] | None = None) -> list[Row]:
+def run_sweep(
+    base: RunConfig,
+    grid: list[tuple[str, list[Any]]],
+    *,
+    seeds: int,
+    out: Path,
+    cumulative: bool = False,
+    metric: str = "accuracy",
+    train: Train | None = None,
+    log: Callable[[str], None] = print,
+    sets: dict[str, Any] | None = None,
+) -> list[Row]:
     """Train the grid over `seeds` seeds under `out`; returns the rows and writes the tables.
 
     `sets` are the user's --set keys, already in `base`: a row that changes model.name drops the
@@ -239,6 +293,7 @@ def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int,
         raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
+
     def with_user(change: dict[str, Any]) -> dict[str, Any]:
         return {**change, **user_kwargs} if "model.name" in change else change
 
@@ -246,23 +301,62 @@ def run_sweep(base: RunConfig, grid: list[tuple[str, list[Any]]], *, seeds: int,
         for v in values:
             apply_overrides(base, with_user({key: v})).validate()
     out = Path(out)
-    guard_plan(out, "sweep.yaml", {"recipe": base.to_dict(), "grid": [[k, v] for k, v in grid], "seeds": seeds, "cumulative": cumulative, "metric": metric}, "sweep")
+    guard_plan(
+        out,
+        "sweep.yaml",
+        {
+            "recipe": base.to_dict(),
+            "grid": [[k, v] for k, v in grid],
+            "seeds": seeds,
+            "cumulative": cumulative,
+            "metric": metric,
+        },
+        "sweep",
+    )
     if cumulative:
         changes = [{}] + [{key: v} for key, values in grid for v in values]
     else:
         keys = [k for k, _ in grid]
         changes = [dict(zip(keys, combo)) for combo in (itertools.product(*(vs for _, vs in grid)) if grid else [()])]
-    steps = [(", ".join(f"{k}={v}" for k, v in c.items()) or "base", with_user(c), f"{i:02d}-{_slug(c)}") for i, c in enumerate(changes)]
-    rows = run_rows(base, steps, seeds=seeds, out=out, cumulative=cumulative, metric=metric, train=train, log=lambda m: log(f"sweep: {m}"))
+    steps = [
+        (", ".join(f"{k}={v}" for k, v in c.items()) or "base", with_user(c), f"{i:02d}-{_slug(c)}")
+        for i, c in enumerate(changes)
+    ]
+    rows = run_rows(
+        base,
+        steps,
+        seeds=seeds,
+        out=out,
+        cumulative=cumulative,
+        metric=metric,
+        train=train,
+        log=lambda m: log(f"sweep: {m}"),
+    )
     write_tables(rows, out, metric, cumulative)
     return rows
 
 
 def table_text(rows: list[Row], metric: str, cumulative: bool, fmt: str = "md") -> str:
-    header = ["#", "configuration", f"{metric} % (mean ± std)", "test accuracy %", "seeds", "parameters", "train time"] + (["kept"] if cumulative else [])
+    header = [
+        "#",
+        "configuration",
+        f"{metric} % (mean ± std)",
+        "test accuracy %",
+        "seeds",
+        "parameters",
+        "train time",
+    ] + (["kept"] if cumulative else [])
     body = []
     for i, r in enumerate(rows):
-        line = [str(i), r.label, _mean_std(r.metric), _mean_std(r.accuracy), str(len(r.metric)), f"{r.parameters:,}", f"{r.seconds:.1f} s"]
+        line = [
+            str(i),
+            r.label,
+            _mean_std(r.metric),
+            _mean_std(r.accuracy),
+            str(len(r.metric)),
+            f"{r.parameters:,}",
+            f"{r.seconds:.1f} s",
+        ]
         if cumulative:
             line.append("yes" if r.kept else "no")
         body.append(line)
@@ -278,5 +372,8 @@ def table_text(rows: list[Row], metric: str, cumulative: bool, fmt: str = "md") 
 def write_tables(rows: list[Row], out: Path, metric: str, cumulative: bool) -> None:
     write_text(out / "sweep.md", table_text(rows, metric, cumulative))
     write_text(out / "sweep.csv", table_text(rows, metric, cumulative, "csv"))
-    payload = [{**{k: v for k, v in asdict(r).items() if k not in ("metrics", "periods")}, "mean": r.mean, "std": r.std} for r in rows]
+    payload = [
+        {**{k: v for k, v in asdict(r).items() if k not in ("metrics", "periods")}, "mean": r.mean, "std": r.std}
+        for r in rows
+    ]
     write_json(out / "sweep.json", {"metric": metric, "cumulative": cumulative, "rows": payload})

@@ -69,7 +69,9 @@ def parse(raw: Any, where: str) -> list[Example]:
         if ex.op not in OPS:
             raise ConfigError(f"{where} example {ex.name!r}: op {ex.op!r} is not one of {', '.join(OPS)}")
         if (ex.input is None or ex.reported is None) and (ex.input_shape is None or ex.reported_shape is None):
-            raise ConfigError(f"{where} example {ex.name!r}: give input and reported, or input_shape and reported_shape")
+            raise ConfigError(
+                f"{where} example {ex.name!r}: give input and reported, or input_shape and reported_shape"
+            )
         out.append(ex)
     return out
 
@@ -84,7 +86,9 @@ def compute(ex: Example) -> Worked:
         return Worked(ex, None, shape, diff)
     x = torch.tensor(ex.input, dtype=torch.float64)[None, None]
     if ex.op == "conv2d":
-        y = F.conv2d(x, torch.tensor(ex.filter, dtype=torch.float64)[None, None], stride=ex.stride or 1, padding=ex.padding)
+        y = F.conv2d(
+            x, torch.tensor(ex.filter, dtype=torch.float64)[None, None], stride=ex.stride or 1, padding=ex.padding
+        )
     elif ex.op == "pad":
         y = F.pad(x, [ex.padding] * 4)
     elif ex.op == "max_pool2d":
@@ -96,7 +100,11 @@ def compute(ex: Example) -> Worked:
 
 
 def _rounded(v: float, decimals: int | None) -> float:
-    return v if decimals is None else float(Decimal(repr(v)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
+    return (
+        v
+        if decimals is None
+        else float(Decimal(repr(v)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
+    )
 
 
 def _differences(ex: Example, ours: torch.Tensor) -> list[str]:

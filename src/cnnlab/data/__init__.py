@@ -8,17 +8,21 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import DataConfig
-from cnnlab.data.base import ArraySplit, DataSource, Dataset, FileSplit
+from cnnlab.data.base import ArraySplit, Dataset, DataSource, FileSplit
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.registry import Registry
 
 # A source is called with the DataConfig and returns a Dataset (see data/base.py, DataSource).
 DATASETS: Registry = Registry("dataset")
 
-from cnnlab.data import mnist_idx  # noqa: E402,F401  (mnist, fashion-mnist)
-from cnnlab.data import cifar, celeba, numpy_pairs, mnist5k  # noqa: E402,F401
-from cnnlab.data import folder  # noqa: E402,F401
-
+from cnnlab.data import (  # noqa: E402,F401
+    celeba,
+    cifar,
+    folder,  # noqa: E402,F401
+    mnist5k,
+    mnist_idx,  # noqa: E402,F401  (mnist, fashion-mnist)
+    numpy_pairs,
+)
 from cnnlab.data.splits import carve, class_counts  # noqa: E402
 
 
@@ -58,7 +62,9 @@ def _resolve_name(cfg: DataConfig) -> str:
         return cfg.name  # the source itself says what is wrong with a missing path
     found = detect(path)
     if found is None:
-        raise DataError(f"no dataset found in {path}: it holds none of the layouts cnnlab reads ({', '.join(detection_order())}); 'cnnlab data list' shows what each expects")
+        raise DataError(
+            f"no dataset found in {path}: it holds none of the layouts cnnlab reads ({', '.join(detection_order())}); 'cnnlab data list' shows what each expects"
+        )
     return found
 
 
@@ -109,7 +115,9 @@ def resize_arrays(split, steps: list):
     first = transform(split.images[:1])
     size = first.element_size() * first[0].numel() * len(split)
     if size > ARRAY_BYTES:
-        raise ConfigError(f"data.preprocess {steps} makes {len(split)} images of {tuple(first.shape[1:])}: {size / 1024**3:.1f} GiB in memory; choose a smaller size")
+        raise ConfigError(
+            f"data.preprocess {steps} makes {len(split)} images of {tuple(first.shape[1:])}: {size / 1024**3:.1f} GiB in memory; choose a smaller size"
+        )
     out = torch.empty((len(split), *first.shape[1:]), dtype=first.dtype)
     for i in range(0, len(split), 4096):
         out[i : i + 4096] = transform(split.images[i : i + 4096])
@@ -119,7 +127,9 @@ def resize_arrays(split, steps: list):
 def check_keys(cfg: DataConfig) -> None:
     """Refuse data keys the chosen source would silently ignore."""
     if cfg.attributes is not None and cfg.name != "celeba":
-        raise ConfigError(f"data.attributes picks CelebA's target attribute; {cfg.name} has class labels, so leave it unset")
+        raise ConfigError(
+            f"data.attributes picks CelebA's target attribute; {cfg.name} has class labels, so leave it unset"
+        )
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
@@ -135,12 +145,16 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     train = _limit(train, cfg.given_limit, cfg.split_seed, cfg.split)  # before the carving: the parts share the N
     n_given = len(train)  # fractions are of the images the dataset gives for training
     if n_given == 0:
-        raise DataError(f"{ds.source} has no training images that decode (cnnlab data check {ds.source} lists what is wrong)")
+        raise DataError(
+            f"{ds.source} has no training images that decode (cnnlab data check {ds.source} lists what is wrong)"
+        )
     test_size, val_size = part_sizes(cfg, n_given, carve_test=test is None)
     if test is None:
         train, test = carve(train, test_size, n_given, cfg.split_seed, cfg.split)
         if test is None:
-            raise DataError(f"data.test_size {cfg.test_size:g} of {n_given} images leaves an empty test part ({ds.source} has none of its own); give a larger fraction or a count")
+            raise DataError(
+                f"data.test_size {cfg.test_size:g} of {n_given} images leaves an empty test part ({ds.source} has none of its own); give a larger fraction or a count"
+            )
     if val is None:
         train, val = carve(train, val_size, n_given, seed, cfg.split)
     train = _limit(train, cfg.train_limit, cfg.split_seed, cfg.split)
@@ -152,15 +166,31 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if cfg.preprocess and not DATASETS.get(cfg.name).reads_files:  # files are resized as they are decoded; arrays here
         train, val, test = (resize_arrays(s, cfg.preprocess) for s in (train, val, test))
         shape, preprocess = (shape[0], *train.images.shape[2:]), list(cfg.preprocess)
-    out = dataclasses.replace(ds, train=train, val=val, test=test, input_shape=shape, preprocess=preprocess, warnings=list(ds.warnings))
+    out = dataclasses.replace(
+        ds, train=train, val=val, test=test, input_shape=shape, preprocess=preprocess, warnings=list(ds.warnings)
+    )
     k = len(ds.classes)
     for name, split in out.splits().items():
         empty = [ds.classes[i] for i, c in enumerate(class_counts(split, k).tolist()) if c == 0]
         if empty and name == "train" and not ds.multilabel:
-            out.warnings.append(f"no training images of class {', '.join(repr(c) for c in empty[:5])}{' ...' if len(empty) > 5 else ''}: the model keeps an output it never learns; add images or remove the class")
+            out.warnings.append(
+                f"no training images of class {', '.join(repr(c) for c in empty[:5])}{' ...' if len(empty) > 5 else ''}: the model keeps an output it never learns; add images or remove the class"
+            )
         elif empty:
-            out.warnings.append(f"the {name} part has no images of {len(empty)} class(es): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
+            out.warnings.append(
+                f"the {name} part has no images of {len(empty)} class(es): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
+            )
     return out
 
 
-__all__ = ["DATASETS", "data_key", "ArraySplit", "DataSource", "Dataset", "FileSplit", "detect", "load_dataset", "resolve_data"]
+__all__ = [
+    "DATASETS",
+    "data_key",
+    "ArraySplit",
+    "DataSource",
+    "Dataset",
+    "FileSplit",
+    "detect",
+    "load_dataset",
+    "resolve_data",
+]

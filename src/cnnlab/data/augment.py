@@ -16,8 +16,8 @@ A recipe names a preset (`cifar`) or joins ops with '+' (`flip+rotate`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,9 @@ def random_rotate(x: torch.Tensor, generator: torch.Generator, params: AugmentPa
     angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(params.rotate)
     cos, sin = angle.cos(), angle.sin()
     # affine_grid works in [-1, 1] coordinates; the aspect terms keep a non-square image undistorted
-    theta = torch.stack([torch.stack([cos, -sin * h / w, torch.zeros(b)], 1), torch.stack([sin * w / h, cos, torch.zeros(b)], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin * h / w, torch.zeros(b)], 1), torch.stack([sin * w / h, cos, torch.zeros(b)], 1)], 1
+    )
     return _warp(x, theta)
 
 
@@ -146,7 +148,9 @@ def parse_augment(spec: str) -> list[str]:
     ops = [op.strip() for op in spec.split("+") if op.strip()]
     for op in ops:
         if op not in AUGMENTATIONS:
-            raise ConfigError(f"unknown augmentation {op!r} in data.augment={spec!r}; presets: {', '.join(PRESETS)}; ops (join with +): {', '.join(AUGMENTATIONS.names())}")
+            raise ConfigError(
+                f"unknown augmentation {op!r} in data.augment={spec!r}; presets: {', '.join(PRESETS)}; ops (join with +): {', '.join(AUGMENTATIONS.names())}"
+            )
     return ops
 
 

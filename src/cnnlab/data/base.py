@@ -31,14 +31,18 @@ class ArraySplit:
         if self.images.ndim == 3:  # (N, H, W): one channel
             self.images = self.images.unsqueeze(1)
         if self.images.ndim != 4 or self.images.dtype not in (torch.uint8, torch.float32):
-            raise DataError(f"images must be (N, C, H, W) uint8 or float32, got {tuple(self.images.shape)} {self.images.dtype}")
+            raise DataError(
+                f"images must be (N, C, H, W) uint8 or float32, got {tuple(self.images.shape)} {self.images.dtype}"
+            )
         if self.labels.ndim not in (1, 2) or len(self.labels) != len(self.images):
-            raise DataError(f"{len(self.images)} images but {tuple(self.labels.shape)} labels; the files do not belong together")
+            raise DataError(
+                f"{len(self.images)} images but {tuple(self.labels.shape)} labels; the files do not belong together"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, index: torch.Tensor | slice) -> "ArraySplit":
+    def subset(self, index: torch.Tensor | slice) -> ArraySplit:
         return ArraySplit(self.images[index], self.labels[index])
 
 
@@ -58,7 +62,7 @@ class FileSplit:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, index: torch.Tensor | slice) -> "FileSplit":
+    def subset(self, index: torch.Tensor | slice) -> FileSplit:
         if isinstance(index, slice):
             return FileSplit(self.paths[index], self.labels[index])
         return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index])
@@ -98,7 +102,9 @@ class Dataset:
                 continue
             lo, hi = int(split.labels.min()), int(split.labels.max())
             if lo < 0 or hi >= k:
-                raise DataError(f"{self.source}: {name} labels run from {lo} to {hi}, outside the {k} classes 0..{k - 1}; the label file is corrupt or belongs to another dataset")
+                raise DataError(
+                    f"{self.source}: {name} labels run from {lo} to {hi}, outside the {k} classes 0..{k - 1}; the label file is corrupt or belongs to another dataset"
+                )
 
     def splits(self) -> dict[str, Split]:
         """The splits that exist, by name (train, val, test)."""
@@ -113,7 +119,9 @@ class DataSource:
     generic = False  # True for a layout most folders match (tried last when detecting --data PATH)
     needs_root = False  # True where there is no usual place to look: only --data PATH finds it
     default_augment = "flip-translate"  # what data.augment=auto means here
-    reads_files = False  # True where images are files: data.preprocess runs as each is decoded (else once on the arrays)
+    reads_files = (
+        False  # True where images are files: data.preprocess runs as each is decoded (else once on the arrays)
+    )
 
     def find(self, cfg: DataConfig) -> Path | None:
         """Where the data is on this machine (cheap: no decoding), or None."""
@@ -137,7 +145,9 @@ class DataSource:
         """The --data folder, checked: it must exist, be a folder, and hold this layout."""
         root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
         if not root.exists():
-            raise DataError(f"--data {cfg.root} does not exist; give --data a folder holding {self.layout}, or a dataset name like {self.name}")
+            raise DataError(
+                f"--data {cfg.root} does not exist; give --data a folder holding {self.layout}, or a dataset name like {self.name}"
+            )
         if not root.is_dir():
             raise DataError(f"--data {cfg.root} is a file; give --data the folder that holds {self.layout}")
         folder = self.matches(root)

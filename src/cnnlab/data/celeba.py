@@ -15,7 +15,7 @@ from typing import Any
 
 from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS
-from cnnlab.data.base import DataSource, Dataset
+from cnnlab.data.base import Dataset, DataSource
 from cnnlab.data.folder import FolderScan, decode_scan
 from cnnlab.errors import DataError
 from cnnlab.text import printable

@@ -17,7 +17,7 @@ import torch
 
 from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS
-from cnnlab.data.base import ArraySplit, DataSource, Dataset
+from cnnlab.data.base import ArraySplit, Dataset, DataSource
 from cnnlab.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
@@ -66,14 +66,29 @@ class _ArraysOnly(pickle._Unpickler):  # type: ignore[name-defined]
         state, inst = self.stack[-1], self.stack[-2]
         # by kind, not by flags: a state can clear an object dtype's flags, and its bytes would still be read as pointers
         if isinstance(inst, np.dtype):  # a plain number type: (3, byte order, None, None, None, -1, -1, 0)
-            ok = inst.kind in PLAIN_KINDS and isinstance(state, tuple) and len(state) >= 8 and state[2:5] == (None, None, None) and state[7] == 0
-        elif isinstance(inst, np.ndarray):  # (version, shape, dtype, fortran, the raw bytes; str: a Python 2 file read as latin1)
+            ok = (
+                inst.kind in PLAIN_KINDS
+                and isinstance(state, tuple)
+                and len(state) >= 8
+                and state[2:5] == (None, None, None)
+                and state[7] == 0
+            )
+        elif isinstance(
+            inst, np.ndarray
+        ):  # (version, shape, dtype, fortran, the raw bytes; str: a Python 2 file read as latin1)
             dt = state[2] if isinstance(state, tuple) and len(state) == 5 else None
-            ok = isinstance(dt, np.dtype) and dt.kind in PLAIN_KINDS and not dt.hasobject and isinstance(state[4], (bytes, bytearray, str))
+            ok = (
+                isinstance(dt, np.dtype)
+                and dt.kind in PLAIN_KINDS
+                and not dt.hasobject
+                and isinstance(state[4], (bytes, bytearray, str))
+            )
         else:
             ok = False
         if not ok:
-            raise pickle.UnpicklingError(f"refusing the state given to a {type(inst).__name__}: a CIFAR batch holds plain number arrays")
+            raise pickle.UnpicklingError(
+                f"refusing the state given to a {type(inst).__name__}: a CIFAR batch holds plain number arrays"
+            )
         super().load_build()
 
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
@@ -88,9 +103,13 @@ def read_batch(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise DataError(f"refusing {path}: {e}; a CIFAR batch holds only arrays and lists") from None
     except MemoryError:  # a length field that claims more than there is (found by tests/test_fuzz.py)
-        raise DataError(f"cannot read CIFAR batch {path}: it claims more memory than this machine has; replace it with an intact copy") from None
+        raise DataError(
+            f"cannot read CIFAR batch {path}: it claims more memory than this machine has; replace it with an intact copy"
+        ) from None
     except Exception as e:  # noqa: BLE001  the unpickler's errors on mangled bytes are of many kinds (KeyError, struct.error, ...)
-        raise DataError(f"cannot read CIFAR batch {path}: {type(e).__name__}: {str(e)[:120]}; replace it with an intact copy") from None
+        raise DataError(
+            f"cannot read CIFAR batch {path}: {type(e).__name__}: {str(e)[:120]}; replace it with an intact copy"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR batch (a pickled dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -117,10 +136,16 @@ def _split(paths: list[Path]) -> ArraySplit:
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise DataError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
         if data.size and (data.min() < 0 or data.max() > 255):
-            raise DataError(f"{path}: data holds {data.min() if data.min() < 0 else data.max()}, outside the pixel range 0..255; replace it with an intact copy")
+            raise DataError(
+                f"{path}: data holds {data.min() if data.min() < 0 else data.max()}, outside the pixel range 0..255; replace it with an intact copy"
+            )
         if label.ndim != 1 or len(label) != len(data) or (label.size and label.min() < 0):
-            raise DataError(f"{path}: {len(label) if label.ndim == 1 else label.shape} labels for {len(data)} images, or a negative one; replace it with an intact copy")
-        images.append(data.astype(np.uint8).reshape(-1, 3, 32, 32))  # each row: 1024 red, 1024 green, 1024 blue, row-major
+            raise DataError(
+                f"{path}: {len(label) if label.ndim == 1 else label.shape} labels for {len(data)} images, or a negative one; replace it with an intact copy"
+            )
+        images.append(
+            data.astype(np.uint8).reshape(-1, 3, 32, 32)
+        )  # each row: 1024 red, 1024 green, 1024 blue, row-major
         labels.append(label.astype(np.int64))
     return ArraySplit(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
@@ -152,7 +177,9 @@ class Cifar10Source(DataSource):
             except Exception:  # no network here: say what to do below
                 folder = None
         if folder is None:
-            raise DataError(f"CIFAR-10 not found (looked in $CNNLAB_DATA and ./data for {FOLDER}/; no download here); pass --data PATH to the folder holding {FOLDER}/")
+            raise DataError(
+                f"CIFAR-10 not found (looked in $CNNLAB_DATA and ./data for {FOLDER}/; no download here); pass --data PATH to the folder holding {FOLDER}/"
+            )
         missing = [n for n in TRAIN_BATCHES + ["test_batch", "batches.meta"] if not (folder / n).is_file()]
         if missing:
             raise DataError(f"{folder} has no {missing[0]}; CIFAR-10 needs {self.layout}")
@@ -163,7 +190,9 @@ class Cifar10Source(DataSource):
         train, test = _split([folder / n for n in TRAIN_BATCHES]), _split([folder / "test_batch"])
         for name, part in (("training", train), ("test", test)):
             if len(part) and int(part.labels.max()) >= len(classes):
-                raise DataError(f"{folder}: a {name} label is {int(part.labels.max())}, but batches.meta names {len(classes)} classes; replace the batches with intact copies")
+                raise DataError(
+                    f"{folder}: a {name} label is {int(part.labels.max())}, but batches.meta names {len(classes)} classes; replace the batches with intact copies"
+                )
         return Dataset(train, test, classes, source=str(folder))
 
 

@@ -53,9 +53,22 @@ def _file_item(split: str, path: Path, label: int, max_pixels: int) -> Item:
 
 
 def _file_items(scan, cfg: DataConfig) -> list[Item]:
-    jobs = [(split if split != "all" else "train", p, label) for split, entries in scan.files.items() for p, label in entries]
+    jobs = [
+        (split if split != "all" else "train", p, label)
+        for split, entries in scan.files.items()
+        for p, label in entries
+    ]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        items = list(tqdm(pool.map(lambda j: _file_item(j[0], j[1], _class_of(j[2]), cfg.max_pixels), jobs), total=len(jobs), desc="checking", unit="file", leave=False, disable=None if len(jobs) > 2000 else True))
+        items = list(
+            tqdm(
+                pool.map(lambda j: _file_item(j[0], j[1], _class_of(j[2]), cfg.max_pixels), jobs),
+                total=len(jobs),
+                desc="checking",
+                unit="file",
+                leave=False,
+                disable=None if len(jobs) > 2000 else True,
+            )
+        )
     items += [Item("train", path, -1, None, error=reason) for path, reason in scan.skipped]
     return items
 
@@ -69,7 +82,10 @@ def _array_items(name: str, split: ArraySplit) -> list[Item]:
     c, h, w = split.images.shape[1:]
     mode = {1: "L", 3: "RGB"}.get(c, f"{c}-channel")
     flat = split.images.reshape(len(split), -1).numpy()
-    return [Item(name, f"{name}[{i}]", int(ids[i]), hashlib.sha256(flat[i].tobytes()).hexdigest(), f"{w}x{h}", mode) for i in range(len(split))]
+    return [
+        Item(name, f"{name}[{i}]", int(ids[i]), hashlib.sha256(flat[i].tobytes()).hexdigest(), f"{w}x{h}", mode)
+        for i in range(len(split))
+    ]
 
 
 def check(cfg: DataConfig) -> dict[str, Any]:
@@ -85,13 +101,19 @@ def check(cfg: DataConfig) -> dict[str, Any]:
     else:  # data in arrays: hash every image's pixels
         ds = source(cfg)
         classes, root = ds.classes, ds.source
-        items = [it for name, split in ds.splits().items() for it in (_array_items(name, split) if isinstance(split, ArraySplit) else [])]
+        items = [
+            it
+            for name, split in ds.splits().items()
+            for it in (_array_items(name, split) if isinstance(split, ArraySplit) else [])
+        ]
         carved = ds.test is None
         warnings = list(ds.warnings)
     return _report(cfg.name, root, classes, items, carved, warnings)
 
 
-def _report(name: str, root: str, classes: list[str], items: list[Item], carved: bool, warnings: list[str]) -> dict[str, Any]:
+def _report(
+    name: str, root: str, classes: list[str], items: list[Item], carved: bool, warnings: list[str]
+) -> dict[str, Any]:
     good = [it for it in items if it.digest is not None]
     splits = sorted({it.split for it in good}, key=["train", "val", "test"].index)
     counts = {s: [0] * len(classes) for s in splits}
@@ -109,7 +131,9 @@ def _report(name: str, root: str, classes: list[str], items: list[Item], carved:
     for group in by_digest.values():
         train_names = [d.name for d in group if d.split == "train"]
         if train_names:
-            leakage += [{"image": d.name, "split": d.split, "copy_of": train_names[0]} for d in group if d.split != "train"]
+            leakage += [
+                {"image": d.name, "split": d.split, "copy_of": train_names[0]} for d in group if d.split != "train"
+            ]
     corrupt = [{"path": it.name, "reason": it.error} for it in items if it.error is not None]
 
     problems = []
@@ -124,7 +148,9 @@ def _report(name: str, root: str, classes: list[str], items: list[Item], carved:
     if empty:
         problems.append(f"{len(empty)} class(es) with no training images: {', '.join(empty[:5])}")
     if imbalance is not None and imbalance > IMBALANCE_WARN:
-        problems.append(f"class imbalance {imbalance:.1f}:1 in train (consider --class-weights auto or data.sampler=balanced)")
+        problems.append(
+            f"class imbalance {imbalance:.1f}:1 in train (consider --class-weights auto or data.sampler=balanced)"
+        )
     verdict = "OK: no problems found" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems)
     return {
         "dataset": name,
@@ -149,7 +175,9 @@ def format_report(r: dict[str, Any], limit: int = 20) -> str:
     """The report as text for a person: tables first, then every problem with its files."""
     lines = [f"dataset  {r['dataset']}  ({r['source']})"]
     splits = list(r["splits"])
-    note = "  (one folder: test and val parts are carved when training)" if r["test_and_val_carved_at_train_time"] else ""
+    note = (
+        "  (one folder: test and val parts are carved when training)" if r["test_and_val_carved_at_train_time"] else ""
+    )
     lines.append("images   " + ", ".join(f"{s} {n:,}" for s, n in r["splits"].items()) + note)
     width = max([len(c) for c in r["classes"]] + [5])
     lines.append("")
@@ -159,7 +187,11 @@ def format_report(r: dict[str, Any], limit: int = 20) -> str:
     if r["imbalance_ratio"] is not None:
         lines.append(f"  imbalance (largest / smallest class in train): {r['imbalance_ratio']:.2f}:1")
     lines.append("")
-    lines.append("sizes    " + ", ".join(f"{k}: {v:,}" for k, v in list(r["image_sizes"].items())[:6]) + (" ..." if len(r["image_sizes"]) > 6 else ""))
+    lines.append(
+        "sizes    "
+        + ", ".join(f"{k}: {v:,}" for k, v in list(r["image_sizes"].items())[:6])
+        + (" ..." if len(r["image_sizes"]) > 6 else "")
+    )
     lines.append("modes    " + ", ".join(f"{k}: {v:,}" for k, v in r["image_modes"].items()))
 
     def listing(title: str, rows: list[str]) -> None:
@@ -170,9 +202,15 @@ def format_report(r: dict[str, Any], limit: int = 20) -> str:
             lines.append(f"  ... and {len(rows) - limit} more (--json lists all)")
 
     if r["corrupt"]:
-        listing(f"{len(r['corrupt'])} file(s) will not decode (skipped when training):", [f"{c['path']}: {c['reason']}" for c in r["corrupt"]])
+        listing(
+            f"{len(r['corrupt'])} file(s) will not decode (skipped when training):",
+            [f"{c['path']}: {c['reason']}" for c in r["corrupt"]],
+        )
     if r["leakage"]:
-        listing(f"{len(r['leakage'])} val/test image(s) are byte copies of training images (leakage):", [f"{x['image']}  =  {x['copy_of']}" for x in r["leakage"]])
+        listing(
+            f"{len(r['leakage'])} val/test image(s) are byte copies of training images (leakage):",
+            [f"{x['image']}  =  {x['copy_of']}" for x in r["leakage"]],
+        )
     dups = [" = ".join(g) for groups in r["duplicates_within_split"].values() for g in groups]
     if dups:
         listing(f"{len(dups)} group(s) of identical images within a split:", dups)
@@ -189,5 +227,11 @@ def list_datasets() -> list[dict[str, str]]:
     for name in DATASETS.names():
         source = DATASETS.get(name)
         found = source.find(DataConfig(name=name, download=False))
-        rows.append({"name": name, "layout": source.layout, "found": str(found) if found else "needs --data PATH" if source.needs_root else "not found here"})
+        rows.append(
+            {
+                "name": name,
+                "layout": source.layout,
+                "found": str(found) if found else "needs --data PATH" if source.needs_root else "not found here",
+            }
+        )
     return rows

@@ -17,8 +17,16 @@ from tqdm.auto import tqdm
 
 from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS
-from cnnlab.data.base import ArraySplit, DataSource, Dataset, FileSplit
-from cnnlab.data.images import IMAGE_SUFFIXES, BadImage, header_info, open_image, output_size, preprocess_transform, to_uint8_tensor
+from cnnlab.data.base import ArraySplit, Dataset, DataSource, FileSplit
+from cnnlab.data.images import (
+    IMAGE_SUFFIXES,
+    BadImage,
+    header_info,
+    open_image,
+    output_size,
+    preprocess_transform,
+    to_uint8_tensor,
+)
 from cnnlab.errors import DataError
 from cnnlab.text import printable
 
@@ -33,11 +41,17 @@ def visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def _class_dirs(folder: Path, roots: tuple[Path, ...] | None = None, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+def _class_dirs(
+    folder: Path, roots: tuple[Path, ...] | None = None, skipped: list[tuple[str, str]] | None = None
+) -> list[Path]:
     """The visible sub-folders of `folder`; with `roots`, only those inside them (a link that leads
     out of the dataset is listed in `skipped` and not followed)."""
     dirs = sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
-    return dirs if roots is None else [p for p in dirs if _kept(p, roots, skipped if skipped is not None else [], "followed")]
+    return (
+        dirs
+        if roots is None
+        else [p for p in dirs if _kept(p, roots, skipped if skipped is not None else [], "followed")]
+    )
 
 
 def _kept(p: Path, roots: tuple[Path, ...], skipped: list[tuple[str, str]], verb: str) -> bool:
@@ -66,7 +80,11 @@ def _files_under(cdir: Path, roots: tuple[Path, ...], skipped: list[tuple[str, s
             continue
         seen.add(real)
         dirnames[:] = [name for name in dirnames if _kept(here / name, roots, skipped, "followed")]
-        found += [p for p in (here / name for name in filenames) if visible(p) and p.is_file() and _kept(p, roots, skipped, "read")]
+        found += [
+            p
+            for p in (here / name for name in filenames)
+            if visible(p) and p.is_file() and _kept(p, roots, skipped, "read")
+        ]
     return sorted(found)
 
 
@@ -110,7 +128,9 @@ def scan_folder(root: Path) -> FolderScan:
         entries: list[tuple[Path, int]] = []
         for cdir in train_dirs if folder == splits.get("train", root) else _class_dirs(folder, inside, skipped):
             if cdir.name not in index:
-                raise DataError(f"{printable(str(cdir))} is a class that {splits.get('train', root)} does not have; every split needs the same class folders")
+                raise DataError(
+                    f"{printable(str(cdir))} is a class that {splits.get('train', root)} does not have; every split needs the same class folders"
+                )
             files = _files_under(cdir, inside, skipped)
             if not files:
                 scan.warnings.append(f"class folder {printable(str(cdir))} is empty")
@@ -139,7 +159,14 @@ def decode_threads(max_pixels: int) -> int:
     return max(1, min(os.cpu_count() or 1, DECODE_MEMORY // max(1, 4 * max_pixels)))
 
 
-def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict[str, Any]], max_pixels: int, skipped: list[tuple[str, str]], desc: str) -> ArraySplit:
+def _decode_all(
+    entries: list[tuple[Path, Any]],
+    channels: int,
+    steps: list[dict[str, Any]],
+    max_pixels: int,
+    skipped: list[tuple[str, str]],
+    desc: str,
+) -> ArraySplit:
     transform = preprocess_transform(steps)
 
     def decode(entry: tuple[Path, int]) -> torch.Tensor | None:
@@ -151,11 +178,22 @@ def _decode_all(entries: list[tuple[Path, Any]], channels: int, steps: list[dict
 
     # Pillow releases the GIL while decoding, so threads use both cores without pickling anything.
     with ThreadPoolExecutor(max_workers=decode_threads(max_pixels)) as pool:
-        tensors = list(tqdm(pool.map(decode, entries), total=len(entries), desc=desc, unit="img", leave=False, disable=None if len(entries) > 2000 else True))
+        tensors = list(
+            tqdm(
+                pool.map(decode, entries),
+                total=len(entries),
+                desc=desc,
+                unit="img",
+                leave=False,
+                disable=None if len(entries) > 2000 else True,
+            )
+        )
     keep = [i for i, t in enumerate(tensors) if t is not None]
     shapes = {tuple(tensors[i].shape) for i in keep}
     if len(shapes) > 1:
-        raise DataError(f"images come out in {len(shapes)} sizes ({sorted(shapes)[:3]} ...); add a center_crop step to data.preprocess")
+        raise DataError(
+            f"images come out in {len(shapes)} sizes ({sorted(shapes)[:3]} ...); add a center_crop step to data.preprocess"
+        )
     labels = _labels([entries[i] for i in keep])
     images = torch.stack([tensors[i] for i in keep]) if keep else torch.zeros(0, channels, 1, 1, dtype=torch.uint8)
     return ArraySplit(images, labels)
@@ -196,7 +234,9 @@ def auto_side(sides: list[int], count: int) -> int:
     return max(8, side // 4 * 4 if side >= 16 else side)
 
 
-def _infer_layout(scan: FolderScan, cfg: DataConfig, default_steps: list[dict[str, Any]] | None) -> tuple[int, list[dict[str, Any]], tuple[int, int]]:
+def _infer_layout(
+    scan: FolderScan, cfg: DataConfig, default_steps: list[dict[str, Any]] | None
+) -> tuple[int, list[dict[str, Any]], tuple[int, int]]:
     """(channels, preprocess steps, output (h, w)) from a sample of the files' headers and the recipe."""
     paths = [p for entries in scan.files.values() for p, _ in entries]
     stride = max(1, len(paths) // HEADER_SAMPLE)
@@ -221,11 +261,19 @@ def _infer_layout(scan: FolderScan, cfg: DataConfig, default_steps: list[dict[st
         steps = [] if same else [{"resize": side}, {"center_crop": side}]
     outs = {output_size(steps, (h, w)) for w, h in sizes}
     if len(outs) > 1:
-        raise DataError(f"the images of {scan.root} come in {len(sizes)} sizes; add a center_crop step to data.preprocess, e.g. [{{resize: 64}}, {{center_crop: 64}}]")
+        raise DataError(
+            f"the images of {scan.root} come in {len(sizes)} sizes; add a center_crop step to data.preprocess, e.g. [{{resize: 64}}, {{center_crop: 64}}]"
+        )
     return channels, steps, outs.pop()
 
 
-def decode_scan(scan: FolderScan, cfg: DataConfig, classes: list[str] | None = None, multilabel: bool = False, default_steps: list[dict[str, Any]] | None = None) -> Dataset:
+def decode_scan(
+    scan: FolderScan,
+    cfg: DataConfig,
+    classes: list[str] | None = None,
+    multilabel: bool = False,
+    default_steps: list[dict[str, Any]] | None = None,
+) -> Dataset:
     """Turn scanned files into a Dataset: in memory where it fits (or cfg.in_memory), else on disk."""
     channels, steps, (h, w) = _infer_layout(scan, cfg, default_steps)
     total = sum(len(e) for e in scan.files.values())

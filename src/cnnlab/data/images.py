@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 # The Pillow formats of those suffixes (JPEG's also opens a phone's multi-picture MPO). Only these are decoded:
@@ -37,12 +37,16 @@ class TooManyPixels(BadImage):
 ImageSource = Union[str, Path, bytes]  # a file, or a whole file's bytes (an upload)
 
 
-def check_pixels(size: tuple[int, int], max_pixels: int, setting: str = "data.max_pixels", max_aspect: float | None = None) -> None:
+def check_pixels(
+    size: tuple[int, int], max_pixels: int, setting: str = "data.max_pixels", max_aspect: float | None = None
+) -> None:
     """Raise TooManyPixels where a (width, height) image has more than `max_pixels` pixels, and
     BadImage where one side is over `max_aspect` times the other (where given)."""
     w, h = size
     if w * h > max_pixels:
-        raise TooManyPixels(f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} ({setting}): refused as a decompression bomb")
+        raise TooManyPixels(
+            f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} ({setting}): refused as a decompression bomb"
+        )
     if max_aspect is not None and (min(w, h) < 1 or max(w, h) > max_aspect * min(w, h)):
         raise BadImage(f"{w}x{h}: one side is over {max_aspect:g} times the other; crop it to the object")
 
@@ -103,7 +107,13 @@ def _open(source: ImageSource) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source), formats=FORMATS)
 
 
-def open_image(source: ImageSource, channels: int, max_pixels: int, setting: str = "data.max_pixels", max_aspect: float | None = None) -> Image.Image:
+def open_image(
+    source: ImageSource,
+    channels: int,
+    max_pixels: int,
+    setting: str = "data.max_pixels",
+    max_aspect: float | None = None,
+) -> Image.Image:
     """Decode a file (or its bytes) fully into an 'L' (channels=1) or 'RGB' (channels=3) image,
     upright per EXIF.
 
@@ -168,7 +178,7 @@ def preprocess_transform(steps: Sequence[dict[str, Any]]):
 
     ops = []
     for step in steps:
-        (kind, size), = step.items()
+        ((kind, size),) = step.items()
         size = list(size) if isinstance(size, list) else size
         ops.append(v2.Resize(size, antialias=True) if kind == "resize" else v2.CenterCrop(size))
     return v2.Compose(ops) if ops else v2.Identity()  # Compose refuses an empty list

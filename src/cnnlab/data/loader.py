@@ -10,7 +10,8 @@ augments and normalises the collated uint8 batch exactly as TensorLoader does.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader
@@ -103,7 +104,11 @@ class _BatchLoader:
     def _count(self) -> int:
         n = len(self.split)
         if self.world > 1:
-            n = n // (self.batch_size * self.world) * self.batch_size if self.drop_last else len(torch.tensor_split(torch.arange(n), self.world)[self.rank])
+            n = (
+                n // (self.batch_size * self.world) * self.batch_size
+                if self.drop_last
+                else len(torch.tensor_split(torch.arange(n), self.world)[self.rank])
+            )
         return n
 
     def __len__(self) -> int:
@@ -117,7 +122,10 @@ class _BatchLoader:
         """Sample indices for one epoch; None means the split's own order."""
         n = len(self.split)
         if self.balanced:  # every class drawn equally often, with replacement
-            counts = class_counts(self.split, int(self.split.labels.max()) + 1 if self.split.labels.ndim == 1 else self.split.labels.shape[1]).float()
+            counts = class_counts(
+                self.split,
+                int(self.split.labels.max()) + 1 if self.split.labels.ndim == 1 else self.split.labels.shape[1],
+            ).float()
             ids = self.split.labels if self.split.labels.ndim == 1 else self.split.labels.argmax(1)
             weights = (1.0 / counts.clamp_min(1))[ids]
             return torch.multinomial(weights, n, replacement=True, generator=g)
@@ -151,7 +159,9 @@ class _BatchLoader:
             self._done += 1  # before the yield: a checkpoint taken while the batch trains counts it (and only it)
             yield x, y.to(self.device, non_blocking=True)
         if batches == 0 and start == 0 and self._count() > 0:
-            raise DataError(f"none of the {len(self.split)} images of this part decoded (first reasons: {'; '.join(list(self.skipped.values())[:2])}); cnnlab data check lists them")
+            raise DataError(
+                f"none of the {len(self.split)} images of this part decoded (first reasons: {'; '.join(list(self.skipped.values())[:2])}); cnnlab data check lists them"
+            )
 
 
 class TensorLoader(_BatchLoader):
@@ -172,7 +182,9 @@ class TensorLoader(_BatchLoader):
 class _DecodeFiles(torch.utils.data.Dataset):
     """Workers' side of FileLoader: decode and preprocess one file; a bad file yields None and a reason."""
 
-    def __init__(self, split: FileSplit, channels: int, steps: list, shape: tuple[int, int, int], max_pixels: int) -> None:
+    def __init__(
+        self, split: FileSplit, channels: int, steps: list, shape: tuple[int, int, int], max_pixels: int
+    ) -> None:
         self.split, self.channels, self.shape, self.max_pixels = split, channels, tuple(shape), max_pixels
         self.transform = preprocess_transform(steps)
 
@@ -184,7 +196,9 @@ class _DecodeFiles(torch.utils.data.Dataset):
         try:
             x = to_uint8_tensor(open_image(path, self.channels, self.max_pixels), self.transform)
             if tuple(x.shape) != self.shape:
-                raise BadImage(f"comes out {tuple(x.shape)}, not {self.shape}; add a center_crop step to data.preprocess")
+                raise BadImage(
+                    f"comes out {tuple(x.shape)}, not {self.shape}; add a center_crop step to data.preprocess"
+                )
         except BadImage as e:
             return None, self.split.labels[i], (path, str(e))
         return x, self.split.labels[i], None
@@ -202,7 +216,18 @@ class FileLoader(_BatchLoader):
     """(x, y) batches from a FileSplit, decoded by DataLoader workers. Files that fail to decode are
     left out of their batch and collected in `skipped` (path -> reason)."""
 
-    def __init__(self, split: FileSplit, batch_size: int, *, channels: int, preprocess: list, input_shape: Sequence[int], max_pixels: int, workers: int | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        split: FileSplit,
+        batch_size: int,
+        *,
+        channels: int,
+        preprocess: list,
+        input_shape: Sequence[int],
+        max_pixels: int,
+        workers: int | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(split, batch_size, **kw)
         self.files = _DecodeFiles(split, channels, preprocess, tuple(input_shape), max_pixels)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -214,14 +239,39 @@ class FileLoader(_BatchLoader):
         # torch's global stream, so reading files would shift the model's initialisation, dropout
         # and mixing (and a resumed run, which starts one more iterator, would drift from the original).
         own = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
-        loader = DataLoader(self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda", generator=own)
+        loader = DataLoader(
+            self.files,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            generator=own,
+        )
         for x, y, bad in loader:
             self.skipped.update(bad)
             yield x, y
 
 
-def make_loader(split: Split, batch_size: int, *, input_shape: Sequence[int], preprocess: list, max_pixels: int = 40_000_000, workers: int | None = None, **kw: Any) -> _BatchLoader:
+def make_loader(
+    split: Split,
+    batch_size: int,
+    *,
+    input_shape: Sequence[int],
+    preprocess: list,
+    max_pixels: int = 40_000_000,
+    workers: int | None = None,
+    **kw: Any,
+) -> _BatchLoader:
     """The loader that fits the split: TensorLoader in memory, FileLoader on disk."""
     if isinstance(split, ArraySplit):
         return TensorLoader(split, batch_size, **kw)
-    return FileLoader(split, batch_size, channels=input_shape[0], preprocess=preprocess, input_shape=input_shape, max_pixels=max_pixels, workers=workers, **kw)
+    return FileLoader(
+        split,
+        batch_size,
+        channels=input_shape[0],
+        preprocess=preprocess,
+        input_shape=input_shape,
+        max_pixels=max_pixels,
+        workers=workers,
+        **kw,
+    )

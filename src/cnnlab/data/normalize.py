@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def affine(mean: Any, std: Any, value_max: float = 255.0) -> Stats:
     return (1.0 / (value_max * std_t)).reshape(shape), (-mean_t / std_t).reshape(shape)
 
 
-def channel_stats_of(batches: Callable[[], "list[torch.Tensor] | object"], channels: int) -> Stats:
+def channel_stats_of(batches: Callable[[], list[torch.Tensor] | object], channels: int) -> Stats:
     """Per-channel mean and std over an iterable of (B, C, H, W) float batches (already scaled)."""
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
@@ -82,7 +83,9 @@ def _array_batches(split: ArraySplit, chunk: int = 8192):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CNNLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab")
+    return Path(
+        os.environ.get("CNNLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab"
+    )
 
 
 def _file_split_stats(split: Split, channels: int, file_batches: Callable[[], object], cache_key: str) -> Stats:
@@ -125,7 +128,9 @@ def _auto(split: Split, channels: int, file_batches: Callable[[], object] | None
 def _fixed(mean: tuple[float, ...], std: tuple[float, ...], name: str):
     def stats(split: Split, channels: int, file_batches=None, cache_key: str = "") -> Stats:
         if len(mean) != channels:
-            raise ConfigError(f"data.normalize={name} has statistics for {len(mean)} channels but the images have {channels}; set data.channels={len(mean)} or use data.normalize=auto")
+            raise ConfigError(
+                f"data.normalize={name} has statistics for {len(mean)} channels but the images have {channels}; set data.channels={len(mean)} or use data.normalize=auto"
+            )
         return torch.tensor(mean), torch.tensor(std)
 
     return stats
@@ -167,7 +172,9 @@ def _standard_scaler(split: Split, channels: int, file_batches=None, cache_key: 
     return mean.float(), std.float()
 
 
-def compute_stats(name: str, split: Split, channels: int, file_batches: Callable[[], object] | None = None, cache_key: str = "") -> Stats:
+def compute_stats(
+    name: str, split: Split, channels: int, file_batches: Callable[[], object] | None = None, cache_key: str = ""
+) -> Stats:
     """The statistics `name` gives for the training part `split`. `file_batches` yields its images
     as [0, 1] float batches where they are on disk; `cache_key` names their preprocessing."""
     return NORMALIZATIONS.get(name)(split, channels, file_batches, cache_key)

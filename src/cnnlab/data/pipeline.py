@@ -23,13 +23,30 @@ def normalization_stats(ds: Dataset, cfg: DataConfig) -> tuple[torch.Tensor, tor
     channels = ds.input_shape[0]  # type: ignore[index]
 
     def file_batches():
-        plain = make_loader(ds.train, 256, input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=cfg.max_pixels, workers=cfg.workers, mean=[0.0] * channels, std=[1.0] * channels)
+        plain = make_loader(
+            ds.train,
+            256,
+            input_shape=ds.input_shape,
+            preprocess=ds.preprocess,
+            max_pixels=cfg.max_pixels,
+            workers=cfg.workers,
+            mean=[0.0] * channels,
+            std=[1.0] * channels,
+        )
         return (x for x, _ in plain)
 
     return compute_stats(cfg.normalize, ds.train, channels, file_batches, cache_key=repr((ds.preprocess, channels)))
 
 
-def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: torch.device, mean: Any, std: Any, shard: tuple[int, int] = (0, 1)) -> dict[str, _BatchLoader]:
+def build_loaders(
+    ds: Dataset,
+    data: DataConfig,
+    train: TrainConfig,
+    device: torch.device,
+    mean: Any,
+    std: Any,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[str, _BatchLoader]:
     """train (shuffled, augmented), and val and test loaders for the splits that exist.
 
     `shard` is (rank, world) under torchrun: train.batch_size stays the global batch, each process
@@ -37,14 +54,39 @@ def build_loaders(ds: Dataset, data: DataConfig, train: TrainConfig, device: tor
     world = shard[1]
     value_max = dataset_value_max(ds)
     common: dict[str, Any] = dict(
-        input_shape=ds.input_shape, preprocess=ds.preprocess, max_pixels=data.max_pixels, workers=data.workers,
-        mean=mean, std=std, device=device, channels_last=train.channels_last is True, value_max=value_max, shard=shard,  # auto: the run resolves it first
+        input_shape=ds.input_shape,
+        preprocess=ds.preprocess,
+        max_pixels=data.max_pixels,
+        workers=data.workers,
+        mean=mean,
+        std=std,
+        device=device,
+        channels_last=train.channels_last is True,
+        value_max=value_max,
+        shard=shard,  # auto: the run resolves it first
     )
     # float arrays keep their own scale: no range to clamp the colour jitter to
     clamp = value_max if value_max == 255.0 else None
-    params = AugmentParams(translate=data.translate, rotate=data.rotate, jitter=data.jitter, crop_scale=data.crop_scale, cutout=data.cutout, value_max=clamp)
+    params = AugmentParams(
+        translate=data.translate,
+        rotate=data.rotate,
+        jitter=data.jitter,
+        crop_scale=data.crop_scale,
+        cutout=data.cutout,
+        value_max=clamp,
+    )
     loaders = {
-        "train": make_loader(ds.train, train.batch_size // world, shuffle=data.shuffle, augment=data.augment, augment_params=params, sampler=data.sampler, drop_last=len(ds.train) > train.batch_size or world > 1, seed=train.seed, **common)
+        "train": make_loader(
+            ds.train,
+            train.batch_size // world,
+            shuffle=data.shuffle,
+            augment=data.augment,
+            augment_params=params,
+            sampler=data.sampler,
+            drop_last=len(ds.train) > train.batch_size or world > 1,
+            seed=train.seed,
+            **common,
+        )
     }
     for name in ("val", "test"):
         split = getattr(ds, name)

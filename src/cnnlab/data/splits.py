@@ -32,7 +32,9 @@ def carve(split: Split, size: float, of: int, seed: int, method: str = "random")
     if k == 0:
         return split, None
     if k >= n:
-        raise DataError(f"a part of {k} images (from {size:g}) leaves no training images out of {n}; use a smaller count or fraction")
+        raise DataError(
+            f"a part of {k} images (from {size:g}) leaves no training images out of {n}; use a smaller count or fraction"
+        )
     if method == "first":
         return split.subset(slice(k, n)), split.subset(slice(0, k))
     g = torch.Generator().manual_seed(seed)

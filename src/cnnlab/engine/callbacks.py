@@ -12,9 +12,10 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -72,7 +73,7 @@ class FitState:
         return out
 
     @classmethod
-    def from_dict(cls, saved: dict[str, Any], steps_per_epoch: int, loader: dict[str, Any] | None) -> "FitState":
+    def from_dict(cls, saved: dict[str, Any], steps_per_epoch: int, loader: dict[str, Any] | None) -> FitState:
         from cnnlab.engine.loop import EpochProgress
 
         state = cls(**{k: saved[k] for k in cls.SAVED}, steps_per_epoch=steps_per_epoch)
@@ -125,7 +126,17 @@ class DivergenceGuard(Callback):
     WARM = 5
     ALPHA = 0.1
 
-    def __init__(self, model: nn.Module, optimizer, scheduler=None, *, log: Callable[[str], None] | None = None, factor: float = 0.5, max_recoveries: int = 3, every: int = 20) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer,
+        scheduler=None,
+        *,
+        log: Callable[[str], None] | None = None,
+        factor: float = 0.5,
+        max_recoveries: int = 3,
+        every: int = 20,
+    ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.log = log or (lambda line: None)
         self.factor, self.max_recoveries, self.every = factor, max_recoveries, every
@@ -152,7 +163,11 @@ class DivergenceGuard(Callback):
         kept = saved.get("kept")
         whole = isinstance(kept, dict) and {"model", "optimizer", "where", "step", "level"} <= kept.keys()
         self.kept = kept if whole else None  # an edited or damaged entry: a new snapshot at the resumed weights
-        self.level, self.healthy, self.best_val = saved.get("level"), int(saved.get("healthy") or 0), saved.get("best_val")
+        self.level, self.healthy, self.best_val = (
+            saved.get("level"),
+            int(saved.get("healthy") or 0),
+            saved.get("best_val"),
+        )
 
     def on_fit_start(self, state: FitState) -> None:
         if self.kept is None:  # a resumed run keeps its loaded snapshot
@@ -165,7 +180,11 @@ class DivergenceGuard(Callback):
         if not math.isfinite(loss):
             self._recover(state, f"the training loss became {loss} at epoch {state.epoch}, step {state.step}", loss)
         elif level is not None and self.healthy >= self.WARM and loss > self.SPIKE * level and loss > level + 1.0:
-            self._recover(state, f"the training loss rose to {loss:.4g} at epoch {state.epoch}, step {state.step}, {loss / level:.1f}x its running level {level:.3g}", loss)
+            self._recover(
+                state,
+                f"the training loss rose to {loss:.4g} at epoch {state.epoch}, step {state.step}, {loss / level:.1f}x its running level {level:.3g}",
+                loss,
+            )
         else:
             self.level = loss if level is None else (1 - self.ALPHA) * level + self.ALPHA * loss
             self.healthy += 1
@@ -178,7 +197,12 @@ class DivergenceGuard(Callback):
             return
         best = self.best_val
         if not math.isfinite(val) or (best is not None and val > self.SPIKE * best and val > best + 1.0):
-            self._recover(state, f"the validation loss rose to {val:.4g} at epoch {state.epoch}" + (f", {val / best:.1f}x its best {best:.3g}" if best and math.isfinite(val) else ""), val)
+            self._recover(
+                state,
+                f"the validation loss rose to {val:.4g} at epoch {state.epoch}"
+                + (f", {val / best:.1f}x its best {best:.3g}" if best and math.isfinite(val) else ""),
+                val,
+            )
             return
         self.best_val = val if best is None else min(best, val)
         self._keep(state)
@@ -186,7 +210,11 @@ class DivergenceGuard(Callback):
     def _recover(self, state: FitState, what: str, loss: float) -> None:
         if len(state.recoveries) >= self.max_recoveries or self.kept is None:
             state.diverged = True
-            tried = f", after {len(state.recoveries)} recoveries (each lowering the learning rate x{self.factor:g})" if state.recoveries else ""
+            tried = (
+                f", after {len(state.recoveries)} recoveries (each lowering the learning rate x{self.factor:g})"
+                if state.recoveries
+                else ""
+            )
             state.stop_reason = what + tried
             return
         self.model.load_state_dict(self.kept["model"])
@@ -199,9 +227,17 @@ class DivergenceGuard(Callback):
             self.scheduler.base_lrs = [lr * self.factor for lr in self.scheduler.base_lrs]
         state.lr = self.optimizer.param_groups[0]["lr"]
         self.level = self.kept["level"]
-        entry = {"epoch": state.epoch, "step": state.step, "loss": loss if math.isfinite(loss) else str(loss), "restored": self.kept["where"], "lr_factor": self.factor}
+        entry = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "loss": loss if math.isfinite(loss) else str(loss),
+            "restored": self.kept["where"],
+            "lr_factor": self.factor,
+        }
         state.recoveries.append(entry)
-        self.log(f"recovery {len(state.recoveries)} of at most {self.max_recoveries}: {what}; back to the weights of {self.kept['where']}, learning rate x{self.factor:g}")
+        self.log(
+            f"recovery {len(state.recoveries)} of at most {self.max_recoveries}: {what}; back to the weights of {self.kept['where']}, learning rate x{self.factor:g}"
+        )
 
 
 class EarlyStopping(Callback):
@@ -223,7 +259,6 @@ class FreezeBody(Callback):
 
     def __init__(self, model: nn.Module, epochs: int) -> None:
         from cnnlab.engine.optim import head_parameters
-
         from cnnlab.errors import ConfigError
 
         self.epochs = epochs
@@ -250,7 +285,14 @@ class Checkpointer(Callback):
     the older last.pt and writes the same best.pt again.
     """
 
-    def __init__(self, folder: Path, snapshot: Callable[[FitState], dict[str, Any]], every_steps: int | None = None, every_seconds: float | None = None, inside_epochs: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        snapshot: Callable[[FitState], dict[str, Any]],
+        every_steps: int | None = None,
+        every_seconds: float | None = None,
+        inside_epochs: bool = True,
+    ) -> None:
         self.folder = Path(folder)
         self.snapshot = snapshot
         self.every_steps, self.every_seconds = every_steps, every_seconds
@@ -261,7 +303,13 @@ class Checkpointer(Callback):
         save_checkpoint(self.folder / name, **self.snapshot(state))
         self.last_save = time.perf_counter()
         if name == "last.pt":
-            state.last_saved = f"epoch {state.epoch}, step {state.step}" if state.progress is not None else f"epoch {state.epoch}" if state.epoch else "the weights before training"
+            state.last_saved = (
+                f"epoch {state.epoch}, step {state.step}"
+                if state.progress is not None
+                else f"epoch {state.epoch}"
+                if state.epoch
+                else "the weights before training"
+            )
 
     def on_fit_start(self, state: FitState) -> None:
         # last.pt from the start (epoch 0, the weights before training): a run that diverges or is
@@ -317,7 +365,9 @@ class TensorBoardLogger(Callback):
 
     def on_batch_end(self, state: FitState, loss: float) -> None:
         self.writer.add_scalar("step/train_loss", loss, state.step)
-        self.writer.add_scalar("step/lr", state.steps[-1][3] if state.steps else state.lr, state.step)  # the step's own lr, as steps.csv
+        self.writer.add_scalar(
+            "step/lr", state.steps[-1][3] if state.steps else state.lr, state.step
+        )  # the step's own lr, as steps.csv
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
@@ -339,7 +389,15 @@ class ProgressBar(Callback):
 
     def on_epoch_start(self, state: FitState) -> None:
         disable = None if self.enabled is None else not self.enabled
-        self.bar = tqdm(total=state.steps_per_epoch, initial=state.progress.batches if state.progress is not None else 0, desc=f"epoch {state.epoch}/{state.epochs}", unit="batch", leave=False, disable=disable, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=state.steps_per_epoch,
+            initial=state.progress.batches if state.progress is not None else 0,
+            desc=f"epoch {state.epoch}/{state.epochs}",
+            unit="batch",
+            leave=False,
+            disable=disable,
+            dynamic_ncols=True,
+        )
 
     def on_batch_end(self, state: FitState, loss: float) -> None:
         if self.bar is not None:

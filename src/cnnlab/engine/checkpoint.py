@@ -59,15 +59,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError:
         # weights_only=True stopped at a pickled object that is not a tensor or a plain value: loading
         # it could run code, so it is never loaded
-        raise CnnlabError(f"refusing {path}: it holds more than weights (pickled objects, which could run code when loaded); "
-                          "cnnlab reads only the checkpoints cnnlab train writes") from None
+        raise CnnlabError(
+            f"refusing {path}: it holds more than weights (pickled objects, which could run code when loaded); "
+            "cnnlab reads only the checkpoints cnnlab train writes"
+        ) from None
     except MemoryError:  # a storage size that claims more than there is
-        raise CnnlabError(f"cannot read checkpoint {path}: it claims more memory than this machine has; it is corrupt") from None
+        raise CnnlabError(
+            f"cannot read checkpoint {path}: it claims more memory than this machine has; it is corrupt"
+        ) from None
     except Exception as e:  # noqa: BLE001  torch.load's errors on mangled bytes are of many kinds (TypeError from the
         # weights-only unpickler: tests/corpus/checkpoints); none is the program's fault
         if "TorchScript" in str(e):
-            raise CnnlabError(f"{path} is an exported TorchScript model, not a training checkpoint; give the run folder or its checkpoints/best.pt") from None
-        raise CnnlabError(f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e, type(e).__name__)}") from None
+            raise CnnlabError(
+                f"{path} is an exported TorchScript model, not a training checkpoint; give the run folder or its checkpoints/best.pt"
+            ) from None
+        raise CnnlabError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e, type(e).__name__)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint; give a run folder's checkpoints/best.pt")
     return payload
@@ -96,9 +104,15 @@ def init_from(model: torch.nn.Module, source: str | Path, classes: list[str]) ->
 
     problems = [f"{k}: not in that run" for k in mine if k not in state and not in_head(k)]
     problems += [f"{k}: only in that run" for k in state if k not in mine and not in_head(k)]
-    problems += [f"{k}: {tuple(state[k].shape)} there, {tuple(mine[k].shape)} here" for k in mine if k in state and not in_head(k) and state[k].shape != mine[k].shape]
+    problems += [
+        f"{k}: {tuple(state[k].shape)} there, {tuple(mine[k].shape)} here"
+        for k in mine
+        if k in state and not in_head(k) and state[k].shape != mine[k].shape
+    ]
     if problems:
-        raise CnnlabError(f"--init-from {source}: {len(problems)} tensor(s) of the body differ, e.g. {problems[0]}; use the same model, spec and input channels as that run")
+        raise CnnlabError(
+            f"--init-from {source}: {len(problems)} tensor(s) of the body differ, e.g. {problems[0]}; use the same model, spec and input channels as that run"
+        )
     same_classes = list(ckpt.get("classes", [])) == list(classes)
     head_fits = all(k in state and state[k].shape == mine[k].shape for k in mine if in_head(k))
     keep = {k: v for k, v in state.items() if k in mine and (not in_head(k) or (same_classes and head_fits))}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, ContextManager, Sequence
+from collections.abc import Callable, Sequence
+from typing import ContextManager
 
 import torch
 import torch.nn as nn
@@ -24,7 +25,7 @@ class _StopSignals:
         self.requested = False
         self._old: dict[int, object] = {}
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -121,7 +122,19 @@ def fit(
                 if dist.enabled:
                     sums = dist.sum(torch.tensor([p.loss_sum, p.samples, p.correct, p.counted], dtype=torch.float64))
                     p = EpochProgress(p.batches, float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3]), p.seconds)
-                val = evaluate(eval_model, val_loader, num_classes, step.objective, tta=tta, autocast=eval_autocast, reduce=dist.sum) if val_loader is not None else None
+                val = (
+                    evaluate(
+                        eval_model,
+                        val_loader,
+                        num_classes,
+                        step.objective,
+                        tta=tta,
+                        autocast=eval_autocast,
+                        reduce=dist.sum,
+                    )
+                    if val_loader is not None
+                    else None
+                )
                 row = {
                     "epoch": epoch,
                     "train_loss": round(p.loss, 6),

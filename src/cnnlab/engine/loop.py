@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, ContextManager
 
 import torch
 import torch.nn as nn
@@ -52,7 +53,9 @@ class TrainStep:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         elif self.scaler is None:
             grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())  # as clip_grad_norm_ computes it (torch >= 2.3)
+            norm = (
+                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+            )  # as clip_grad_norm_ computes it (torch >= 2.3)
         if self.scaler is None and not torch.isfinite(norm):
             # A finite loss can still have non-finite gradients (an overflow in the backward): the
             # step is not taken, so no NaN reaches the weights, the EMA or a checkpoint. The loss is
@@ -169,7 +172,11 @@ def evaluate(
             out = eval_outputs(model, x, tta)
         loss_sum += float(objective.sum_loss(out, y))
         pred = objective.predict(out).cpu()
-        cm += multilabel_confusion(pred, y.cpu()) if objective.multilabel else confusion_matrix(pred, y.cpu(), num_classes)
+        cm += (
+            multilabel_confusion(pred, y.cpu())
+            if objective.multilabel
+            else confusion_matrix(pred, y.cpu(), num_classes)
+        )
     model.train(was_training)
     if reduce is not None:
         loss_sum, cm = reduce(loss_sum), reduce(cm)

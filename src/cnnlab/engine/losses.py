@@ -10,8 +10,8 @@ as a hit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -79,7 +79,9 @@ def _cross_entropy(t: Target, smoothing: float, weighted: bool) -> Objective:
         "cross-entropy",
         t.num_classes,
         False,
-        lambda out, y: F.cross_entropy(out.float(), y, weight=None if weight is None else weight.to(out.device), label_smoothing=smoothing),
+        lambda out, y: F.cross_entropy(
+            out.float(), y, weight=None if weight is None else weight.to(out.device), label_smoothing=smoothing
+        ),
         lambda out, y: F.cross_entropy(out.float(), y, reduction="none"),
         lambda out: out.argmax(1),
     )
@@ -92,7 +94,9 @@ def cross_entropy(num_classes: int, smoothing: float = 0.0) -> Objective:
 
 def _binary(name: str, t: Target, smoothing: float, weighted: bool, probabilities: bool) -> Objective:
     if not t.multilabel and t.num_classes != 2:
-        raise ConfigError(f"loss {name} needs a binary target or a multi-label one; this data has {t.num_classes} classes: use train.loss=cross-entropy")
+        raise ConfigError(
+            f"loss {name} needs a binary target or a multi-label one; this data has {t.num_classes} classes: use train.loss=cross-entropy"
+        )
     pos_weight = _positive_weight(t) if weighted and t.train is not None else None
     outputs = t.num_classes if t.multilabel else 1
 
@@ -101,9 +105,14 @@ def _binary(name: str, t: Target, smoothing: float, weighted: bool, probabilitie
         return (out, y.float()) if t.multilabel else (out.reshape(-1), y.float())
 
     if probabilities:  # the model's last layer is a Sigmoid; BCELoss on its output, as the textbook
+
         def loss(out, y):
             p, y = shape(out, y)
-            w = None if pos_weight is None else torch.where(y > 0.5, pos_weight.to(p.device).expand_as(p), torch.ones_like(p))
+            w = (
+                None
+                if pos_weight is None
+                else torch.where(y > 0.5, pos_weight.to(p.device).expand_as(p), torch.ones_like(p))
+            )
             return F.binary_cross_entropy(p, _smooth_binary(y, smoothing), weight=w)
 
         def sample_loss(out, y):
@@ -113,9 +122,12 @@ def _binary(name: str, t: Target, smoothing: float, weighted: bool, probabilitie
 
         threshold = 0.5
     else:
+
         def loss(out, y):
             z, y = shape(out, y)
-            return F.binary_cross_entropy_with_logits(z, _smooth_binary(y, smoothing), pos_weight=None if pos_weight is None else pos_weight.to(z.device))
+            return F.binary_cross_entropy_with_logits(
+                z, _smooth_binary(y, smoothing), pos_weight=None if pos_weight is None else pos_weight.to(z.device)
+            )
 
         def sample_loss(out, y):
             z, y = shape(out, y)
@@ -143,10 +155,16 @@ def _sigmoid_bce(t: Target, smoothing: float, weighted: bool) -> Objective:
 
 def model_outputs(name: str, target: Target) -> int:
     """How many outputs to build the model with: one for an explicitly binary loss on two classes."""
-    return 1 if name in ("bce", "sigmoid-bce") and not target.multilabel and target.num_classes == 2 else target.num_classes
+    return (
+        1
+        if name in ("bce", "sigmoid-bce") and not target.multilabel and target.num_classes == 2
+        else target.num_classes
+    )
 
 
-def create_objective(name: str, model: nn.Module, target: Target, outputs: int, *, smoothing: float = 0.0, weighted: bool = False) -> Objective:
+def create_objective(
+    name: str, model: nn.Module, target: Target, outputs: int, *, smoothing: float = 0.0, weighted: bool = False
+) -> Objective:
     """The objective `name` (or the one `auto` picks) for `model`, which gives `outputs` outputs."""
     sigmoid = ends_in_sigmoid(model)
     if name == "auto":
@@ -158,9 +176,15 @@ def create_objective(name: str, model: nn.Module, target: Target, outputs: int, 
             name = "cross-entropy"
     objective = LOSSES.get(name)(target, smoothing, weighted)
     if objective.name == "sigmoid-bce" and not sigmoid:
-        raise ConfigError("loss sigmoid-bce takes probabilities, and this model's last layer is not a Sigmoid; use train.loss=bce (logits)")
+        raise ConfigError(
+            "loss sigmoid-bce takes probabilities, and this model's last layer is not a Sigmoid; use train.loss=bce (logits)"
+        )
     if objective.name != "sigmoid-bce" and sigmoid:
-        raise ConfigError(f"this model ends in a Sigmoid (it outputs probabilities), which loss {objective.name} would squash again; use train.loss=sigmoid-bce")
+        raise ConfigError(
+            f"this model ends in a Sigmoid (it outputs probabilities), which loss {objective.name} would squash again; use train.loss=sigmoid-bce"
+        )
     if outputs != objective.outputs:
-        raise ConfigError(f"the model gives {outputs} output(s), and loss {objective.name} on this data needs {objective.outputs}")
+        raise ConfigError(
+            f"the model gives {outputs} output(s), and loss {objective.name} on this data needs {objective.outputs}"
+        )
     return objective

@@ -152,6 +152,8 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, step
     if factor is not None:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     mode = "min" if cfg.monitor == "val_loss" else "max"
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
+    )
     scheduler.monitor = cfg.monitor  # type: ignore[attr-defined]
     return scheduler

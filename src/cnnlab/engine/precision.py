@@ -27,9 +27,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -60,8 +61,10 @@ class Choice:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Choice":
-        return cls(**{k: d[k] for k in ("dtype", "channels_last", "reason", "native_bf16", "probe", "cached") if k in d})
+    def from_dict(cls, d: dict[str, Any]) -> Choice:
+        return cls(
+            **{k: d[k] for k in ("dtype", "channels_last", "reason", "native_bf16", "probe", "cached") if k in d}
+        )
 
     def summary(self) -> str:
         """A few words for the run's summary line: 'bfloat16, channels_last (measured: 1.9x fp32)'."""
@@ -133,10 +136,19 @@ Candidate = tuple[str, bool]  # (dtype name, channels_last)
 
 
 def _name(c: Candidate) -> str:
-    return ("bf16" if c[0] == "bfloat16" else "fp16" if c[0] == "float16" else "fp32") + ("_channels_last" if c[1] else "")
+    return ("bf16" if c[0] == "bfloat16" else "fp16" if c[0] == "float16" else "fp32") + (
+        "_channels_last" if c[1] else ""
+    )
 
 
-def measure(model: nn.Module, input_shape: tuple[int, ...], batch: int, num_outputs: int, candidates: list[Candidate], budget: float = PROBE_BUDGET) -> dict[str, float]:
+def measure(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch: int,
+    num_outputs: int,
+    candidates: list[Candidate],
+    budget: float = PROBE_BUDGET,
+) -> dict[str, float]:
     """Images/s of a training step (forward under autocast, cross-entropy, backward, SGD step) of a
     copy of `model` on random input, for each candidate; the fastest of PROBE_STEPS steps counts
     (the least disturbed by anything else on the machine)."""
@@ -157,7 +169,11 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], batch: int, num_outp
                 t = time.perf_counter()
                 with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
                     out = m(x)
-                loss = nn.functional.cross_entropy(out.float(), y) if out.dim() == 2 and out.shape[1] > 1 else out.float().mean()
+                loss = (
+                    nn.functional.cross_entropy(out.float(), y)
+                    if out.dim() == 2 and out.shape[1] > 1
+                    else out.float().mean()
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -235,9 +251,27 @@ def model_signature(name: str, kwargs: dict[str, Any], outputs: int) -> str:
     return f"{name} {json.dumps(kwargs, sort_keys=True, default=str)} outputs {outputs}"
 
 
-def for_model(name: str, kwargs: dict[str, Any], model: nn.Module, input_shape: tuple[int, ...], batch: int, outputs: int, precision: str = "auto", channels_last: bool | str = "auto") -> Choice:
+def for_model(
+    name: str,
+    kwargs: dict[str, Any],
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch: int,
+    outputs: int,
+    precision: str = "auto",
+    channels_last: bool | str = "auto",
+) -> Choice:
     """choose() on the CPU for a model built by create_model(name, **kwargs): what `cnnlab train` picks."""
-    return choose(torch.device("cpu"), precision, channels_last, model=model, input_shape=input_shape, batch=batch, num_outputs=outputs, signature=model_signature(name, kwargs, outputs))
+    return choose(
+        torch.device("cpu"),
+        precision,
+        channels_last,
+        model=model,
+        input_shape=input_shape,
+        batch=batch,
+        num_outputs=outputs,
+        signature=model_signature(name, kwargs, outputs),
+    )
 
 
 def choose(
@@ -263,7 +297,9 @@ def choose(
     layout_auto = channels_last == "auto"
     if device.type != "cpu":
         dtype = fixed or ("bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
-        return Choice(dtype, True if layout_auto else bool(channels_last), "given" if fixed else f"auto on {device.type}")
+        return Choice(
+            dtype, True if layout_auto else bool(channels_last), "given" if fixed else f"auto on {device.type}"
+        )
     has_native = (native or cpu_has_native_bf16)()
     probe = probe or measure
     dtypes = [fixed] if fixed else (["float32", "bfloat16"] if has_native else ["float32"])
@@ -272,7 +308,12 @@ def choose(
         why = "given" if fixed else "auto: no native bf16 on this CPU (bf16 would be emulated)"
         return Choice(dtypes[0], layouts[0], why, native_bf16=has_native)
     if model is None or input_shape is None:  # nothing to time: the safe answer
-        return Choice(dtypes[0] if fixed else "float32", True if layout_auto else bool(channels_last), "auto: not measured", native_bf16=has_native)
+        return Choice(
+            dtypes[0] if fixed else "float32",
+            True if layout_auto else bool(channels_last),
+            "auto: not measured",
+            native_bf16=has_native,
+        )
     batch = probe_batch(batch, input_shape)
     key = f"{machine_id()} | {signature} | input {tuple(input_shape)} batch {batch} | precision {precision} channels_last {channels_last}"
     path = cache if cache is not None else cache_path()
@@ -284,7 +325,16 @@ def choose(
                 return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=True)
             except (KeyError, TypeError, ValueError, ZeroDivisionError):
                 pass
-        figures = _probe_in_stages(probe, model, tuple(input_shape), batch, num_outputs, dtypes, layout_auto, bool(channels_last) if not layout_auto else True)
+        figures = _probe_in_stages(
+            probe,
+            model,
+            tuple(input_shape),
+            batch,
+            num_outputs,
+            dtypes,
+            layout_auto,
+            bool(channels_last) if not layout_auto else True,
+        )
         _write_cache(path, key, figures)
     return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=False)
 
@@ -306,26 +356,42 @@ def _pick_dtype(figures: dict[str, float], dtypes: list[str], layout: bool) -> s
     return rates[0][1]
 
 
-def _probe_in_stages(probe: Callable[..., dict[str, float]], model: nn.Module, shape: tuple[int, ...], batch: int, outputs: int, dtypes: list[str], layout_auto: bool, layout: bool) -> dict[str, float]:
+def _probe_in_stages(
+    probe: Callable[..., dict[str, float]],
+    model: nn.Module,
+    shape: tuple[int, ...],
+    batch: int,
+    outputs: int,
+    dtypes: list[str],
+    layout_auto: bool,
+    layout: bool,
+) -> dict[str, float]:
     """First the dtypes at channels_last (or the given layout), then, where the layout is auto, the
     winner in NCHW: three steps' worth of candidates, not four."""
     t = time.perf_counter()
     figures = dict(probe(model, shape, batch, outputs, [(d, layout) for d in dtypes])) if len(dtypes) > 1 else {}
     dtype = _pick_dtype(figures, dtypes, layout) if figures else dtypes[0]
     if layout_auto:
-        figures.update(probe(model, shape, batch, outputs, [(dtype, c) for c in (True, False) if _name((dtype, c)) not in figures]))
+        figures.update(
+            probe(model, shape, batch, outputs, [(dtype, c) for c in (True, False) if _name((dtype, c)) not in figures])
+        )
     figures["probe_seconds"] = round(time.perf_counter() - t, 3)
     figures["probe_batch"] = batch
     return figures
 
 
-def _decide(figures: dict[str, float], dtypes: list[str], layout_auto: bool, fixed: str | None, has_native: bool, cached: bool) -> Choice:
+def _decide(
+    figures: dict[str, float], dtypes: list[str], layout_auto: bool, fixed: str | None, has_native: bool, cached: bool
+) -> Choice:
     """The choice the probe's figures give: bf16 only where it beats fp32 by MARGIN; channels_last
     only where it beats NCHW by MARGIN (NCHW is what a model is without being asked)."""
     layout = True if layout_auto else None
     if len(dtypes) > 1:
         dtype = _pick_dtype(figures, dtypes, True if layout_auto else _given_layout(figures))
-        ratio = figures[_name(("bfloat16", True if layout_auto else _given_layout(figures)))] / figures[_name(("float32", True if layout_auto else _given_layout(figures)))]
+        ratio = (
+            figures[_name(("bfloat16", True if layout_auto else _given_layout(figures)))]
+            / figures[_name(("float32", True if layout_auto else _given_layout(figures)))]
+        )
         why = f"auto: native bf16, measured {ratio:.2f}x fp32" + ("" if dtype == "bfloat16" else ", not faster")
     else:
         dtype = dtypes[0]

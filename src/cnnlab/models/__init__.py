@@ -22,11 +22,15 @@ if importlib.util.find_spec("timm") is not None:  # the timm models we name (the
 # name -> (default input (C, H, W), default number of classes), for `models list` and `summary`
 DEFAULT_INPUTS: dict[str, tuple[tuple[int, int, int], int]] = {"fastnet": ((1, 28, 28), 10)}
 DEFAULT_INPUTS.update({n: (inp, k) for n, (_, inp, k) in presets.PRESETS.items()})
-DEFAULT_INPUTS.update({n: ((3, 224, 224), 20) for n in [*backbones.BACKBONES, "squeezenet-finetuned"]})  # the Hanoi set-up
+DEFAULT_INPUTS.update(
+    {n: ((3, 224, 224), 20) for n in [*backbones.BACKBONES, "squeezenet-finetuned"]}
+)  # the Hanoi set-up
 DEFAULT_INPUTS.update({n: ((3, 224, 224), 1000) for n in timm_zoo.REGISTERED})  # ImageNet, as the weights
 
 
-def create_model(name: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs: Any
+) -> nn.Module:
     """Build the registered model `name` for `num_classes` outputs, `in_channels` input channels and
     (H, W) `input_size` (None: the model's default); `kwargs` are the recipe's model.kwargs."""
     builder = MODELS.get(name)
@@ -54,7 +58,9 @@ def dry_run(model: nn.Module, input_shape: tuple[int, ...], hint: str, name: str
     try:
         return model(torch.zeros(1, *input_shape))
     except RuntimeError as e:  # a feature map shrank to nothing, or the shapes do not chain
-        raise ConfigError(f"{name} cannot take a {'x'.join(map(str, input_shape))} input ({str(e).splitlines()[0][:120]}); {hint}") from None
+        raise ConfigError(
+            f"{name} cannot take a {'x'.join(map(str, input_shape))} input ({str(e).splitlines()[0][:120]}); {hint}"
+        ) from None
     finally:
         model.train(was_training)
 

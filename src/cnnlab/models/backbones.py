@@ -13,13 +13,24 @@ a gray image as the RGB filters give to that gray image in three channels.
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models import MODELS
 
-BACKBONES = ["alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "squeezenet1_0", "squeezenet1_1", "mobilenet_v3_small", "mobilenet_v3_large"]
+BACKBONES = [
+    "alexnet",
+    "vgg16",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+]
 
 
 class Backbone(nn.Module):
@@ -59,45 +70,75 @@ def _load_pretrained(name: str, pretrained: str | None) -> nn.Module:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickled code, or not a torch file: either way not weights we can use
-            raise ConfigError(f"cannot load {path} as a state_dict ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a torch file'})") from None
+            raise ConfigError(
+                f"cannot load {path} as a state_dict ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a torch file'})"
+            ) from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
             raise ConfigError(f"{path} holds no state_dict")
         if "format" in state and state.get("format") == "cnnlab-checkpoint":
             raise ConfigError(f"{path} is one of our checkpoints: start from it with --init-from {path}")
         mine = model.state_dict()
-        wrong = [k for k in mine if not isinstance(state.get(k), torch.Tensor) or tuple(state[k].shape) != tuple(mine[k].shape)]
+        wrong = [
+            k
+            for k in mine
+            if not isinstance(state.get(k), torch.Tensor) or tuple(state[k].shape) != tuple(mine[k].shape)
+        ]
         extra = [k for k in state if k not in mine]
         if wrong or extra:
-            detail = ", ".join(f"{k} {tuple(state[k].shape) if isinstance(state.get(k), torch.Tensor) else 'missing'} vs {tuple(mine[k].shape)}" for k in wrong[:3])
-            raise ConfigError(f"{path} does not fit {name}: {len(wrong)} key(s) missing or of another shape ({detail}){f', {len(extra)} unexpected' if extra else ''}")
+            detail = ", ".join(
+                f"{k} {tuple(state[k].shape) if isinstance(state.get(k), torch.Tensor) else 'missing'} vs {tuple(mine[k].shape)}"
+                for k in wrong[:3]
+            )
+            raise ConfigError(
+                f"{path} does not fit {name}: {len(wrong)} key(s) missing or of another shape ({detail}){f', {len(extra)} unexpected' if extra else ''}"
+            )
         model.load_state_dict(state)
         return model
     try:
-        weights = tvm.get_model_weights(name)["DEFAULT" if pretrained == "imagenet" else pretrained]  # imagenet: as for timm models (--pretrained)
+        weights = tvm.get_model_weights(name)[
+            "DEFAULT" if pretrained == "imagenet" else pretrained
+        ]  # imagenet: as for timm models (--pretrained)
     except KeyError:
-        raise ConfigError(f"{name} has no weights {pretrained!r}; torchvision has {', '.join(tvm.get_model_weights(name).__members__)}, or give a .pt/.pth file") from None
+        raise ConfigError(
+            f"{name} has no weights {pretrained!r}; torchvision has {', '.join(tvm.get_model_weights(name).__members__)}, or give a .pt/.pth file"
+        ) from None
     try:
         return tvm.get_model(name, weights=weights)
     except Exception as e:  # no network and no cached copy
-        raise ConfigError(f"cannot fetch {name} {pretrained} weights ({str(e).splitlines()[0][:100]}); without a network, put the file in the torch hub cache or pass model.kwargs.pretrained=PATH.pth") from None
+        raise ConfigError(
+            f"cannot fetch {name} {pretrained} weights ({str(e).splitlines()[0][:100]}); without a network, put the file in the torch hub cache or pass model.kwargs.pretrained=PATH.pth"
+        ) from None
 
 
 def _adapt_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv2d:
     if conv.in_channels == in_channels:
         return conv
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )
     if not pretrained:
         return new  # nothing learnt to carry over: a freshly initialised conv
     with torch.no_grad():
         w = conv.weight  # (out, 3, kh, kw)
-        new.weight.copy_(w.sum(1, keepdim=True) if in_channels == 1 else w.mean(1, keepdim=True).repeat(1, in_channels, 1, 1))
+        new.weight.copy_(
+            w.sum(1, keepdim=True) if in_channels == 1 else w.mean(1, keepdim=True).repeat(1, in_channels, 1, 1)
+        )
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     return new
 
 
-def _split(name: str, m: nn.Module, num_classes: int, in_channels: int, finetuned_squeezenet: bool, pretrained: bool) -> Backbone:
+def _split(
+    name: str, m: nn.Module, num_classes: int, in_channels: int, finetuned_squeezenet: bool, pretrained: bool
+) -> Backbone:
     """(body, head) of a torchvision model, the first conv adapted and the classifier replaced."""
     if name.startswith("resnet"):
         m.conv1 = _adapt_first_conv(m.conv1, in_channels, pretrained)
@@ -112,7 +153,9 @@ def _split(name: str, m: nn.Module, num_classes: int, in_channels: int, finetune
         m.features[0] = adapted
     if name.startswith("squeezenet"):
         if finetuned_squeezenet:  # the Hanoi report: a 3x3 classifier conv
-            m.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(512, num_classes, 3), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+            m.classifier = nn.Sequential(
+                nn.Dropout(0.5), nn.Conv2d(512, num_classes, 3), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
+            )
         else:
             m.classifier[1] = nn.Conv2d(512, num_classes, 1)
         return Backbone(m.features, nn.Sequential(m.classifier, nn.Flatten(1)), "0.1")
@@ -123,12 +166,27 @@ def _split(name: str, m: nn.Module, num_classes: int, in_channels: int, finetune
 
 def _register(reg_name: str, tv_name: str, finetuned_squeezenet: bool = False) -> None:
     @MODELS.register(reg_name)
-    def builder(num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, pretrained: str | None = None) -> Backbone:
+    def builder(
+        num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, pretrained: str | None = None
+    ) -> Backbone:
         if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
-            raise ConfigError(f"model.kwargs.pretrained must be a torchvision weights name or a .pth file path, got {pretrained!r}")
-        return _split(tv_name, _load_pretrained(tv_name, pretrained), num_classes, in_channels, finetuned_squeezenet, pretrained is not None)
+            raise ConfigError(
+                f"model.kwargs.pretrained must be a torchvision weights name or a .pth file path, got {pretrained!r}"
+            )
+        return _split(
+            tv_name,
+            _load_pretrained(tv_name, pretrained),
+            num_classes,
+            in_channels,
+            finetuned_squeezenet,
+            pretrained is not None,
+        )
 
-    kind = "the Hanoi report's finetuned SqueezeNet (3x3 classifier conv)" if finetuned_squeezenet else f"torchvision {tv_name}"
+    kind = (
+        "the Hanoi report's finetuned SqueezeNet (3x3 classifier conv)"
+        if finetuned_squeezenet
+        else f"torchvision {tv_name}"
+    )
     builder.__doc__ = f"{kind}, new head; model.kwargs.pretrained: a weights name or a .pth file"
 
 

@@ -7,7 +7,7 @@ pool on the 2-core CPU, measured with the same widths).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -31,14 +31,24 @@ class MaxPool2x2(nn.MaxPool2d):
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or (torch.is_grad_enabled() and x.requires_grad) or min(x.shape[-2:]) < 2:
+        if (
+            torch.jit.is_scripting()
+            or torch.jit.is_tracing()
+            or (torch.is_grad_enabled() and x.requires_grad)
+            or min(x.shape[-2:]) < 2
+        ):
             return F.max_pool2d(x, 2)  # torch's: exported graphs, training, and its error for a map too small to pool
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor, as max_pool2d does
         x = x[..., :h, :w]
-        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+        return torch.maximum(
+            torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2])
+        )
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": lambda: nn.ReLU(inplace=True)}  # in place: BatchNorm's backward needs its input, not its output
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "relu": lambda: nn.ReLU(inplace=True),
+}  # in place: BatchNorm's backward needs its input, not its output
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool, act: str = "gelu", strided: bool = False) -> nn.Sequential:

@@ -13,8 +13,9 @@ Hanoi report's network was written and how its table came out.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -65,10 +66,14 @@ def _positive_ints(value: Any) -> bool:
 def _check(spec: CNNSpec) -> None:
     """Every spec value in range, with a ConfigError naming the key (before torch would fail)."""
     if not spec.channels or not _positive_ints(spec.channels):
-        raise ConfigError(f"model channels must be a list of positive whole numbers, one per block, got {spec.channels!r}")
+        raise ConfigError(
+            f"model channels must be a list of positive whole numbers, one per block, got {spec.channels!r}"
+        )
     for key in ("kernel", "stride", "pool_size"):
         if not _positive_ints(getattr(spec, key)):
-            raise ConfigError(f"model {key} must be a positive whole number or one per block, got {getattr(spec, key)!r}")
+            raise ConfigError(
+                f"model {key} must be a positive whole number or one per block, got {getattr(spec, key)!r}"
+            )
     if spec.hidden and not _positive_ints(spec.hidden):
         raise ConfigError(f"model hidden must be a list of positive whole numbers, got {spec.hidden!r}")
     for p in spec.per_block(spec.padding, "padding"):
@@ -80,21 +85,33 @@ def _check(spec: CNNSpec) -> None:
         v = getattr(spec, key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
             raise ConfigError(f"model {key} must be a probability in [0, 1], got {v!r}")
-    if not isinstance(spec.order, str) or not isinstance(spec.head_order, str) or not (spec.orders is None or (isinstance(spec.orders, list) and spec.orders)):
-        raise ConfigError("model order and head_order are strings like 'conv,act,pool'; orders is null or a non-empty list of them")
+    if (
+        not isinstance(spec.order, str)
+        or not isinstance(spec.head_order, str)
+        or not (spec.orders is None or (isinstance(spec.orders, list) and spec.orders))
+    ):
+        raise ConfigError(
+            "model order and head_order are strings like 'conv,act,pool'; orders is null or a non-empty list of them"
+        )
     if spec.act not in ACTIVATIONS:
         raise ConfigError(f"model act {spec.act!r} is not one of {', '.join(ACTIVATIONS)}")
     if spec.pool not in ("max", "avg") or spec.head_pool not in ("flatten", "avg", "max"):
-        raise ConfigError(f"model pool must be max or avg and head_pool flatten, avg or max; got {spec.pool!r}, {spec.head_pool!r}")
+        raise ConfigError(
+            f"model pool must be max or avg and head_pool flatten, avg or max; got {spec.pool!r}, {spec.head_pool!r}"
+        )
     if spec.output not in ("linear", "sigmoid"):
         raise ConfigError(f"model output {spec.output!r} is not linear or sigmoid")
     for order in spec.per_block(spec.orders or spec.order, "orders"):
         ops = order.split(",") if isinstance(order, str) else []
         if set(ops) - BLOCK_OPS or ops.count("conv") != 1 or ops.index("conv") != 0:
-            raise ConfigError(f"block order {order!r}: ops are {', '.join(sorted(BLOCK_OPS))}, starting with the one conv")
+            raise ConfigError(
+                f"block order {order!r}: ops are {', '.join(sorted(BLOCK_OPS))}, starting with the one conv"
+            )
     head_ops = spec.head_order.split(",")
     if set(head_ops) - HEAD_OPS or head_ops.count("linear") != 1 or head_ops.index("linear") != 0:
-        raise ConfigError(f"head_order {spec.head_order!r}: ops are {', '.join(sorted(HEAD_OPS))}, starting with the one linear")
+        raise ConfigError(
+            f"head_order {spec.head_order!r}: ops are {', '.join(sorted(HEAD_OPS))}, starting with the one linear"
+        )
 
 
 class Seq(nn.Module):
@@ -129,7 +146,13 @@ class SpecCNN(nn.Module):
         blocks = []
         c = in_channels
         orders = spec.per_block(spec.orders or spec.order, "orders")
-        for out, k, s, p, order in zip(spec.channels, spec.per_block(spec.kernel, "kernel"), spec.per_block(spec.stride, "stride"), spec.per_block(spec.padding, "padding"), orders):
+        for out, k, s, p, order in zip(
+            spec.channels,
+            spec.per_block(spec.kernel, "kernel"),
+            spec.per_block(spec.stride, "stride"),
+            spec.per_block(spec.padding, "padding"),
+            orders,
+        ):
             ops: list[nn.Module | str] = []
             for op in order.split(","):
                 if op == "conv":
@@ -197,15 +220,21 @@ def feature_size(features: nn.Sequential, in_channels: int, input_size: tuple[in
                 try:
                     x = block(x)
                 except RuntimeError as e:
-                    raise ConfigError(f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: block {i + 1} fails ({str(e).splitlines()[0][:120]}); give a larger input or fewer pooling blocks") from None
+                    raise ConfigError(
+                        f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: block {i + 1} fails ({str(e).splitlines()[0][:120]}); give a larger input or fewer pooling blocks"
+                    ) from None
                 if min(x.shape[2:]) < 1:
-                    raise ConfigError(f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: the feature map shrinks to {tuple(x.shape[1:])} in block {i + 1}")
+                    raise ConfigError(
+                        f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: the feature map shrinks to {tuple(x.shape[1:])} in block {i + 1}"
+                    )
     finally:
         features.train(was_training)
     return int(x.shape[2]), int(x.shape[3])
 
 
-def build(spec: dict[str, Any], overrides: dict[str, Any], num_classes: int, in_channels: int, input_size: tuple[int, int]) -> SpecCNN:
+def build(
+    spec: dict[str, Any], overrides: dict[str, Any], num_classes: int, in_channels: int, input_size: tuple[int, int]
+) -> SpecCNN:
     """A SpecCNN from a preset's spec with the recipe's model.kwargs laid over it."""
     names = {f.name for f in dataclasses.fields(CNNSpec)}
     unknown = sorted(set(overrides) - names)

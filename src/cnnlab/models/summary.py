@@ -83,7 +83,9 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
     def hook(module: nn.Module, _inputs, output) -> None:
         kind = type(module).__name__
         params = sum(p.numel() for p in module.parameters(recurse=False))
-        summary.rows.append(Row(f"{kind}-{len(summary.rows) + 1}", list(output.shape[1:]), params, _macs(module, output)))
+        summary.rows.append(
+            Row(f"{kind}-{len(summary.rows) + 1}", list(output.shape[1:]), params, _macs(module, output))
+        )
 
     for m in model.modules():
         if not any(True for _ in m.children()):

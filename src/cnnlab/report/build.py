@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -47,7 +48,17 @@ def inputs_from_run(run_dir: Path) -> ReportInputs:
     ds, split = load_split(run, "auto")
     name = "test" if split is ds.test else "val"
     preds = predict(run.model, split_loader(run, split), run.objective, run.tta())
-    return ReportInputs(run.model, run.objective, run.classes, split, name, lambda s: split_loader(run, s, 64), preds, run.preprocess, run.input_shape[0])
+    return ReportInputs(
+        run.model,
+        run.objective,
+        run.classes,
+        split,
+        name,
+        lambda s: split_loader(run, s, 64),
+        preds,
+        run.preprocess,
+        run.input_shape[0],
+    )
 
 
 def _normalised(inp: ReportInputs, indices: list[int]) -> torch.Tensor:
@@ -56,7 +67,7 @@ def _normalised(inp: ReportInputs, indices: list[int]) -> torch.Tensor:
 
 
 def _caption(inp: ReportInputs, row: int) -> str:
-    """"true: X / pred: Y (93%)" for prediction row `row`, names shortened to fit under an image."""
+    """ "true: X / pred: Y (93%)" for prediction row `row`, names shortened to fit under an image."""
     p = inp.predictions
     k = int(p.probs[row].argmax())
     return f"true: {shorten(inp.classes[int(p.targets[row])], 16)}\npred: {shorten(inp.classes[k], 16)} ({100 * float(p.probs[row, k]):.0f}%)"
@@ -80,16 +91,22 @@ def write_figures(run_dir: Path, metrics: dict[str, Any], inp: ReportInputs | No
     if not multilabel:
         wrong = (inp.predictions.probs.argmax(1) != inp.predictions.targets).nonzero().flatten()
         worst = wrong[inp.predictions.losses[wrong].argsort(descending=True)][:GALLERY].tolist()
-        figs["gallery"] = plot_gallery(
-            [show(index[r]) for r in worst],
-            [_caption(inp, r) for r in worst],
-            ["darkred"] * len(worst),
-            plots / "worst.png",
-            f"The {len(worst)} misclassified {inp.split_name} images with the highest loss",
-        ) if worst else None
+        figs["gallery"] = (
+            plot_gallery(
+                [show(index[r]) for r in worst],
+                [_caption(inp, r) for r in worst],
+                ["darkred"] * len(worst),
+                plots / "worst.png",
+                f"The {len(worst)} misclassified {inp.split_name} images with the highest loss",
+            )
+            if worst
+            else None
+        )
     figs["filters"] = plot_filters(inp.model, plots / "filters.png")
     if index:
-        figs["feature_maps"] = plot_feature_maps(inp.model, _normalised(inp, index[:1]), show(index[0]), plots / "feature_maps.png")
+        figs["feature_maps"] = plot_feature_maps(
+            inp.model, _normalised(inp, index[:1]), show(index[0]), plots / "feature_maps.png"
+        )
         rows = list(range(min(CAM_IMAGES, len(index))))
         heats, _ = grad_cam(inp.model, _normalised(inp, [index[r] for r in rows]))
         titles = [f"image {index[r]}" if multilabel else _caption(inp, r) for r in rows]
@@ -104,13 +121,19 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=pr
     run_dir = Path(run_dir)
     for need in ("config.yaml", "history.csv"):
         if not (run_dir / need).is_file():
-            raise CnnlabError(f"{run_dir} has no {need}: not a run folder that cnnlab train wrote (or it stopped before its first epoch)")
+            raise CnnlabError(
+                f"{run_dir} has no {need}: not a run folder that cnnlab train wrote (or it stopped before its first epoch)"
+            )
     if not (run_dir / "metrics.json").is_file():
-        raise CnnlabError(f"{run_dir} has no metrics.json: its training was interrupted before the test evaluation; finish it with cnnlab train --resume {run_dir}")
+        raise CnnlabError(
+            f"{run_dir} has no metrics.json: its training was interrupted before the test evaluation; finish it with cnnlab train --resume {run_dir}"
+        )
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError) as e:
-        raise CnnlabError(f"cannot read {run_dir / 'metrics.json'} ({e}); rerun the evaluation with cnnlab evaluate {run_dir}") from None
+        raise CnnlabError(
+            f"cannot read {run_dir / 'metrics.json'} ({e}); rerun the evaluation with cnnlab evaluate {run_dir}"
+        ) from None
     missing = ""
     if inputs is None:
         try:
@@ -126,27 +149,52 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=pr
     correct = round(test.get("accuracy", 0) * test.get("num_samples", 0))
     cards = [
         (f"{part} accuracy", f"{pct(test.get('accuracy'))} ({correct}/{test.get('num_samples', 0)})"),
-        ("worst class", f"{test.get('worst_class', '')} ({pct(test['per_class'][test['worst_class']]['recall'])})" if test.get("worst_class") else ""),
+        (
+            "worst class",
+            f"{test.get('worst_class', '')} ({pct(test['per_class'][test['worst_class']]['recall'])})"
+            if test.get("worst_class")
+            else "",
+        ),
         ("best epoch", f"{metrics.get('best_epoch')} of {metrics.get('epochs_run')}"),
         ("model", f"{metrics.get('model')} ({metrics.get('num_parameters', 0):,} params)"),
         ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
     ]
     pairs = confused_pairs(test["confusion_matrix"], classes, 8) if test and not test.get("multilabel") else []
-    pair_table = table(["true", "predicted as", "count", "share of the true class"], [[t, p, c, pct(s)] for t, p, c, s in pairs]) if pairs else ""
+    pair_table = (
+        table(["true", "predicted as", "count", "share of the true class"], [[t, p, c, pct(s)] for t, p, c, s in pairs])
+        if pairs
+        else ""
+    )
     sections = [
-        ("curves", "Training curves", image_tag(figs.get("curves"), "loss and accuracy curves") + image_tag(figs.get("lr"), "learning rate")),
+        (
+            "curves",
+            "Training curves",
+            image_tag(figs.get("curves"), "loss and accuracy curves") + image_tag(figs.get("lr"), "learning rate"),
+        ),
         ("metrics", f"Metrics ({part})", metrics_tables(test, classes) if test else "<p>No evaluation.</p>"),
         ("confusion", "Confusion matrix", image_tag(figs.get("confusion"), "confusion matrix")),
-        ("per-class", "Per-class accuracy and the most-confused pairs", image_tag(figs.get("per_class"), "per-class accuracy") + pair_table),
+        (
+            "per-class",
+            "Per-class accuracy and the most-confused pairs",
+            image_tag(figs.get("per_class"), "per-class accuracy") + pair_table,
+        ),
         ("worst", "Worst misclassifications", image_tag(figs.get("gallery"), "worst misclassifications")),
-        ("layers", "What the layers see", image_tag(figs.get("filters"), "first-layer filters") + image_tag(figs.get("feature_maps"), "feature maps")),
+        (
+            "layers",
+            "What the layers see",
+            image_tag(figs.get("filters"), "first-layer filters") + image_tag(figs.get("feature_maps"), "feature maps"),
+        ),
         ("gradcam", "Grad-CAM", image_tag(figs.get("gradcam"), "Grad-CAM overlays")),
         ("config", "Configuration", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"),
     ]
     if missing:
         for i, (anchor, head, _) in enumerate(sections):
             if anchor in ("worst", "layers", "gradcam"):
-                sections[i] = (anchor, head, f"<p><em>Not drawn: the run's data was not found when this page was written ({html.escape(missing)}).</em></p>")
+                sections[i] = (
+                    anchor,
+                    head,
+                    f"<p><em>Not drawn: the run's data was not found when this page was written ({html.escape(missing)}).</em></p>",
+                )
     subtitle = f"data {metrics.get('data')} ({metrics.get('data_source', '')}), seed {metrics.get('seed')}, {metrics.get('device')} {metrics.get('precision')}, loss {metrics.get('loss', '')}"
     page = render(f"Run {run_dir.name}", subtitle, cards, sections)
     out = run_dir / "report.html"

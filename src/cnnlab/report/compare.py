@@ -6,8 +6,9 @@ import csv
 import html
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -22,7 +23,11 @@ COLUMNS = ["run", "model", "data", "parameters", "best epoch", "test accuracy", 
 def _metrics(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
-        why = "not a run folder" if not (Path(run_dir) / "config.yaml").is_file() else "its training was interrupted before the test evaluation"
+        why = (
+            "not a run folder"
+            if not (Path(run_dir) / "config.yaml").is_file()
+            else "its training was interrupted before the test evaluation"
+        )
         raise CnnlabError(f"{run_dir} has no metrics.json ({why}); give run folders that cnnlab train finished")
     try:
         return json.loads(path.read_text())
@@ -38,16 +43,18 @@ def table_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, str]]:
         part = m.get("test") or m.get("val") or {}
         n = part.get("num_samples", 0)
         acc = part.get("accuracy", 0.0)
-        rows.append({
-            "run": Path(d).name,
-            "model": str(m.get("model", "")),
-            "data": str(m.get("data", "")),
-            "parameters": f"{m.get('num_parameters', 0):,}",
-            "best epoch": f"{m.get('best_epoch')} of {m.get('epochs_run')}",
-            "test accuracy": f"{100 * acc:.2f}% ({round(acc * n)}/{n})",
-            "test loss": f"{part.get('loss', float('nan')):.4f}",
-            "train time": f"{m.get('train_seconds', 0):.1f} s",
-        })
+        rows.append(
+            {
+                "run": Path(d).name,
+                "model": str(m.get("model", "")),
+                "data": str(m.get("data", "")),
+                "parameters": f"{m.get('num_parameters', 0):,}",
+                "best epoch": f"{m.get('best_epoch')} of {m.get('epochs_run')}",
+                "test accuracy": f"{100 * acc:.2f}% ({round(acc * n)}/{n})",
+                "test loss": f"{part.get('loss', float('nan')):.4f}",
+                "train time": f"{m.get('train_seconds', 0):.1f} s",
+            }
+        )
     return rows
 
 
@@ -66,14 +73,18 @@ def format_table(rows: list[dict[str, str]], fmt: str = "md") -> str:
     return markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
 
 
-def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 8, labels: Sequence[str] | None = None) -> Path:
+def predictions_figure(
+    run_dirs: Sequence[str | Path], out: Path, images: int = 8, labels: Sequence[str] | None = None
+) -> Path:
     """Each run's prediction for the first `images` test images of the first run's data (each row
     named by `labels`, or by its folder's name)."""
     runs = [load_run(d) for d in run_dirs]
     first = runs[0]
     others = [r for r in runs[1:] if r.classes != first.classes]
     if others:
-        raise CnnlabError(f"{others[0].checkpoint} has other classes than {first.checkpoint}; compare runs trained on the same classes")
+        raise CnnlabError(
+            f"{others[0].checkpoint} has other classes than {first.checkpoint}; compare runs trained on the same classes"
+        )
     ds, split = load_split(first, "auto")
     ids = torch.arange(min(images, len(split)))
     subset = split.subset(ids)
@@ -88,7 +99,9 @@ def predictions_figure(run_dirs: Sequence[str | Path], out: Path, images: int = 
         if run.objective.multilabel:
             raise CnnlabError("the predictions figure is for single-label runs; the table above still compares them")
         if len(p.index) != len(ids):
-            raise CnnlabError(f"some of the first {len(ids)} test images did not decode for {d}; cnnlab data check lists them")
+            raise CnnlabError(
+                f"some of the first {len(ids)} test images did not decode for {d}; cnnlab data check lists them"
+            )
         k = p.probs.argmax(1)
         rows.append((label, [run.classes[int(i)] for i in k], [float(p.probs[j, k[j]]) for j in range(len(k))]))
     truths = [first.classes[int(y)] for y in subset.labels]

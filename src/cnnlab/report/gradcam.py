@@ -31,7 +31,9 @@ def target_layer(model: nn.Module) -> nn.Module:
     return model.get_submodule(parent) if parent else model.get_submodule(names[-1])
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None, layer: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def grad_cam(
+    model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None, layer: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(heat (B, H, W) in [0, 1], the classes explained (B,)) for the normalised batch `x`.
 
     `classes` defaults to the predicted ones. For a one-output model the score is that output; its

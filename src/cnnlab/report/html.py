@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;color:#1d2330}
@@ -51,13 +52,21 @@ def render(title: str, subtitle: str, cards: list[tuple[str, str]], sections: li
 def metrics_tables(m: dict[str, Any], classes: Sequence[str]) -> str:
     """The per-class table (worst class highlighted) and the averages."""
     multilabel = bool(m.get("multilabel"))
-    header = ["attribute" if multilabel else "class", "precision", "recall", "f1", "support"] + (["accuracy"] if multilabel else [])
+    header = ["attribute" if multilabel else "class", "precision", "recall", "f1", "support"] + (
+        ["accuracy"] if multilabel else []
+    )
     rows, marks = [], []
     for c in classes:
         pc = m["per_class"][c]
-        rows.append([c, f"{pc['precision']:.4f}", f"{pc['recall']:.4f}", f"{pc['f1']:.4f}", pc["support"]] + ([f"{pc['accuracy']:.4f}"] if multilabel else []))
+        rows.append(
+            [c, f"{pc['precision']:.4f}", f"{pc['recall']:.4f}", f"{pc['f1']:.4f}", pc["support"]]
+            + ([f"{pc['accuracy']:.4f}"] if multilabel else [])
+        )
         marks.append("worst" if c == m["worst_class"] else "")
-    avg = [[name, f"{m[name]['precision']:.4f}", f"{m[name]['recall']:.4f}", f"{m[name]['f1']:.4f}"] for name in ("macro", "weighted")]
+    avg = [
+        [name, f"{m[name]['precision']:.4f}", f"{m[name]['recall']:.4f}", f"{m[name]['f1']:.4f}"]
+        for name in ("macro", "weighted")
+    ]
     extra = [["accuracy", pct(m["accuracy"])], ["loss", f"{m['loss']:.4f}"]]
     if "balanced_accuracy" in m:
         extra.append(["mean per-class recall (balanced accuracy)", pct(m["balanced_accuracy"])])
@@ -66,7 +75,11 @@ def metrics_tables(m: dict[str, Any], classes: Sequence[str]) -> str:
     if m.get("roc_auc") is not None:
         extra.append(["ROC-AUC", f"{m['roc_auc']:.4f}"])
         extra.append(["decision threshold", f"{m['threshold']}"])
-    return table(header, rows, marks) + table(["average", "precision", "recall", "f1"], avg) + table(["figure", "value"], extra)
+    return (
+        table(header, rows, marks)
+        + table(["average", "precision", "recall", "f1"], avg)
+        + table(["figure", "value"], extra)
+    )
 
 
 __all__ = ["image_tag", "metrics_tables", "pct", "render", "table"]

@@ -4,8 +4,8 @@ feature maps for one image, Grad-CAM overlays, and several runs' predictions sid
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,9 @@ def _show(ax, img: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def plot_gallery(images: Sequence[torch.Tensor], titles: Sequence[str], colors: Sequence[str], path: Path, title: str, cols: int = 8) -> Path:
+def plot_gallery(
+    images: Sequence[torch.Tensor], titles: Sequence[str], colors: Sequence[str], path: Path, title: str, cols: int = 8
+) -> Path:
     """A grid of images, each with a short caption."""
     n = max(1, len(images))
     cols = min(cols, n)
@@ -56,19 +58,27 @@ def plot_filters(model: nn.Module, path: Path, limit: int = 64) -> Path | None:
     for ax, img in zip(axes.flat, imgs):
         _show(ax, img)
     k = tuple(w.shape[2:])
-    fig.suptitle(f"First conv layer: {convs[0].out_channels} filters of {k[0]}x{k[1]} over {convs[0].in_channels} channel(s) (first {len(imgs)} shown)", fontsize=9)
+    fig.suptitle(
+        f"First conv layer: {convs[0].out_channels} filters of {k[0]}x{k[1]} over {convs[0].in_channels} channel(s) (first {len(imgs)} shown)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return save(fig, path)
 
 
 @torch.no_grad()
-def plot_feature_maps(model: nn.Module, x: torch.Tensor, image: torch.Tensor, path: Path, per_layer: int = 8) -> Path | None:
+def plot_feature_maps(
+    model: nn.Module, x: torch.Tensor, image: torch.Tensor, path: Path, per_layer: int = 8
+) -> Path | None:
     """For one normalised image `x` (1, C, H, W): the first `per_layer` channels of every conv layer's output."""
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         return None
     maps: list[tuple[str, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: maps.append((name, out.detach().float().cpu()[0]))) for name, m in convs]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: maps.append((name, out.detach().float().cpu()[0])))
+        for name, m in convs
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -95,7 +105,9 @@ def plot_feature_maps(model: nn.Module, x: torch.Tensor, image: torch.Tensor, pa
     return save(fig, path)
 
 
-def plot_gradcam(images: Sequence[torch.Tensor], heats: torch.Tensor, titles: Sequence[str], path: Path, cols: int = 6) -> Path:
+def plot_gradcam(
+    images: Sequence[torch.Tensor], heats: torch.Tensor, titles: Sequence[str], path: Path, cols: int = 6
+) -> Path:
     """Each image above its Grad-CAM heat map overlaid (jet, half transparent)."""
     n = len(images)
     cols = min(cols, n)
@@ -116,11 +128,22 @@ def plot_gradcam(images: Sequence[torch.Tensor], heats: torch.Tensor, titles: Se
     return save(fig, path)
 
 
-def plot_predictions_grid(images: Sequence[torch.Tensor], truths: Sequence[str], rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], path: Path) -> Path:
+def plot_predictions_grid(
+    images: Sequence[torch.Tensor],
+    truths: Sequence[str],
+    rows: Sequence[tuple[str, Sequence[str], Sequence[float]]],
+    path: Path,
+) -> Path:
     """Several runs' predictions for the same images: one row per run, green when right, red when wrong."""
     cols = len(images)
     heights = [1.0] + [0.4] * len(rows)  # the images, then one short row of predictions per run
-    fig, axes = plt.subplots(len(rows) + 1, cols, figsize=(1.7 * cols, 1.75 * sum(heights) + 0.4), squeeze=False, gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(rows) + 1,
+        cols,
+        figsize=(1.7 * cols, 1.75 * sum(heights) + 0.4),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for c, (img, truth) in enumerate(zip(images, truths)):
         _show(axes[0][c], img)
         axes[0][c].set_title(f"true: {shorten(truth, 12)}", fontsize=7)
@@ -132,7 +155,16 @@ def plot_predictions_grid(images: Sequence[torch.Tensor], truths: Sequence[str],
             ax.set_yticks([])
             right = preds[c] == truths[c]
             ax.set_facecolor("#e6f4ea" if right else "#fde8e8")
-            ax.text(0.5, 0.5, f"{shorten(preds[c], 12)}\n{100 * probs[c]:.0f}%", ha="center", va="center", fontsize=8, color="darkgreen" if right else "darkred", transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                f"{shorten(preds[c], 12)}\n{100 * probs[c]:.0f}%",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="darkgreen" if right else "darkred",
+                transform=ax.transAxes,
+            )
         axes[r][0].set_ylabel(shorten(name, 18), fontsize=8)
     fig.suptitle("Each run's prediction for the same test images", fontsize=10)
     fig.tight_layout()
@@ -146,4 +178,11 @@ def heat_inside_ratio(heats: torch.Tensor, masks: torch.Tensor) -> float:
     return inside / outside if outside > 0 else float("inf")
 
 
-__all__ = ["heat_inside_ratio", "plot_feature_maps", "plot_filters", "plot_gallery", "plot_gradcam", "plot_predictions_grid"]
+__all__ = [
+    "heat_inside_ratio",
+    "plot_feature_maps",
+    "plot_filters",
+    "plot_gallery",
+    "plot_gradcam",
+    "plot_predictions_grid",
+]

@@ -11,7 +11,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed; must come before pyplot
 import matplotlib.pyplot as plt  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 from cnnlab.runs import atomic_write  # noqa: E402
@@ -51,7 +50,14 @@ def plot_training_curves(run_dir: Path) -> Path:
     if val_acc:
         ax_acc.plot(epochs[: len(val_acc)], val_acc, "s-", color="tab:orange", label="validation accuracy")
         best = max(range(len(val_acc)), key=val_acc.__getitem__)
-        ax_acc.annotate(f"best {val_acc[best]:.4f}", (epochs[best], val_acc[best]), textcoords="offset points", xytext=(0, -16), ha="center", color="tab:orange")
+        ax_acc.annotate(
+            f"best {val_acc[best]:.4f}",
+            (epochs[best], val_acc[best]),
+            textcoords="offset points",
+            xytext=(0, -16),
+            ha="center",
+            color="tab:orange",
+        )
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     ax_acc.legend(loc="lower right")
     ax_acc.grid(alpha=0.3)
@@ -97,16 +103,29 @@ def plot_confusion(cm: list, classes: list[str], path: Path, title: str = "test"
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
     labels = [shorten(c) for c in classes]
     small = k > 12
-    for ax, data, fmt, name in ((axes[0], m, "{:.0f}", "counts"), (axes[1], norm, "{:.2f}", "share of each true class")):
+    for ax, data, fmt, name in (
+        (axes[0], m, "{:.0f}", "counts"),
+        (axes[1], norm, "{:.2f}", "share of each true class"),
+    ):
         ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.max() > 0 else 1)
-        ax.set_xticks(range(k), labels, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center", fontsize=7 if small else 9)
+        ax.set_xticks(
+            range(k), labels, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center", fontsize=7 if small else 9
+        )
         ax.set_yticks(range(k), labels, fontsize=7 if small else 9)
         ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({name}), {title}")
         if k <= 20:
             top = data.max() if data.max() > 0 else 1
             for i in range(k):
                 for j in range(k):
-                    ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=6 if small else 8, color="white" if data[i, j] > 0.6 * top else "black")
+                    ax.text(
+                        j,
+                        i,
+                        fmt.format(data[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6 if small else 8,
+                        color="white" if data[i, j] > 0.6 * top else "black",
+                    )
     fig.tight_layout()
     return save(fig, path)
 
@@ -132,7 +151,11 @@ def plot_per_class(metrics: dict, classes: list[str], path: Path) -> Path:
     ax.barh(y, recall, color=["tab:red" if c == worst else "tab:blue" for c in classes])
     ax.set_yticks(y, [shorten(c, 18) for c in classes], fontsize=8 if k > 12 else 9)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1.08), xlabel="accuracy on the attribute" if multilabel else "recall (accuracy on the class)", title=f"Per-{'attribute' if multilabel else 'class'} accuracy (worst: {shorten(worst, 24)})")
+    ax.set(
+        xlim=(0, 1.08),
+        xlabel="accuracy on the attribute" if multilabel else "recall (accuracy on the class)",
+        title=f"Per-{'attribute' if multilabel else 'class'} accuracy (worst: {shorten(worst, 24)})",
+    )
     for i, r in enumerate(recall):
         ax.text(min(r + 0.01, 1.0), i, f"{100 * r:.1f}%", va="center", fontsize=7)
     ax.axvline(metrics["accuracy"], color="gray", ls="--", lw=1, label=f"overall {100 * metrics['accuracy']:.2f}%")
@@ -148,7 +171,13 @@ def plot_per_class(metrics: dict, classes: list[str], path: Path) -> Path:
         ax2.set_xlim(0, max(c for _, _, c, _ in pairs) * 1.3)
     else:
         ax2.axis("off")
-        ax2.text(0.5, 0.5, "no confusions" if not metrics.get("multilabel") else "multi-label: see the per-attribute table", ha="center", va="center")
+        ax2.text(
+            0.5,
+            0.5,
+            "no confusions" if not metrics.get("multilabel") else "multi-label: see the per-attribute table",
+            ha="center",
+            va="center",
+        )
     fig.tight_layout()
     return save(fig, path)
 

@@ -9,9 +9,12 @@ from typing import Any
 from cnnlab.report.html import image_tag, render, table
 from cnnlab.report.plots import plt, save, shorten
 
-
-PANELS = [("percent", lambda ln: ln.kind == "fraction" and not ln.relative), ("change (points)", lambda ln: ln.kind == "fraction" and ln.relative),
-          ("loss", lambda ln: ln.kind == "loss"), ("epoch", lambda ln: ln.kind == "epoch")]
+PANELS = [
+    ("percent", lambda ln: ln.kind == "fraction" and not ln.relative),
+    ("change (points)", lambda ln: ln.kind == "fraction" and ln.relative),
+    ("loss", lambda ln: ln.kind == "loss"),
+    ("epoch", lambda ln: ln.kind == "epoch"),
+]
 
 
 def plot_figures(res: Any, path: Path) -> Path | None:
@@ -29,10 +32,27 @@ def plot_figures(res: Any, path: Path) -> Path | None:
         for y, ln in enumerate(mine):
             rep = ln.reported_value
             if isinstance(rep, list):
-                ax.plot([ln.scale * min(rep), ln.scale * max(rep)], [y, y], color="#f0a040", lw=7, alpha=0.6, solid_capstyle="butt", label="report (range)" if y == 0 else None)
+                ax.plot(
+                    [ln.scale * min(rep), ln.scale * max(rep)],
+                    [y, y],
+                    color="#f0a040",
+                    lw=7,
+                    alpha=0.6,
+                    solid_capstyle="butt",
+                    label="report (range)" if y == 0 else None,
+                )
             else:
                 ax.plot(ln.scale * rep, y, "D", color="#e07020", ms=8, label="report" if y == 0 else None)
-            ax.errorbar(ln.scale * ln.mean, y, xerr=ln.scale * (ln.std or 0), fmt="o", color="#2060c0", ms=7, capsize=4, label="ours (mean ± std)" if y == 0 else None)
+            ax.errorbar(
+                ln.scale * ln.mean,
+                y,
+                xerr=ln.scale * (ln.std or 0),
+                fmt="o",
+                color="#2060c0",
+                ms=7,
+                capsize=4,
+                label="ours (mean ± std)" if y == 0 else None,
+            )
         ax.set_yticks(range(len(mine)), [shorten(f"{ln.row}: {ln.figure}", 64) for ln in mine], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(xlabel)
@@ -80,9 +100,17 @@ def period_images(res: Any) -> str:
     parts = []
     for name, run in first_runs(res):
         plots = run / "plots"
-        cells = [image_tag(plots / f"{kind}-period-{k}.png", f"{name}: {kind} after period {k} ({res.periods[k - 1]} epoch{'s' if res.periods[k - 1] != 1 else ''})")
-                 for kind in ("confusion", "curves") for k in dict.fromkeys((1, last))]
-        parts.append(f"<h3>{html.escape(name)}</h3><p>after {res.periods[0]} and {res.periods[-1]} epochs</p>" + "".join(cells))
+        cells = [
+            image_tag(
+                plots / f"{kind}-period-{k}.png",
+                f"{name}: {kind} after period {k} ({res.periods[k - 1]} epoch{'s' if res.periods[k - 1] != 1 else ''})",
+            )
+            for kind in ("confusion", "curves")
+            for k in dict.fromkeys((1, last))
+        ]
+        parts.append(
+            f"<h3>{html.escape(name)}</h3><p>after {res.periods[0]} and {res.periods[-1]} epochs</p>" + "".join(cells)
+        )
     return "".join(parts)
 
 
@@ -106,7 +134,9 @@ def write_html(res: Any, rows: list[list[str]], header: list[str]) -> Path:
 
     png = plot_figures(res, res.out / "reproduction.png")
     links = "".join(
-        f"<li>{html.escape(name)}: " + ", ".join(f'<a href="{html.escape(run_link(res, r))}">{html.escape(Path(r).name)}</a>' for r in row.runs) + "</li>"
+        f"<li>{html.escape(name)}: "
+        + ", ".join(f'<a href="{html.escape(run_link(res, r))}">{html.escape(Path(r).name)}</a>' for r in row.runs)
+        + "</li>"
         for name, row in zip(res.names, res.rows)
     )
     sections = [
@@ -116,15 +146,51 @@ def write_html(res: Any, rows: list[list[str]], header: list[str]) -> Path:
     if res.study.per_class:
         sections.append(("per-class", "Per-class accuracy", f"<pre>{html.escape(per_class_text(res))}</pre>"))
     if res.study.two_panel:
-        sections.append(("lab-figure", "Training loss and validation accuracy", image_tag(plot_two_panel(res, res.out / "reproduction-curves.png"), "training loss per iteration, validation accuracy per epoch")))
+        sections.append(
+            (
+                "lab-figure",
+                "Training loss and validation accuracy",
+                image_tag(
+                    plot_two_panel(res, res.out / "reproduction-curves.png"),
+                    "training loss per iteration, validation accuracy per epoch",
+                ),
+            )
+        )
     if res.periods:
         sections.append(("periods", "After the first and the last period", period_images(res)))
     if res.study.predictions:
-        sections.append(("predictions", "Predictions for a few test images", image_tag(plot_predictions(res, res.out / "reproduction-predictions.png"), "each model's prediction for the first test images")))
+        sections.append(
+            (
+                "predictions",
+                "Predictions for a few test images",
+                image_tag(
+                    plot_predictions(res, res.out / "reproduction-predictions.png"),
+                    "each model's prediction for the first test images",
+                ),
+            )
+        )
     if res.study.examples:
-        sections.append(("examples", "The report's worked examples, computed by torch", f"<pre>{html.escape(res.worked_text)}</pre>"))
-    sections += [("about", "How these were made", "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in _summary_lines(res)) + "</ul>"), ("runs", "Run folders", f"<ul>{links}</ul>")]
-    cards = [("data", res.data + (" (stand-in)" if res.stand_in else "")), ("seeds", str(res.seeds)), ("epochs", epochs_text(res)), ("wall time", f"{res.wall_seconds:.0f} s")]
+        sections.append(
+            (
+                "examples",
+                "The report's worked examples, computed by torch",
+                f"<pre>{html.escape(res.worked_text)}</pre>",
+            )
+        )
+    sections += [
+        (
+            "about",
+            "How these were made",
+            "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in _summary_lines(res)) + "</ul>",
+        ),
+        ("runs", "Run folders", f"<ul>{links}</ul>"),
+    ]
+    cards = [
+        ("data", res.data + (" (stand-in)" if res.stand_in else "")),
+        ("seeds", str(res.seeds)),
+        ("epochs", epochs_text(res)),
+        ("wall time", f"{res.wall_seconds:.0f} s"),
+    ]
     page = render(f"Reproduction: {res.study.name}", res.study.report, cards, sections)
     path = res.out / "reproduction.html"
     write_text(path, page)

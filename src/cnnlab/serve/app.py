@@ -85,7 +85,7 @@ class Budget:
     def __init__(self, capacity: int) -> None:
         self.capacity, self.used = capacity, 0
 
-    def lease(self) -> "Lease":
+    def lease(self) -> Lease:
         return Lease(self)
 
 
@@ -117,7 +117,10 @@ async def _read_body(request: Request, limit: int, shown: int, lease: Lease, sec
         if not (declared.isascii() and declared.isdigit()):
             raise HTTPException(400, "Content-Length is not a number")
         if int(declared) > limit:
-            raise HTTPException(413, f"the upload is {int(declared):,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
+            raise HTTPException(
+                413,
+                f"the upload is {int(declared):,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)",
+            )
     chunks: list[bytes] = []
 
     async def collect() -> None:
@@ -125,14 +128,19 @@ async def _read_body(request: Request, limit: int, shown: int, lease: Lease, sec
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise HTTPException(413, f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)")
+                raise HTTPException(
+                    413,
+                    f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)",
+                )
             lease.take(2 * len(chunk))
             chunks.append(chunk)
 
     try:
         await asyncio.wait_for(collect(), seconds)  # wait_for, not asyncio.timeout: Python 3.10 has only this
     except asyncio.TimeoutError:
-        raise HTTPException(408, f"the upload did not arrive within {seconds:g} s (cnnlab serve --upload-seconds)") from None
+        raise HTTPException(
+            408, f"the upload did not arrive within {seconds:g} s (cnnlab serve --upload-seconds)"
+        ) from None
     except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log
         raise HTTPException(400, "the client disconnected during the upload") from None
     return b"".join(chunks)
@@ -146,7 +154,9 @@ async def _image_bytes(request: Request, limit: int, lease: Lease, seconds: floa
     the image itself is over `limit` bytes."""
     data = await _image_field(request, limit, lease, seconds)
     if len(data) > limit:
-        raise HTTPException(413, f"the image is {len(data):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)")
+        raise HTTPException(
+            413, f"the image is {len(data):,} bytes; this server takes at most {limit:,} (cnnlab serve --max-upload-mb)"
+        )
     return data
 
 
@@ -154,7 +164,9 @@ async def _image_field(request: Request, limit: int, lease: Lease, seconds: floa
     body = await _read_body(request, limit + FORM_OVERHEAD, limit, lease, seconds)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         if not body:
-            raise HTTPException(400, "no image: send the image file as the request body, or as the 'file' field of a multipart form")
+            raise HTTPException(
+                400, "no image: send the image file as the request body, or as the 'file' field of a multipart form"
+            )
         return body
 
     async def replay() -> dict[str, Any]:  # the body already read, handed to Starlette's form parser
@@ -190,15 +202,29 @@ def _topk(request: Request, default: int) -> int:
     return int(value)
 
 
-def create_app(clf: Classifier, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5, upload_seconds: float = UPLOAD_SECONDS, queue: int = QUEUE) -> Starlette:
+def create_app(
+    clf: Classifier,
+    *,
+    max_upload_bytes: int = 10 * 1024**2,
+    topk: int = 5,
+    upload_seconds: float = UPLOAD_SECONDS,
+    queue: int = QUEUE,
+) -> Starlette:
     """The ASGI app serving `clf` (whose max_pixels is the pixel limit). Uploads in hand are bounded
     by `queue` full-size uploads (Budget); each body must arrive within `upload_seconds`."""
     lock = threading.Lock()  # the model: one request at a time
     decode_slots = threading.BoundedSemaphore(DECODERS)
     budget = Budget(queue * 2 * (max_upload_bytes + FORM_OVERHEAD))
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": clf.max_pixels, "upload_seconds": upload_seconds, "queue": queue}
+    limits = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": clf.max_pixels,
+        "upload_seconds": upload_seconds,
+        "queue": queue,
+    }
     page = resources.files("cnnlab.serve").joinpath("page.html").read_text(encoding="utf-8")
-    page = page.replace("__CONFIG__", json.dumps({**limits, "topk": topk, "model": clf.name, "classes": len(clf.classes)}))
+    page = page.replace(
+        "__CONFIG__", json.dumps({**limits, "topk": topk, "model": clf.name, "classes": len(clf.classes)})
+    )
 
     def run_model(data: bytes, k: int, gradcam: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -308,23 +334,36 @@ def max_connections(wanted: int = MAX_CONNECTIONS) -> int:
     return wanted if soft == resource.RLIM_INFINITY else max(8, min(wanted, soft - 64))
 
 
-def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, *, max_upload_bytes: int = 10 * 1024**2, topk: int = 5, announce=print,
-          upload_seconds: float = UPLOAD_SECONDS, header_seconds: float = HEADER_SECONDS, queue: int = QUEUE) -> None:
+def serve(
+    clf: Classifier,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    max_upload_bytes: int = 10 * 1024**2,
+    topk: int = 5,
+    announce=print,
+    upload_seconds: float = UPLOAD_SECONDS,
+    header_seconds: float = HEADER_SECONDS,
+    queue: int = QUEUE,
+) -> None:
     """Bind host:port (port 0: a free one), announce the address, and serve until Ctrl-C."""
     import socket
 
+    import torch
     import uvicorn
 
     from cnnlab.errors import CnnlabError
 
-    import torch
-
-    pred, heat, image = clf.explain(torch.zeros(clf.input_shape, dtype=torch.uint8))  # warm-up: the first request is not the slow one
+    pred, heat, image = clf.explain(
+        torch.zeros(clf.input_shape, dtype=torch.uint8)
+    )  # warm-up: the first request is not the slow one
     overlay_png(image, heat)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        raise CnnlabError(f"--host {host}: not an address this machine knows ({e}); use 127.0.0.1, or 0.0.0.0 for every interface") from None
+        raise CnnlabError(
+            f"--host {host}: not an address this machine knows ({e}); use 127.0.0.1, or 0.0.0.0 for every interface"
+        ) from None
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -332,12 +371,24 @@ def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, *, max_upl
         sock.bind(addr)
     except OSError as e:
         sock.close()
-        raise CnnlabError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or stop what uses it") from None
+        raise CnnlabError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or stop what uses it"
+        ) from None
     sock.listen(2048)  # listening before the address is announced: a client that comes early waits in the backlog
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    announce(f"serving {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}) on http://{shown}:{bound}/  (POST /predict, GET /health; Ctrl-C stops)")
+    announce(
+        f"serving {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}) on http://{shown}:{bound}/  (POST /predict, GET /health; Ctrl-C stops)"
+    )
     app = create_app(clf, max_upload_bytes=max_upload_bytes, topk=topk, upload_seconds=upload_seconds, queue=queue)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, http=header_deadline_protocol(header_seconds),
-                            limit_concurrency=max_connections(), ws="none", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        http=header_deadline_protocol(header_seconds),
+        limit_concurrency=max_connections(),
+        ws="none",
+        lifespan="off",
+    )
     uvicorn.Server(config).run(sockets=[sock])

@@ -16,9 +16,10 @@ import io
 import json
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -128,7 +129,9 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor, info: dict[str, Any]) 
         import onnx
         import onnxscript  # noqa: F401  torch's exporter needs it; missing, it would fail deep inside
     except ImportError as e:
-        raise CnnlabError(f"ONNX export needs the onnx and onnxscript packages ({e}): pip install onnx onnxscript onnxruntime") from None
+        raise CnnlabError(
+            f"ONNX export needs the onnx and onnxscript packages ({e}): pip install onnx onnxscript onnxruntime"
+        ) from None
     new_exporter = "dynamo" in inspect.signature(torch.onnx.export).parameters  # torch >= 2.5
     with tempfile.TemporaryDirectory(prefix="cnnlab-export-") as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' notes on deprecations and opsets, not the user's business
@@ -136,16 +139,33 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor, info: dict[str, Any]) 
         try:
             if new_exporter:  # torch.export-based (the default since torch 2.9); the batch dimension is dynamic
                 program = torch.onnx.export(
-                    module, (example,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=ONNX_OPSET, verbose=False,
+                    module,
+                    (example,),
+                    dynamo=True,
+                    input_names=["pixels"],
+                    output_names=["probabilities"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    opset_version=ONNX_OPSET,
+                    verbose=False,
                     external_data=False,
                 )
             else:
-                torch.onnx.export(module, (example,), path, input_names=["pixels"], output_names=["probabilities"],
-                                  dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17)
-        except Exception as e:  # the exporter's failure for an operator or shape it cannot express: one line, not its traceback
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    path,
+                    input_names=["pixels"],
+                    output_names=["probabilities"],
+                    dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
+                    opset_version=17,
+                )
+        except (
+            Exception
+        ) as e:  # the exporter's failure for an operator or shape it cannot express: one line, not its traceback
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise CnnlabError(f"torch's ONNX exporter failed on this model ({type(e).__name__}: {first}); try --format torchscript") from None
+            raise CnnlabError(
+                f"torch's ONNX exporter failed on this model ({type(e).__name__}: {first}); try --format torchscript"
+            ) from None
         if new_exporter:
             try:  # the exported graph (an onnx_ir model) to bytes directly, not saved and parsed again:
                 # for vgg16's 550 MB, that round trip through a file took 3 s of the export's 9
@@ -211,7 +231,15 @@ def runner(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data: str | None = None, batch_size: int = 250, progress=None) -> Parity:
+def check_parity(
+    clf: Classifier,
+    fmt: str,
+    path: Path,
+    images: int = 1000,
+    data: str | None = None,
+    batch_size: int = 250,
+    progress=None,
+) -> Parity:
     """Run the exported file and the PyTorch model on `images` test images of the run's data (or
     `data`: another copy with the same classes), evenly spaced over it, and compare their probabilities.
 
@@ -241,7 +269,9 @@ def check_parity(clf: Classifier, fmt: str, path: Path, images: int = 1000, data
     t_exp = time.perf_counter() - t0
     got = torch.cat(outs)
     if got.shape != ref.shape:
-        raise CnnlabError(f"the exported model gave {tuple(got.shape)} probabilities for {tuple(ref.shape)} from PyTorch")
+        raise CnnlabError(
+            f"the exported model gave {tuple(got.shape)} probabilities for {tuple(ref.shape)} from PyTorch"
+        )
     if clf.multilabel:
         agree = float(((got > 0.5) == (ref > 0.5)).all(1).float().mean())
         return Parity(len(ref), agree, float((got - ref).abs().max()), t_exp, t_torch)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cnnlab.runs import json_text
 from cnnlab.serve.predictor import Classifier, Prediction
@@ -18,7 +19,15 @@ def as_table(preds: Sequence[Prediction]) -> str:
     if not preds:
         return ""
     k = max(len(p.top) for p in preds)
-    rows = [(p.source, p.label, _pct(p.probability), ", ".join(f"{c} {_pct(v)}" for c, v in p.top[1:]) + (" (resized)" if p.resized else "")) for p in preds]
+    rows = [
+        (
+            p.source,
+            p.label,
+            _pct(p.probability),
+            ", ".join(f"{c} {_pct(v)}" for c, v in p.top[1:]) + (" (resized)" if p.resized else ""),
+        )
+        for p in preds
+    ]
     header = ("file", "class", "probability", f"next {k - 1}" if k > 1 else "")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in [header, *rows]]
@@ -29,7 +38,9 @@ def as_csv(preds: Sequence[Prediction]) -> str:
     k = max((len(p.top) for p in preds), default=1)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "label", *(f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "probability")), "resized"])
+    w.writerow(
+        ["file", "label", *(f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "probability")), "resized"]
+    )
     for p in preds:
         cells = [x for c, v in p.top for x in (c, f"{v:.6f}")]
         w.writerow([p.source, p.label, *cells, *[""] * (2 * k - len(cells)), int(p.resized)])
@@ -47,7 +58,9 @@ def as_json(preds: Sequence[Prediction], skipped: Sequence[tuple[str, str]], clf
     return json_text(doc)
 
 
-def format_predictions(fmt: str, preds: Sequence[Prediction], skipped: Sequence[tuple[str, str]], clf: Classifier) -> str:
+def format_predictions(
+    fmt: str, preds: Sequence[Prediction], skipped: Sequence[tuple[str, str]], clf: Classifier
+) -> str:
     """The predictions in `fmt` (table | csv | json). Only JSON holds the skipped files; the other
     formats leave them to the caller (cnnlab predict lists them on stderr)."""
     if fmt == "json":

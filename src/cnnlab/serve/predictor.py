@@ -11,18 +11,30 @@ model, whose run had no resize step) is center-cropped to that size's aspect rat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Union
 
 import torch
 from PIL import Image
 
 from cnnlab.data.folder import visible
-from cnnlab.data.images import IMAGE_SUFFIXES, MAX_ASPECT, BadImage, ImageSource, check_pixels, decoding, open_image, preprocess_transform, to_uint8_tensor, upright
+from cnnlab.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_ASPECT,
+    BadImage,
+    ImageSource,
+    check_pixels,
+    decoding,
+    open_image,
+    preprocess_transform,
+    to_uint8_tensor,
+    upright,
+)
 from cnnlab.data.normalize import affine
-from cnnlab.evaluation import LoadedRun, load_run, probabilities
 from cnnlab.engine.loop import eval_outputs
+from cnnlab.evaluation import LoadedRun, load_run, probabilities
 
 ImageLike = Union[str, Path, bytes, Image.Image, torch.Tensor]
 
@@ -33,8 +45,12 @@ class Prediction:
 
     top: list[tuple[str, float]]  # (class name, probability), the top k, most probable first
     source: str = ""  # the file, where the image came from one
-    resized: bool = False  # True: not the model's input size after the run's preprocessing; center-cropped to its shape and resized
-    present: list[str] | None = None  # a multi-label model's attributes over 0.5 (all of them, not only the top k); None otherwise
+    resized: bool = (
+        False  # True: not the model's input size after the run's preprocessing; center-cropped to its shape and resized
+    )
+    present: list[str] | None = (
+        None  # a multi-label model's attributes over 0.5 (all of them, not only the top k); None otherwise
+    )
 
     @property
     def label(self) -> str:
@@ -48,7 +64,11 @@ class Prediction:
         return self.top[0][1]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": self.label, "probability": self.probability, "top": [{"class": c, "probability": p} for c, p in self.top]}
+        out: dict[str, Any] = {
+            "label": self.label,
+            "probability": self.probability,
+            "top": [{"class": c, "probability": p} for c, p in self.top],
+        }
         if self.present is not None:
             out["present"] = self.present
         if self.source:
@@ -65,7 +85,13 @@ def image_files(sources: Sequence[str | Path]) -> tuple[list[Path], list[tuple[s
         p = Path(s)
         if p.is_dir():
             # as the folder datasets: hidden files and folders (a Mac's ._shoe.png) are not images
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and all(visible(Path(part)) for part in q.relative_to(p).parts) and q.is_file())
+            found = sorted(
+                q
+                for q in p.rglob("*")
+                if q.suffix.lower() in IMAGE_SUFFIXES
+                and all(visible(Path(part)) for part in q.relative_to(p).parts)
+                and q.is_file()
+            )
             if not found:
                 missing.append((str(p), f"a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES)[:4])}, ...)"))
             files += found
@@ -83,7 +109,9 @@ class Classifier:
     share one between threads only under a lock (cnnlab serve does).
     """
 
-    def __init__(self, run: LoadedRun, tta: bool | None = None, max_pixels: int | None = None, limit_name: str = "max_pixels") -> None:
+    def __init__(
+        self, run: LoadedRun, tta: bool | None = None, max_pixels: int | None = None, limit_name: str = "max_pixels"
+    ) -> None:
         self.run = run
         self.model = run.model  # eval mode, fp32, CPU
         self.classes = list(run.classes)
@@ -97,11 +125,19 @@ class Classifier:
         self.scale, self.shift = affine(run.mean, run.std, 255.0)
         self.notes: list[str] = []  # what a user should know about feeding this model images
         if run.value_max != 255.0:
-            self.notes.append(f"this run was trained on float arrays (x / {run.value_max:g}), not 8-bit images; images are fed as pixel / 255, "
-                              "right only where those arrays held values on [0, 1]")
+            self.notes.append(
+                f"this run was trained on float arrays (x / {run.value_max:g}), not 8-bit images; images are fed as pixel / 255, "
+                "right only where those arrays held values on [0, 1]"
+            )
 
     @classmethod
-    def load(cls, checkpoint: str | Path, tta: bool | None = None, max_pixels: int | None = None, limit_name: str = "max_pixels") -> "Classifier":
+    def load(
+        cls,
+        checkpoint: str | Path,
+        tta: bool | None = None,
+        max_pixels: int | None = None,
+        limit_name: str = "max_pixels",
+    ) -> Classifier:
         """The model of a run folder (its best.pt) or of a checkpoint, read with weights_only=True."""
         return cls(load_run(checkpoint), tta=tta, max_pixels=max_pixels, limit_name=limit_name)
 
@@ -156,7 +192,9 @@ class Classifier:
             raise BadImage(f"a tensor image is uint8 (0..255) or float ([0, 1]); got {t.dtype}")
         t = t.detach().cpu().float()
         if not bool(torch.isfinite(t).all()) or float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3:
-            raise BadImage("a float tensor image takes values in [0, 1] (torchvision's ToTensor); give uint8 for 0..255")
+            raise BadImage(
+                "a float tensor image takes values in [0, 1] (torchvision's ToTensor); give uint8 for 0..255"
+            )
         if t.shape[0] == 4:
             t = t[:3] * t[3:] + (1 - t[3:])  # transparency on white, as for files
         if t.shape[0] != c:
@@ -179,7 +217,9 @@ class Classifier:
         k = len(self.classes) if topk is None else max(1, min(topk, len(self.classes)))
         p, idx = probs.topk(k)
         present = [c for c, v in zip(self.classes, probs.tolist()) if v > 0.5] if self.multilabel else None
-        return Prediction([(self.classes[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())], source, resized, present)
+        return Prediction(
+            [(self.classes[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())], source, resized, present
+        )
 
     def predict(self, image: ImageLike, topk: int | None = 5, tta: bool | None = None) -> Prediction:
         """The top `topk` classes (None: all) of one image: a path, the bytes of an image file, a
@@ -187,7 +227,9 @@ class Classifier:
         x, resized = self.pixels(image)
         return self.predict_pixels(x, resized, topk, tta, _name(image))
 
-    def predict_pixels(self, x: torch.Tensor, resized: bool = False, topk: int | None = 5, tta: bool | None = None, source: str = "") -> Prediction:
+    def predict_pixels(
+        self, x: torch.Tensor, resized: bool = False, topk: int | None = 5, tta: bool | None = None, source: str = ""
+    ) -> Prediction:
         """predict() for what pixels() gave: the model's part alone (cnnlab serve decodes outside its lock)."""
         return self._prediction(self.probabilities(x.unsqueeze(0), tta)[0], topk, source, resized)
 
@@ -230,7 +272,9 @@ class Classifier:
         x, resized = self.pixels(image)
         return self.explain_pixels(x, resized, topk, _name(image))
 
-    def explain_pixels(self, x: torch.Tensor, resized: bool = False, topk: int | None = 5, source: str = "") -> tuple[Prediction, torch.Tensor, torch.Tensor]:
+    def explain_pixels(
+        self, x: torch.Tensor, resized: bool = False, topk: int | None = 5, source: str = ""
+    ) -> tuple[Prediction, torch.Tensor, torch.Tensor]:
         """explain() for what pixels() gave."""
         from cnnlab.report.gradcam import grad_cam
 
@@ -260,7 +304,9 @@ def _source(image: str | Path | bytes) -> ImageSource:
         return Path(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
-    raise BadImage(f"not an image: a {type(image).__name__}; give a path, the bytes of an image file, a PIL image or a tensor")
+    raise BadImage(
+        f"not an image: a {type(image).__name__}; give a path, the bytes of an image file, a PIL image or a tensor"
+    )
 
 
 def _name(image: Any) -> str:
