@@ -229,7 +229,7 @@ def test_a_finite_loss_with_non_finite_gradients_never_reaches_the_weights():
 
 
 def test_json_files_and_answers_are_strict_json(tmp_path):
-    from cnnlab.runs import json_text, write_json
+    from cnnlab.run_folder import json_text, write_json
 
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
@@ -245,7 +245,7 @@ def test_json_files_and_answers_are_strict_json(tmp_path):
 def test_resume_removes_the_temp_file_a_kill_left_and_renames_are_fsynced(fashion_dir, tmp_path, monkeypatch):
     import stat
 
-    import cnnlab.runs as runs
+    import cnnlab.run_folder as runs
 
     out = tmp_path / "run"
     assert run_main("train", "--data", str(fashion_dir), "--out", str(out), *QUICK).returncode == 0

@@ -558,7 +558,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cnnlab.errors import CnnlabError
-    from cnnlab.runs import write_user_file
+    from cnnlab.run_folder import write_user_file
     from cnnlab.serve.output import format_predictions
     from cnnlab.serve.predictor import Classifier, image_files
 
@@ -739,7 +739,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from cnnlab.data.doctor import check, format_report
-    from cnnlab.runs import json_text
+    from cnnlab.run_folder import json_text
 
     report = check(_data_config(args.data, args.set))
     print(
@@ -824,7 +824,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnnlab.evaluation import load_run, load_split, metrics_of, predict, split_loader
-    from cnnlab.runs import json_text, write_user_file
+    from cnnlab.run_folder import json_text, write_user_file
 
     run = load_run(args.source)
     _, split = load_split(run, args.split, args.data)
@@ -951,7 +951,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnnlab.report.compare import format_table, predictions_figure, table_rows
-    from cnnlab.runs import write_user_file
+    from cnnlab.run_folder import write_user_file
 
     text = format_table(table_rows(args.runs), args.format)
     print(text, end="")

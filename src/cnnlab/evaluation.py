@@ -20,7 +20,7 @@ import torch.nn as nn
 from cnnlab.config import RunConfig, config_from_dict
 from cnnlab.data.base import ArraySplit, Dataset, Split
 from cnnlab.data.images import open_image, preprocess_transform, to_uint8_tensor
-from cnnlab.data.loader import _BatchLoader, make_loader
+from cnnlab.data.loader import BatchLoader, make_loader
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.loop import eval_outputs
 from cnnlab.engine.losses import Objective, Target, create_objective, model_outputs
@@ -230,7 +230,7 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("preprocess", f"is not valid ({e})") from None
 
 
-def split_loader(run: LoadedRun, split: Split, batch_size: int = 512, normalise: bool = True) -> _BatchLoader:
+def split_loader(run: LoadedRun, split: Split, batch_size: int = 512, normalise: bool = True) -> BatchLoader:
     """Batches of `split` fed as the run was validated: its normalisation and preprocessing, no
     augmentation. normalise=False: the same images as pixels / value_max (on [0, 1] for images)."""
     c = run.input_shape[0]
@@ -294,7 +294,7 @@ def probabilities(out: torch.Tensor, objective: Objective) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: _BatchLoader, objective: Objective, tta: bool = False) -> Predictions:
+def predict(model: nn.Module, loader: BatchLoader, objective: Objective, tta: bool = False) -> Predictions:
     """Probabilities, targets and per-sample losses over `loader` (in its order), in fp32 eval mode."""
     was_training = model.training
     model.eval()

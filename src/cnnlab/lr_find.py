@@ -108,7 +108,7 @@ def lr_find(
     from cnnlab.engine.loop import TrainStep
     from cnnlab.engine.optim import create_optimizer
     from cnnlab.run import prepare, training_policy
-    from cnnlab.runs import make_run_dir, write_json
+    from cnnlab.run_folder import make_run_dir, write_json
 
     if not 0 < start < end:
         raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end")

@@ -34,7 +34,7 @@ import yaml
 from cnnlab.config import RunConfig, apply_overrides, load_recipe, recipe_dir, recipe_names
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.report.tables import markdown_table
-from cnnlab.runs import write_json, write_text
+from cnnlab.run_folder import write_json, write_text
 from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
 
 # keys that do not change what a run computes: a reproduction resumes whatever they are

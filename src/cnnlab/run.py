@@ -47,7 +47,7 @@ from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
 from cnnlab.plan import MAX_AUTO_EPOCHS, adapt, epochs_for
-from cnnlab.runs import RunLog, log_data_issues, make_run_dir, remove_stale_temps, write_json, write_text
+from cnnlab.run_folder import RunLog, log_data_issues, make_run_dir, remove_stale_temps, write_json, write_text
 from cnnlab.text import printable
 
 

@@ -26,7 +26,7 @@ import yaml
 from cnnlab.config import RunConfig, apply_overrides, flatten
 from cnnlab.errors import ConfigError
 from cnnlab.report.tables import markdown_table
-from cnnlab.runs import write_json, write_text
+from cnnlab.run_folder import write_json, write_text
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -160,7 +160,7 @@ PERIOD_PLOTS = ("confusion", "curves")  # the report draws them again after each
 
 def _keep_period_plots(folder: Path, k: int) -> None:
     """plots/confusion.png -> plots/confusion-period-K.png (and curves): the next period redraws them."""
-    from cnnlab.runs import atomic_write
+    from cnnlab.run_folder import atomic_write
 
     for name in PERIOD_PLOTS:
         src = folder / "plots" / f"{name}.png"

@@ -32,7 +32,7 @@ def stream_seed(seed: int, epoch: int, rank: int | None = None) -> int:
     return base % (2**63) if rank is None else base * 1_009 + rank + 1
 
 
-class _BatchLoader:
+class BatchLoader:
     """What both loaders share: the order of an epoch, augmentation and normalisation.
 
     The order and the augmentation of an epoch depend only on (seed, epoch): set_epoch(e) before
@@ -164,7 +164,7 @@ class _BatchLoader:
             )
 
 
-class TensorLoader(_BatchLoader):
+class TensorLoader(BatchLoader):
     """(x, y) batches from an ArraySplit: x float32 (B, C, H, W) normalised, y the labels."""
 
     def __init__(self, split: ArraySplit, batch_size: int, **kw: Any) -> None:
@@ -212,7 +212,7 @@ def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple
     return torch.stack([x for x, _ in good]), torch.stack([y for _, y in good]), bad
 
 
-class FileLoader(_BatchLoader):
+class FileLoader(BatchLoader):
     """(x, y) batches from a FileSplit, decoded by DataLoader workers. Files that fail to decode are
     left out of their batch and collected in `skipped` (path -> reason)."""
 
@@ -261,7 +261,7 @@ def make_loader(
     max_pixels: int = 40_000_000,
     workers: int | None = None,
     **kw: Any,
-) -> _BatchLoader:
+) -> BatchLoader:
     """The loader that fits the split: TensorLoader in memory, FileLoader on disk."""
     if isinstance(split, ArraySplit):
         return TensorLoader(split, batch_size, **kw)

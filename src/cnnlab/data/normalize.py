@@ -105,7 +105,7 @@ def _file_split_stats(split: Split, channels: int, file_batches: Callable[[], ob
             pass  # recompute below
     mean, std = channel_stats_of(file_batches, channels)
     try:
-        from cnnlab.runs import write_json
+        from cnnlab.run_folder import write_json
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, {"mean": mean.tolist(), "std": std.tolist()})

@@ -9,7 +9,7 @@ import torch
 from cnnlab.config import DataConfig, TrainConfig
 from cnnlab.data.augment import AugmentParams
 from cnnlab.data.base import ArraySplit, Dataset
-from cnnlab.data.loader import _BatchLoader, make_loader
+from cnnlab.data.loader import BatchLoader, make_loader
 from cnnlab.data.normalize import compute_stats, value_scale
 
 
@@ -46,7 +46,7 @@ def build_loaders(
     mean: Any,
     std: Any,
     shard: tuple[int, int] = (0, 1),
-) -> dict[str, _BatchLoader]:
+) -> dict[str, BatchLoader]:
     """train (shuffled, augmented), and val and test loaders for the splits that exist.
 
     `shard` is (rank, world) under torchrun: train.batch_size stays the global batch, each process

@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from cnnlab.engine.checkpoint import save_checkpoint
-from cnnlab.runs import write_text
+from cnnlab.run_folder import write_text
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"]
 STEP_COLUMNS = ["step", "epoch", "loss", "lr"]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import atomic_write
+from cnnlab.run_folder import atomic_write
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1

@@ -11,7 +11,7 @@ from typing import ContextManager
 import torch
 import torch.nn as nn
 
-from cnnlab.data.loader import _BatchLoader, stream_seed
+from cnnlab.data.loader import BatchLoader, stream_seed
 from cnnlab.engine.callbacks import Callback, FitState
 from cnnlab.engine.distributed import Dist
 from cnnlab.engine.loop import EpochProgress, TrainStep, evaluate, train_one_epoch
@@ -43,8 +43,8 @@ class _StopSignals:
 
 def fit(
     step: TrainStep,
-    train_loader: _BatchLoader,
-    val_loader: _BatchLoader | None,
+    train_loader: BatchLoader,
+    val_loader: BatchLoader | None,
     *,
     epochs: int,
     num_classes: int,

@@ -21,7 +21,7 @@ from cnnlab.report.gradcam import grad_cam
 from cnnlab.report.html import image_tag, metrics_tables, pct, render, table
 from cnnlab.report.images import plot_feature_maps, plot_filters, plot_gallery, plot_gradcam
 from cnnlab.report.plots import confused_pairs, plot_confusion, plot_lr, plot_per_class, plot_training_curves, shorten
-from cnnlab.runs import write_text
+from cnnlab.run_folder import write_text
 
 GALLERY = 16  # worst misclassifications shown
 CAM_IMAGES = 12  # Grad-CAM examples

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # no screen needed; must come before pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cnnlab.runs import atomic_write  # noqa: E402
+from cnnlab.run_folder import atomic_write  # noqa: E402
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

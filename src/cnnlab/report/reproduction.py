@@ -130,7 +130,7 @@ def plot_predictions(res: Any, path: Path) -> Path | None:
 
 def write_html(res: Any, rows: list[list[str]], header: list[str]) -> Path:
     from cnnlab.reproduce import _summary_lines, epochs_text, per_class_text, run_link
-    from cnnlab.runs import write_text
+    from cnnlab.run_folder import write_text
 
     png = plot_figures(res, res.out / "reproduction.png")
     links = "".join(

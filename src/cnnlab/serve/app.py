@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from cnnlab.data.images import BadImage, TooManyPixels
-from cnnlab.runs import json_text
+from cnnlab.run_folder import json_text
 from cnnlab.serve.predictor import Classifier
 
 MAX_TOPK = 100
@@ -65,7 +65,7 @@ def overlay_png(image: Any, heat: Any) -> bytes:
 class StrictJSONResponse(JSONResponse):
     """Starlette's JSONResponse refuses NaN (allow_nan=False) with an exception, so a model whose
     weights went NaN would answer 500 to every request; here a non-finite number is null, as in every
-    JSON file cnnlab writes (runs.json_text)."""
+    JSON file cnnlab writes (run_folder.json_text)."""
 
     def render(self, content: Any) -> bytes:
         return json_text(content, indent=None).encode("utf-8")

@@ -103,7 +103,7 @@ def default_out(clf: Classifier, fmt: str) -> Path:
 
 def export_model(clf: Classifier, fmt: str, out: Path) -> dict[str, Any]:
     """Write the graph to `out` and the sidecar JSON to `out`.json, each atomically; returns the sidecar's content."""
-    from cnnlab.runs import atomic_write, write_json
+    from cnnlab.run_folder import atomic_write, write_json
 
     if fmt not in SUFFIXES:
         raise CnnlabError(f"unknown export format {fmt!r}; choose onnx or torchscript")

@@ -7,7 +7,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from cnnlab.runs import json_text
+from cnnlab.run_folder import json_text
 from cnnlab.serve.predictor import Classifier, Prediction
 
 
