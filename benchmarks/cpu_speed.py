@@ -243,7 +243,10 @@ def seeds_row(name: str, runs: list[dict[str, float]], goal: str) -> tuple[str, 
     return (
         name,
         f"{100 * median([r['accuracy'] for r in runs]):.2f}%",
-        f"median of {len(runs)} seed(s); {median(times):.0f} s to metrics.json, slowest {max(times):.0f} s ({each}; {goal})",
+        (
+            f"median of {len(runs)} seed(s); {median(times):.0f} s to metrics.json, "
+            f"slowest {max(times):.0f} s ({each}; {goal})"
+        ),
     )
 
 
@@ -378,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     data = fashion_folder()
     if data is None and only & {"a", "b", "e"}:
         print(
-            "Fashion-MNIST is not here (make data, or apt-get install dataset-fashion-mnist): sections a, b and e are skipped"
+            "Fashion-MNIST is not here (make data, or apt-get install dataset-fashion-mnist): "
+            "sections a, b and e are skipped"
         )
         only -= {"a", "b", "e"}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -438,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             for d in dtypes:
                 pol = Choice(d, policy.channels_last, "")
                 measured = timed(
-                    runs, [lambda: train_step_gflops(batch, 30, pol), lambda: matmul_gflops(getattr(torch, d))]
+                    runs,
+                    [lambda pol=pol: train_step_gflops(batch, 30, pol), lambda d=d: matmul_gflops(getattr(torch, d))],
                 )
                 step_gf, mm = median([g for g, _ in measured[0]]), median(measured[1])
                 eff["per_dtype"][d] = {
@@ -451,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                     (
                         f"(c) default model's training step, batch 256, {d}",
                         f"{step_gf:.1f} GFLOP/s",
-                        f"{median([i for _, i in measured[0]]):,.0f} img/s; {100 * step_gf / mm:.1f}% of a {d} matmul's {mm:.0f} GFLOP/s"
+                        f"{median([i for _, i in measured[0]]):,.0f} img/s; "
+                        f"{100 * step_gf / mm:.1f}% of a {d} matmul's {mm:.0f} GFLOP/s"
                         + (" (the dtype cnnlab trains in here)" if d == dt else ""),
                     )
                 ]
@@ -519,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     w1 = max(len(r[1]) for r in rows)
     m = result["machine"]
     print(
-        f"\ncnnlab CPU speed, {m['cpu']}, {m['physical_cores']} physical cores, torch {m['torch']} ({m['torch_threads']} threads, training in {m['train_dtype']}), median of {runs} run(s)\n"
+        f"\ncnnlab CPU speed, {m['cpu']}, {m['physical_cores']} physical cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads, training in {m['train_dtype']}), median of {runs} run(s)\n"
     )
     for name, value, note in rows:
         print(f"{name:<{w0}}  {value:>{w1}}  {note}")

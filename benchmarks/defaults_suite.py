@@ -130,7 +130,8 @@ def build_fashion4_64rgb_flat(root: Path) -> None:
 
 
 def build_fashion3_split_mixed(root: Path) -> None:
-    """The issue's second case: train/val/test folders, 3 classes, 200 training images each, JPEG of mixed sizes (40 to 200 px)."""
+    """The issue's second case: train/val/test folders, 3 classes, 200 training images each, JPEG of
+    mixed sizes (40 to 200 px)."""
     _, _, x, y = _arrays("fashion-mnist")
     rng = np.random.default_rng(2)
     items = _pick(x, y, [2, 5, 9], 350, seed=2)
@@ -163,7 +164,8 @@ def build_fashion_digits_20(root: Path) -> None:
 
 
 def build_cifar_format(root: Path) -> None:
-    """cifar-10-batches-py (the Python pickles) of Fashion-MNIST images as 32x32 RGB: 5 x 1,000 training images, 2,000 test."""
+    """cifar-10-batches-py (the Python pickles) of Fashion-MNIST images as 32x32 RGB: 5 x 1,000
+    training images, 2,000 test."""
     x, y, xt, yt = _arrays("fashion-mnist")
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -320,16 +322,22 @@ def cnnlab_run(data: str, tmp: Path, *args: str) -> dict[str, Any]:
     }
 
 
-YOLO = r"""
+# The script YOLO runs, as one text. Its two long lines are split between string pieces (each
+# ending with a space), so the file written is the same character for character.
+YOLO = (
+    r"""
 import os, sys, time, json
 os.environ["YOLO_OFFLINE"] = "1"
 from ultralytics import YOLO
 model = YOLO("yolo11n-cls.yaml")
-model.train(data=sys.argv[1], imgsz=int(sys.argv[2]), epochs=30, batch=32, device="cpu", workers=2, plots=False, pretrained=False,
+model.train(data=sys.argv[1], imgsz=int(sys.argv[2]), epochs=30, batch=32, device="cpu", workers=2, plots=False, """
+    r"""pretrained=False,
             amp=False, project=sys.argv[3], name="run", exist_ok=True, verbose=False, seed=0)
-m = model.val(data=sys.argv[1], split="test", imgsz=int(sys.argv[2]), batch=32, device="cpu", plots=False, verbose=False, project=sys.argv[3], name="val")
+m = model.val(data=sys.argv[1], split="test", imgsz=int(sys.argv[2]), batch=32, device="cpu", plots=False, """
+    r"""verbose=False, project=sys.argv[3], name="val")
 print("TEST", float(m.top1), flush=True)
 """
+)
 
 
 def yolo_run(folder: Path, imgsz: int, tmp: Path) -> dict[str, Any]:
@@ -405,9 +413,9 @@ def run_dataset(
     res["quarter"] = cnnlab_run(data, tmp, "--epochs", str(max(1, e // 4)))
     print(f"  quarter: {res['quarter']}", flush=True)
     if search:
-        base_lr = default[
-            "lr"
-        ]  # the rate the default chose for its batch (an explicit --lr is used as given; the batch still adapts the same way)
+        # the rate the default chose for its batch (an explicit --lr is used as given; the batch still
+        # adapts the same way)
+        base_lr = default["lr"]
         grid = [
             ("--lr", f"{base_lr * 0.5:.6g}", "--epochs", str(e)),
             ("--lr", f"{base_lr * 2:.6g}", "--epochs", str(e)),
@@ -434,7 +442,10 @@ def pct(r: dict[str, Any] | None) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| dataset | data | cnnlab default | time | epochs, batch, lr | quarter epochs | search best (args) | YOLO11n-cls (time) | check |",
+        (
+            "| dataset | data | cnnlab default | time | epochs, batch, lr | quarter epochs | search best (args) "
+            "| YOLO11n-cls (time) | check |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
@@ -455,7 +466,8 @@ def markdown(results: dict[str, Any]) -> str:
             else "ok"
         )
         lines.append(
-            f"| {name} | {r['note']} | {pct(d)} | {d['seconds']:.0f} s | {d['epochs']}, {d['batch_size']}, {d['lr']:.4g} | {pct(r.get('quarter'))} | {best_s} | {y_s} | {flag} |"
+            f"| {name} | {r['note']} | {pct(d)} | {d['seconds']:.0f} s "
+            f"| {d['epochs']}, {d['batch_size']}, {d['lr']:.4g} | {pct(r.get('quarter'))} | {best_s} | {y_s} | {flag} |"
         )
     return "\n".join(lines)
 

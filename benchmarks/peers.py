@@ -124,9 +124,10 @@ FILES = json.loads(os.environ["PEER_FILES"])
 EPOCHS = int(os.environ["PEER_EPOCHS"])
 """
 
+# A line of a program longer than 120 characters is split between two string pieces (the first
+# ending in a space), so the program's text stays the same character for character.
 KERAS = (
-    COMMON
-    + r"""
+    COMMON + r"""
 os.environ["KERAS_BACKEND"] = "torch"
 import numpy as np, keras
 from keras import layers
@@ -137,7 +138,8 @@ y_test = keras.utils.to_categorical(idx(FILES["t10k-labels-idx1-ubyte"]), 10)
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input(shape=(28, 28, 1)), layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
     layers.MaxPooling2D(pool_size=(2, 2)), layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
-    layers.MaxPooling2D(pool_size=(2, 2)), layers.Flatten(), layers.Dropout(0.5), layers.Dense(10, activation="softmax")])
+    layers.MaxPooling2D(pool_size=(2, 2)), layers.Flatten(), layers.Dropout(0.5), """
+    r"""layers.Dense(10, activation="softmax")])
 model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
 class TestEach(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -147,8 +149,7 @@ model.fit(x_train, y_train, batch_size=128, epochs=EPOCHS, validation_split=0.1,
 )
 
 YOLO = (
-    COMMON
-    + r"""
+    COMMON + r"""
 os.environ["YOLO_OFFLINE"] = "1"
 from ultralytics import YOLO
 model = YOLO("yolo11n-cls.yaml")
@@ -156,7 +157,8 @@ def on_epoch(trainer):
     report(trainer.epoch + 1, float(trainer.metrics.get("metrics/accuracy_top1", 0.0)))
 model.add_callback("on_fit_epoch_end", on_epoch)
 model.train(data=os.environ["PEER_FOLDER"], imgsz=32, epochs=EPOCHS, batch=128, device="cpu", workers=2, plots=False,
-            pretrained=False, amp=False, project=os.environ["PEER_TMP"], name="run", exist_ok=True, verbose=False, seed=0)
+            pretrained=False, amp=False, project=os.environ["PEER_TMP"], name="run", exist_ok=True, """
+    r"""verbose=False, seed=0)
 """
 )
 
@@ -236,7 +238,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| system | test accuracy (best, at) | wall time | to 90% | to 92% |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['system']} | {100 * r['best_accuracy']:.2f}% at {r['best_at_seconds']:.0f} s | {r['wall_seconds']:.0f} s | {fmt_s(r['to_90'])} | {fmt_s(r['to_92'])} |"
+            f"| {r['system']} | {100 * r['best_accuracy']:.2f}% at {r['best_at_seconds']:.0f} s "
+            f"| {r['wall_seconds']:.0f} s | {fmt_s(r['to_90'])} | {fmt_s(r['to_92'])} |"
         )
     return "\n".join(lines)
 
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         result["ratio_to_fastest_peer_at_92"] = rows[0]["to_92"] / fastest["to_92"]
     table = markdown(rows)
     print(
-        f"\n{result['machine']['cpu']}, {result['machine']['physical_cores']} cores; peers stopped at {args.cap:.0f} s\n\n{table}\n"
+        f"\n{result['machine']['cpu']}, {result['machine']['physical_cores']} cores; "
+        f"peers stopped at {args.cap:.0f} s\n\n{table}\n"
     )
     for r in rows:
         print(f"- {r['system']}: {r['note']}")

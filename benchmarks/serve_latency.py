@@ -105,7 +105,8 @@ def main() -> int:
                     with ThreadPoolExecutor(max_workers=clients) as pool:
                         answers = list(
                             pool.map(
-                                lambda i: post(port, f"/predict{query}", images[i % len(images)]), range(args.requests)
+                                lambda i, query=query: post(port, f"/predict{query}", images[i % len(images)]),
+                                range(args.requests),
                             )
                         )
                     wall = time.perf_counter() - t0
@@ -120,7 +121,8 @@ def main() -> int:
                     }
                     results.setdefault(f"{clients} clients, {name}", []).append(row)
                     print(
-                        f"round {r + 1}, {clients:3d} clients, {name:16s} p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  {row['requests_per_s']:6.1f} req/s  5xx: {bad}"
+                        f"round {r + 1}, {clients:3d} clients, {name:16s} p50 {row['p50_ms']:6.1f} ms  "
+                        f"p99 {row['p99_ms']:6.1f} ms  {row['requests_per_s']:6.1f} req/s  5xx: {bad}"
                     )
     finally:
         proc.terminate()

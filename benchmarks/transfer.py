@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         data = build_folder(n)
         results["sizes"][n] = {}
         lines += [
-            f"\n{n} training images per class ({10 * n} in all), {10 * TEST_PER_CLASS} test images; seeds {', '.join(map(str, seeds))}\n",
+            (
+                f"\n{n} training images per class ({10 * n} in all), {10 * TEST_PER_CLASS} test images; "
+                f"seeds {', '.join(map(str, seeds))}\n"
+            ),
             "| row | test accuracy (mean ± std) | wall time (median) |",
             "|---|---|---|",
         ]
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             mean, std = statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
             results["sizes"][n][key] = {"label": label, "runs": runs, "mean": mean, "std": std}
             lines.append(
-                f"| {label} | {100 * mean:.2f} ± {100 * std:.2f}% | {statistics.median(r['wall_seconds'] for r in runs):.0f} s |"
+                f"| {label} | {100 * mean:.2f} ± {100 * std:.2f}% "
+                f"| {statistics.median(r['wall_seconds'] for r in runs):.0f} s |"
             )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
