@@ -51,7 +51,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         def __reduce__(self):
             raise pickle.PicklingError("boom")
 
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError, match="boom"):
         save_checkpoint(tmp_path / "c.pt", epoch=2, bad=Boom())
     assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]

@@ -26,7 +26,8 @@ from cnnlab.serve.predictor import Classifier, image_files
 
 
 def cli(capsys, *args: str):
-    """`cnnlab ARGS` in this process (a subprocess would import torch again: 2 s a call): (exit code, stdout, stderr)."""
+    """`cnnlab ARGS` in this process (a subprocess would import torch again: 2 s a call): (exit code, stdout,
+    stderr)."""
     capsys.readouterr()
     try:
         code = main([str(a) for a in args])
@@ -345,7 +346,10 @@ def test_export_failure_of_the_onnx_exporter_is_one_line(clf, tmp_path, monkeypa
     monkeypatch.setattr(torch.onnx, "export", fail)
     with pytest.raises(
         CnnlabError,
-        match="ONNX exporter failed on this model .RuntimeError: Unsupported operator aten::something.; try --format torchscript",
+        match=(
+            "ONNX exporter failed on this model .RuntimeError: Unsupported operator aten::something.; "
+            "try --format torchscript"
+        ),
     ):
         export_model(clf, "onnx", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()

@@ -158,7 +158,8 @@ def test_early_stopping_on_validation_loss_keeps_the_lowest(fashion_dir, tmp_pat
     rows = list(csv.DictReader(open(out / "history.csv")))
     losses = [float(r["val_loss"]) for r in rows]
     assert m["best_epoch"] == 1 + losses.index(min(losses)) and "val loss" in m["stop_reason"]
-    # best.pt is the lowest-loss epoch (above); history.csv's validation ran in the training precision, metrics.json's in fp32 from best.pt
+    # best.pt is the lowest-loss epoch (above); history.csv's validation ran in the training precision, metrics.json's
+    # in fp32 from best.pt
     assert m["val"]["loss"] == pytest.approx(min(losses), abs=1e-6 if m["precision"] == "float32" else 2e-2)
 
 

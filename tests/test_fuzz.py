@@ -224,7 +224,8 @@ def _fuzz(name: str, examples: int, rng_seed: int | None) -> int:
         except (Exception, MemoryError):
             if crashed:
                 print(
-                    f"fuzz {name}: a crash, kept as {_keep(name, crashed[0])} (commit it: test_corpus_regressions reads it)"
+                    f"fuzz {name}: a crash, kept as {_keep(name, crashed[0])} "
+                    "(commit it: test_corpus_regressions reads it)"
                 )
             raise
     return count[0]

@@ -88,11 +88,11 @@ def test_kth_study_with_two_seeds_gives_all_ten_rows(tmp_path):
         assert "fewer epochs (1 of 300)" in cells[7] and cells[7].endswith("; kept" if got["kept"] else "; not kept")
     assert payload["rows"][0]["kept"] is True
     # cumulative: each row's runs carry every key kept before it, and its own
-    flat = lambda d, p="": {
+    flat = lambda d, p="": {  # noqa: E731
         k2: v2
         for k, v in d.items()
         for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])
-    }  # noqa: E731
+    }
     kept: dict = {}
     for _i, (want, got) in enumerate(zip(study.rows, payload["rows"])):
         cfg = flat(yaml.safe_load((Path(got["runs"][0]) / "config.yaml").read_text()))

@@ -995,7 +995,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from cnnlab.config import parse_set
     from cnnlab.report.tables import markdown_table
-    from cnnlab.reproduce import HEADER, per_class_text, run_reproduction, table_rows
+    from cnnlab.reproduce import HEADER, figure_table_rows, per_class_text, run_reproduction
 
     only = [r.strip() for r in args.rows.split(",")] if args.rows else None
     res = run_reproduction(
@@ -1008,7 +1008,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         only=only,
     )
     print()
-    print(markdown_table(HEADER, table_rows(res)), end="")
+    print(markdown_table(HEADER, figure_table_rows(res)), end="")
     if res.study.per_class:
         print()
         print(per_class_text(res), end="")
@@ -1022,10 +1022,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnlab.report.compare import format_table, predictions_figure, table_rows
+    from cnnlab.report.compare import compare_rows, format_table, predictions_figure
     from cnnlab.run_folder import write_user_file
 
-    text = format_table(table_rows(args.runs), args.format)
+    text = format_table(compare_rows(args.runs), args.format)
     print(text, end="")
     if args.out:
         write_user_file(args.out, text)

@@ -114,33 +114,47 @@ class TrainConfig:
     epochs: int = 4
     min_steps: int | None = None  # train at least this many optimizer steps: a small dataset gets more epochs
     reference_images: int | None = (
-        None  # with adapt: the training-set size the epochs are for; n images train epochs * sqrt(reference / n) (at most 100)
+        None  # with adapt: the training-set size the epochs are for; n images train epochs * sqrt(reference / n)
+        # (at most 100)
     )
     adapt: bool | list[str] = (
-        False  # fit batch, lr, warmup, epochs, augment (all: true, or a list) to the dataset (plan.py); config.yaml holds the results
+        False  # fit batch, lr, warmup, epochs, augment (all: true, or a list) to the dataset (plan.py); config.yaml
+        # holds the results
     )
     batch_size: int = 256
     eval_batch_size: int = 256  # 256 evaluates faster than 1024 on the 2-core CPU (the activations stay in cache)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto (on a CPU: bf16 where it is native and measured faster, else fp32; engine/precision.py) | fp32 | bf16 | fp16 (with a loss scaler)
+    precision: str = (
+        "auto"  # auto (on a CPU: bf16 where it is native and measured faster, else fp32; engine/precision.py)
+        # | fp32 | bf16 | fp16 (with a loss scaler)
+    )
     channels_last: bool | str = "auto"  # auto: where measured faster (engine/precision.py) | true | false
     threads: int | None = (
-        None  # torch's CPU threads; None: the physical cores (hyperthreads not counted), shared among torchrun's local processes
+        None  # torch's CPU threads; None: the physical cores (hyperthreads not counted), shared among torchrun's
+        # local processes
     )
     compile: bool = False  # torch.compile the model (slower on the 2-core CPU; may pay off on a GPU)
     deterministic: bool = False  # torch's deterministic algorithms only (CPU runs are repeatable without it)
-    loss: str = "auto"  # auto | cross-entropy | bce (binary or multi-label, on logits) | sigmoid-bce (a Sigmoid model + BCELoss)
+    loss: str = (
+        "auto"  # auto | cross-entropy | bce (binary or multi-label, on logits) | sigmoid-bce
+        # (a Sigmoid model + BCELoss)
+    )
     label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup's Beta(alpha, alpha); 0 is off
     cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 is off (with both, each batch picks one)
     ema: float | None = (
-        None  # keep an exponential moving average of the weights with this decay (e.g. 0.999); it is what gets evaluated and saved
+        None  # keep an exponential moving average of the weights with this decay (e.g. 0.999); it is what gets
+        # evaluated and saved
     )
     tta: bool | str = (
-        False  # evaluate on each image and its mirror image, averaged (not for digits or text); auto: when training flips images
+        False  # evaluate on each image and its mirror image, averaged (not for digits or text); auto: when
+        # training flips images
     )
-    report: bool = True  # draw plots/ and report.html at the end (false: plots/curves.png only; cnnlab report draws the rest later)
+    report: bool = (
+        True  # draw plots/ and report.html at the end (false: plots/curves.png only; cnnlab report draws the
+        # rest later)
+    )
     tensorboard: bool = (
         False  # also write TensorBoard event files to RUN_DIR/tensorboard/ (needs the tensorboard package)
     )
@@ -149,7 +163,10 @@ class TrainConfig:
     class_weights: str | None = None  # auto: weigh each class's loss by its inverse frequency in train
     freeze_epochs: int = 0  # train only the (new) head for this many epochs, then everything
     clip_grad_norm: float | None = None  # clip the gradients' global L2 norm to this (the comprehensive report: 1.0)
-    monitor: str = "val_accuracy"  # what picks best.pt and drives early stopping: val_accuracy | val_loss (train_* without a val split)
+    monitor: str = (
+        "val_accuracy"  # what picks best.pt and drives early stopping: val_accuracy | val_loss
+        # (train_* without a val split)
+    )
     test_weights: str = (
         "best"  # the weights the test part scores: best (best.pt, by `monitor` on the validation part) | last
     )
@@ -188,8 +205,19 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check values that types alone do not catch; raise ConfigError naming the key."""
-        t, d, o = self.train, self.data, self.optim
-        checks = [
+        # one list in a fixed order, so that of several wrong keys the same one is always reported
+        checks = self._loop_checks() + self._data_checks() + self._extra_checks()
+        for ok, key, value, want in checks:
+            if not ok:
+                raise ConfigError(f"{key} is {value!r}; it must be {want}")
+        if self.data.preprocess is not None:
+            check_preprocess(self.data.preprocess)
+        return self
+
+    def _loop_checks(self) -> list[tuple[bool, str, Any, str]]:
+        """validate()'s checks of the run name, the training loop, the optimizer and the schedule."""
+        t, o = self.train, self.optim
+        return [
             (
                 _one_component(self.name),
                 "name",
@@ -234,6 +262,12 @@ class RunConfig:
                 "positive and >= 1",
             ),
             (0 < self.schedule.pct_start < 1, "schedule.pct_start", self.schedule.pct_start, "in (0, 1)"),
+        ]
+
+    def _data_checks(self) -> list[tuple[bool, str, Any, str]]:
+        """validate()'s checks of smoothing, the time limit, the data splits and loading, and train.adapt."""
+        t, d = self.train, self.data
+        return [
             (0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)"),
             (t.time_limit is None or t.time_limit > 0, "train.time_limit", t.time_limit, "positive"),
             (d.val_size >= 0, "data.val_size", d.val_size, "a count >= 1 or a fraction in [0, 1)"),
@@ -268,6 +302,12 @@ class RunConfig:
                 t.channels_last,
                 "true, false or auto (where measured faster)",
             ),
+        ]
+
+    def _extra_checks(self) -> list[tuple[bool, str, Any, str]]:
+        """validate()'s checks of augmentation, the data limits, precision, threads, mixing, EMA and checkpoints."""
+        t, d = self.train, self.data
+        return [
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
@@ -305,12 +345,6 @@ class RunConfig:
                 "positive or null",
             ),
         ]
-        for ok, key, value, want in checks:
-            if not ok:
-                raise ConfigError(f"{key} is {value!r}; it must be {want}")
-        if d.preprocess is not None:
-            check_preprocess(d.preprocess)
-        return self
 
 
 PREPROCESS_STEPS = ("resize", "center_crop")
@@ -333,7 +367,8 @@ def check_preprocess(steps: Any) -> list[dict[str, Any]]:
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
         ):
             raise ConfigError(
-                f"data.preprocess step {step!r} is not {{resize: N}} or {{center_crop: N}} with N a positive whole number or [height, width]"
+                f"data.preprocess step {step!r} is not {{resize: N}} or {{center_crop: N}} "
+                "with N a positive whole number or [height, width]"
             )
     return steps
 

@@ -8,8 +8,6 @@ normalisation and preprocessing, batched by the same loaders).
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,13 @@ from cnnlab.config import RunConfig, config_from_dict
 from cnnlab.data.base import ArraySplit, Dataset, Split
 from cnnlab.data.images import open_image, preprocess_transform, to_uint8_tensor
 from cnnlab.data.loader import BatchLoader, make_loader
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.checkpoint import load_checkpoint, validate_checkpoint
 from cnnlab.engine.loop import eval_outputs
 from cnnlab.engine.losses import Objective, Target, create_objective, model_outputs
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import multilabel_confusion, multilabel_metrics, prediction_metrics
 from cnnlab.models import create_model
+from cnnlab.run_folder import read_metrics
 
 
 @dataclass
@@ -53,8 +52,8 @@ def tested_weights(run_dir: Path) -> str:
     """best or last: the checkpoint whose weights the run's metrics.json scored (train.test_weights;
     best for a run without metrics.json yet, or from before the key)."""
     try:
-        return "last" if json.loads((run_dir / "metrics.json").read_text()).get("test_weights") == "last" else "best"
-    except (OSError, ValueError, AttributeError):
+        return "last" if read_metrics(run_dir).get("test_weights") == "last" else "best"
+    except CnnlabError:
         return "best"
 
 
@@ -71,7 +70,8 @@ def find_checkpoint(source: str | Path) -> tuple[Path, Path | None]:
                 else "it is not a run folder (no config.yaml)"
             )
             raise CnnlabError(
-                f"{path} has no checkpoints/{best.name}: {why}; give a run folder that cnnlab train finished, or a checkpoint file"
+                f"{path} has no checkpoints/{best.name}: {why}; give a run folder that cnnlab train finished, or a "
+                f"checkpoint file"
             )
         return best, path
     if not path.exists():
@@ -131,10 +131,7 @@ def load_run(source: str | Path) -> LoadedRun:
     train.test_weights last) or of a checkpoint file."""
     path, run_dir = find_checkpoint(source)
     ckpt = load_checkpoint(path)
-    missing = [k for k in ("config", "classes", "model", "input_shape", "normalization") if k not in ckpt]
-    if missing:
-        raise CnnlabError(f"{path} lacks {', '.join(missing)}; it was not written by cnnlab train")
-    _check_fields(ckpt, path)
+    validate_checkpoint(ckpt, path)
     cfg = config_from_dict(ckpt["config"])
     classes = list(ckpt["classes"])
     multilabel = bool(ckpt.get("multilabel", isinstance(cfg.data.attributes, list) and len(cfg.data.attributes) > 1))
@@ -176,60 +173,6 @@ def load_run(source: str | Path) -> LoadedRun:
     )
 
 
-MAX_INPUT_CHANNELS = 64  # a model's input, as a checkpoint may claim it (cnnlab's data gives 1 or 3)
-MAX_INPUT_PIXELS = 40_000_000  # data.max_pixels' default: no image a run was trained on is larger
-
-
-def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
-    """The fields a rebuilt model is fed by, checked before they are used: a checkpoint edited by hand
-    gets a line naming the field, not a torch error later."""
-    from cnnlab.config import check_preprocess
-
-    def bad(field: str, why: str) -> CnnlabError:
-        return CnnlabError(f"{path}: its {field} {why}; it was not written by cnnlab train, or was edited")
-
-    shape = ckpt["input_shape"]
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise bad("input_shape", f"is {shape!r}, not [C, H, W]")
-    if (
-        shape[0] > MAX_INPUT_CHANNELS
-        or shape[1] * shape[2] > MAX_INPUT_PIXELS
-        or shape[0] * shape[1] * shape[2] > 3 * MAX_INPUT_PIXELS
-    ):  # the dry run would allocate it
-        raise bad(
-            "input_shape",
-            f"is {shape!r}, over {MAX_INPUT_CHANNELS} channels, {MAX_INPUT_PIXELS:,} pixels or {3 * MAX_INPUT_PIXELS:,} values",
-        )
-    classes = ckpt["classes"]
-    if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
-        raise bad("classes", "are not a list of names")
-    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
-        raise bad("model", "is not a state_dict of tensors")
-    norm = ckpt["normalization"]
-    try:
-        mean = torch.as_tensor(norm["mean"], dtype=torch.float32)
-        std = torch.as_tensor(norm["std"], dtype=torch.float32)
-        value_max = float(norm.get("value_max", 255.0))
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
-        raise bad("normalization", "has no numeric mean, std and value_max") from None
-    fits = tuple(mean.shape) in ((shape[0],), tuple(shape)) and mean.shape == std.shape
-    finite = (
-        bool(torch.isfinite(mean).all())
-        and bool(torch.isfinite(std).all())
-        and math.isfinite(value_max)
-        and value_max > 0
-    )
-    if not fits or not finite or not bool((std > 0).all()):
-        raise bad(
-            "normalization",
-            f"does not fit {shape[0]} channel(s) (mean {tuple(mean.shape)}, std {tuple(std.shape)}, finite, std > 0, value_max > 0)",
-        )
-    try:
-        check_preprocess(ckpt.get("preprocess", []))
-    except CnnlabError as e:
-        raise bad("preprocess", f"is not valid ({e})") from None
-
-
 def split_loader(run: LoadedRun, split: Split, batch_size: int = 512, normalise: bool = True) -> BatchLoader:
     """Batches of `split` fed as the run was validated: its normalisation and preprocessing, no
     augmentation. normalise=False: the same images as pixels / value_max (on [0, 1] for images)."""
@@ -260,11 +203,13 @@ def load_split(run: LoadedRun, name: str = "test", data: str | None = None) -> t
     ds = load_dataset(dc, run.cfg.train.seed)
     if list(ds.classes) != run.classes:
         raise CnnlabError(
-            f"the data has classes {', '.join(ds.classes[:4])}, ...; the model was trained on {', '.join(run.classes[:4])}, ...; give data with the same classes"
+            f"the data has classes {', '.join(ds.classes[:4])}, ...; the model was trained on "
+            f"{', '.join(run.classes[:4])}, ...; give data with the same classes"
         )
     if tuple(ds.input_shape) != run.input_shape:
         raise CnnlabError(
-            f"the data gives {'x'.join(map(str, ds.input_shape))} images; the model takes {'x'.join(map(str, run.input_shape))}"
+            f"the data gives {'x'.join(map(str, ds.input_shape))} images; the model takes "
+            f"{'x'.join(map(str, run.input_shape))}"
         )
     if name == "auto":
         name = "test" if ds.test is not None else "val"
@@ -317,15 +262,15 @@ def predict(model: nn.Module, loader: BatchLoader, objective: Objective, tta: bo
     return Predictions(torch.cat(probs), torch.cat(targets), torch.cat(losses), torch.cat(scores), index)
 
 
-def metrics_of(p: Predictions, classes: list[str], objective: Objective) -> dict[str, Any]:
+def metrics_of(preds: Predictions, classes: list[str], objective: Objective) -> dict[str, Any]:
     """metrics.json's block for a split: every figure derived from the predictions."""
-    loss = float(p.losses.mean())
+    loss = float(preds.losses.mean())
     if objective.multilabel:
-        return multilabel_metrics(multilabel_confusion((p.probs > 0.5).long(), p.targets), classes, loss)
-    scores = p.scores if objective.name != "sigmoid-bce" else None
+        return multilabel_metrics(multilabel_confusion((preds.probs > 0.5).long(), preds.targets), classes, loss)
+    scores = preds.scores if objective.name != "sigmoid-bce" else None
     if scores is not None and scores.shape[1] == 1:  # one logit: [-z, z] ranks like [1 - p, p]
         scores = torch.cat([-scores, scores], 1)
-    return prediction_metrics(p.probs, p.targets, classes, loss, scores=scores)
+    return prediction_metrics(preds.probs, preds.targets, classes, loss, scores=scores)
 
 
 def display_image(split: Split, i: int, preprocess: list, channels: int, max_pixels: int = 40_000_000) -> torch.Tensor:

@@ -108,7 +108,6 @@ def lr_find(
     from cnnlab.engine.loop import TrainStep
     from cnnlab.engine.optim import create_optimizer
     from cnnlab.run import prepare, training_policy
-    from cnnlab.run_folder import make_run_dir, write_json
 
     if not 0 < start < end:
         raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end")
@@ -125,7 +124,8 @@ def lr_find(
         model, optimizer, p.objective, None, autocast_factory(p.device, policy.autocast_dtype), tc.clip_grad_norm
     )
     log(
-        f"lr-find: {steps} steps of batch {tc.batch_size}, lr {start:g} to {end:g} ({p.cfg.optim.name}, {policy.summary()})"
+        f"lr-find: {steps} steps of batch {tc.batch_size}, lr {start:g} to {end:g} "
+        f"({p.cfg.optim.name}, {policy.summary()})"
     )
     try:
         tried, losses, stopped = sweep(step, loaders["train"], optimizer, rates(start, end, steps))
@@ -134,22 +134,29 @@ def lr_find(
         optimizer.load_state_dict(before[1])
     suggestion, minimum, steepest = suggest(tried, losses)
     res = LrFind(tried, losses, suggestion, minimum, steepest, stopped)
-    res.folder = make_run_dir(out, f"lr-find-{p.cfg.name}")
+    _save(res, p.cfg.name, tc.batch_size, out)
+    return res
+
+
+def _save(res: LrFind, name: str, batch_size: int, out: str | None) -> None:
+    """Write lr_find.json and lr_find.png into a new folder of runs/, and note the folder and files on `res`."""
+    from cnnlab.run_folder import make_run_dir, write_json
+
+    res.folder = make_run_dir(out, f"lr-find-{name}")
     payload = {
-        "recipe": p.cfg.name,
-        "suggestion": suggestion,
-        "minimum": minimum,
-        "steepest": steepest,
-        "stopped": stopped,
-        "batch_size": tc.batch_size,
-        "lrs": tried,
-        "losses": losses,
+        "recipe": name,
+        "suggestion": res.suggestion,
+        "minimum": res.minimum,
+        "steepest": res.steepest,
+        "stopped": res.stopped,
+        "batch_size": batch_size,
+        "lrs": res.lrs,
+        "losses": res.losses,
     }
     write_json(res.folder / "lr_find.json", payload)
     from cnnlab.report.plots import plot_lr_find
 
     res.files = [
         res.folder / "lr_find.json",
-        plot_lr_find(tried, losses, suggestion, minimum, res.folder / "lr_find.png"),
+        plot_lr_find(res.lrs, res.losses, res.suggestion, res.minimum, res.folder / "lr_find.png"),
     ]
-    return res

@@ -114,8 +114,46 @@ def flips_keep_class(split, num_classes: int) -> tuple[bool | None, str]:
     kept = (mirrored - chance) / (plain - chance)
     return (
         kept >= FLIP_KEEPS_CLASS,
-        f"class means recognise {plain:.0%} of images and {mirrored:.0%} of their mirror images ({kept:.0%} of the skill above chance kept)",
+        (
+            f"class means recognise {plain:.0%} of images and {mirrored:.0%} of their mirror images "
+            f"({kept:.0%} of the skill above chance kept)"
+        ),
     )
+
+
+def _batch_note(n: int, batch: int, steps: int, lr: float, recipe_batch: int, recipe_lr: float) -> str:
+    """The log line for the batch (and the lr that goes with it) adapt() chose for `n` training images."""
+    if batch != recipe_batch:
+        scaled = (
+            f"; lr {lr:.4g}, the recipe's {recipe_lr:g} per {recipe_batch} images scaled with the batch"
+            if lr != recipe_lr
+            else f"; lr {lr:g} as given"
+        )
+        return (
+            f"batch {batch} for {n:,} training images: {steps} steps an epoch "
+            f"(the recipe's {recipe_batch} would give {n // recipe_batch}){scaled}"
+        )
+    return f"batch {batch} for {n:,} training images: {steps} steps an epoch; lr {lr:.4g}"
+
+
+def _adapted_augment(ds: Dataset, augment: str, translate: int, notes: list[str]) -> tuple[str, int]:
+    """data.augment and data.translate fitted to `ds` (for data.augment auto); appends the log lines to `notes`."""
+    n = len(ds.train)
+    ops = parse_augment(augment)
+    flips, why = flips_keep_class(ds.train, len(ds.classes))
+    if "flip" in ops and flips is False:
+        augment = "+".join(op for op in ops if op != "flip") or "none"
+        notes.append(f"augment: no mirror images ({why})")
+    elif "flip" in ops:
+        notes.append(f"augment: mirror images ({why})")
+    side = min(ds.input_shape[1:])
+    if n < LARGE_DATA and side >= 16:
+        translate = max(translate, round(side / 28))
+        notes.append(
+            f"augment: shifts of up to {translate} pixel(s) "
+            f"({n:,} training images, fewer than {LARGE_DATA:,}: more augmentation)"
+        )
+    return augment, translate
 
 
 def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, list[str]]:
@@ -134,17 +172,7 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
     batch = adapted_batch(n, tc.batch_size, epochs) if "batch" in parts else tc.batch_size
     lr = oc.lr * batch / tc.batch_size if "lr" in parts else oc.lr
     steps = max(1, n // batch)  # the train loader drops the last partial batch, unless it is the only one
-    if batch != tc.batch_size:
-        scaled = (
-            f"; lr {lr:.4g}, the recipe's {oc.lr:g} per {tc.batch_size} images scaled with the batch"
-            if lr != oc.lr
-            else f"; lr {lr:g} as given"
-        )
-        notes.append(
-            f"batch {batch} for {n:,} training images: {steps} steps an epoch (the recipe's {tc.batch_size} would give {n // tc.batch_size}){scaled}"
-        )
-    else:
-        notes.append(f"batch {batch} for {n:,} training images: {steps} steps an epoch; lr {lr:.4g}")
+    notes.append(_batch_note(n, batch, steps, lr, tc.batch_size, oc.lr))
     if "epochs" in parts:
         epochs = epochs_for(n, batch, epochs, tc.min_steps)
         if epochs != tc.epochs:
@@ -154,7 +182,8 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
                 else f"train.min_steps={tc.min_steps} optimizer steps"
             )
             notes.append(
-                f"{epochs} epochs ({epochs * steps} steps), for {why}; at most {MAX_AUTO_EPOCHS} epochs, and --epochs N trains exactly N"
+                f"{epochs} epochs ({epochs * steps} steps), for {why}; at most {MAX_AUTO_EPOCHS} epochs, "
+                "and --epochs N trains exactly N"
             )
     warmup = sc.warmup_epochs
     if "warmup" in parts and sc.name == "warmup-linear":
@@ -162,19 +191,7 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
         notes.append(f"warm-up {round(warmup * steps)} steps ({warmup:g} epochs) of {steps * epochs}")
     augment, translate = dc.augment, dc.translate
     if "augment" in parts and augment_auto and not ds.multilabel:
-        ops = parse_augment(augment)
-        flips, why = flips_keep_class(ds.train, len(ds.classes))
-        if "flip" in ops and flips is False:
-            augment = "+".join(op for op in ops if op != "flip") or "none"
-            notes.append(f"augment: no mirror images ({why})")
-        elif "flip" in ops:
-            notes.append(f"augment: mirror images ({why})")
-        side = min(ds.input_shape[1:])
-        if n < LARGE_DATA and side >= 16:
-            translate = max(translate, round(side / 28))
-            notes.append(
-                f"augment: shifts of up to {translate} pixel(s) ({n:,} training images, fewer than {LARGE_DATA:,}: more augmentation)"
-            )
+        augment, translate = _adapted_augment(ds, augment, translate, notes)
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(dc, augment=augment, translate=translate),

@@ -34,8 +34,8 @@ import yaml
 from cnnlab.config import RunConfig, apply_overrides, load_recipe, recipe_dir, recipe_names
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.report.tables import markdown_table
-from cnnlab.run_folder import write_json, write_text
-from cnnlab.sweep import METRICS, Row, Train, guard_plan, run_rows
+from cnnlab.run_folder import read_history, report_link, write_json, write_text
+from cnnlab.sweep import METRICS, SweepRow, TrainFn, guard_plan, run_rows
 
 # keys that do not change what a run computes: a reproduction resumes whatever they are
 PLAN_FREE = {
@@ -76,7 +76,9 @@ def duration_text(seconds: float) -> str:
 
 
 @dataclass
-class Figure:
+class ReportedFigure:
+    """A figure the source report printed, and where our figure to set beside it comes from."""
+
     value: str  # test.accuracy | val.balanced_accuracy | history.val_accuracy (with epoch) ...
     reported: float | list[float]  # a number, or a [low, high] range
     label: str = ""  # what the report calls it, e.g. "epoch 10 val accuracy"
@@ -88,13 +90,17 @@ class Figure:
 
 @dataclass
 class StudyRow:
+    """A configuration the study trains: recipe keys over the recipe (`set`) and the report's figures of it."""
+
     name: str
     set: dict[str, Any]
-    figures: list[Figure]
+    figures: list[ReportedFigure]
 
 
 @dataclass
-class Study:
+class StudySpec:
+    """A recipe's `reproduce:` block, checked: what to train and which of the report's figures to compare."""
+
     name: str
     report: str
     data: str
@@ -121,14 +127,14 @@ def study_names() -> list[str]:
     ]
 
 
-def _figure(raw: Any, default_value: str | None, where: str) -> Figure:
+def _figure(raw: Any, default_value: str | None, where: str) -> ReportedFigure:
     if not isinstance(raw, dict):
         raw = {"reported": raw}
     raw = {"value": default_value, **raw}
-    unknown = set(raw) - {f for f in Figure.__dataclass_fields__}
+    unknown = set(raw) - {f for f in ReportedFigure.__dataclass_fields__}
     if unknown:
         raise ConfigError(f"{where}: unknown figure key(s) {', '.join(sorted(unknown))}")
-    f = Figure(**raw)
+    f = ReportedFigure(**raw)
     if not isinstance(f.value, str) or not VALUE.match(f.value):
         raise ConfigError(
             f"{where}: value {f.value!r} is not test.X, val.X (X accuracy, balanced_accuracy or loss) or history.X"
@@ -151,7 +157,7 @@ def _figure(raw: Any, default_value: str | None, where: str) -> Figure:
     return f
 
 
-def load_study(name: str) -> Study:
+def load_study(name: str) -> StudySpec:
     """The `reproduce:` block of recipe NAME, checked."""
     known = study_names()
     if name not in known:
@@ -177,13 +183,13 @@ def load_study(name: str) -> Study:
         )
     if not rows or not all(r.figures for r in rows):
         raise ConfigError(f"{where}: every row needs a figure the report printed")
-    unknown = set(raw) - set(Study.__dataclass_fields__)
+    unknown = set(raw) - set(StudySpec.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     from cnnlab import worked
 
     raw["examples"] = worked.parse(raw.get("examples"), where)
-    study = Study(name=name, rows=rows, **raw)
+    study = StudySpec(name=name, rows=rows, **raw)
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: row names must differ (each names a row of the table and its folder)")
@@ -209,7 +215,7 @@ def _data_read(cfg: RunConfig) -> str:
     return resolve_data(cfg.data).name
 
 
-def _check_data(cfg: RunConfig, study: Study) -> None:
+def _check_data(cfg: RunConfig, study: StudySpec) -> None:
     """Fail before the first run where the data is not here, with the source's own word on where it
     looked (it downloads where a network exists), and the study's stand-ins."""
     from cnnlab.data import DATASETS, resolve_data
@@ -231,10 +237,12 @@ def _check_data(cfg: RunConfig, study: Study) -> None:
 
 
 @dataclass
-class Result:
-    study: Study
-    rows: list[Row]  # as trained, in the study's order (a cumulative row that changes nothing has none)
-    names: list[str]  # the study row each Row is
+class Reproduction:
+    """A study as it was run: its rows' runs, what was read and trained, and where the files went."""
+
+    study: StudySpec
+    rows: list[SweepRow]  # as trained, in the study's order (a cumulative row that changes nothing has none)
+    names: list[str]  # the study row each SweepRow is
     data: str  # what was read
     stand_in: str | None
     epochs: int  # what the recipe's runs trained (the last period's end)
@@ -253,7 +261,7 @@ class Result:
         return worked.report(self.study.examples)
 
     @cached_property
-    def lines(self) -> list[Line]:
+    def lines(self) -> list[FigureLine]:
         """figure_lines(self), worked out once (it reads every run's history.csv): the table, the JSON
         and the figure all show these."""
         return figure_lines(self)
@@ -268,9 +276,9 @@ def run_reproduction(
     out: str | Path | None = None,
     sets: dict[str, Any] | None = None,
     only: list[str] | None = None,
-    train: Train | None = None,
+    train: TrainFn | None = None,
     log: Callable[[str], None] = print,
-) -> Result:
+) -> Reproduction:
     """Train study NAME's rows (over `seeds` seeds) and write the reproduction files under `out`."""
     t0 = time.perf_counter()
     study = load_study(name)
@@ -281,18 +289,68 @@ def run_reproduction(
             f"reproduce {name}: the report's worked examples, computed by torch\n"
             + worked.report(study.examples).rstrip()
         )
-    rows = study.rows  # --rows A,B: those, and the rows their figures are relative to
-    if only:
-        missing = [o for o in only if o not in [r.name for r in rows]]
-        if missing:
-            raise ConfigError(
-                f"--rows {missing[0]!r} is not a row of {name}; its rows: {', '.join(r.name for r in rows)}"
-            )
-        if study.cumulative:
-            raise ConfigError(f"{name} is cumulative (each row builds on the best so far): run all its rows")
-        needed = set(only) | {f.relative_to for r in rows if r.name in only for f in r.figures if f.relative_to}
-        rows = [r for r in rows if r.name in needed]
-    recipe = load_recipe(name)
+    rows = _chosen_rows(study, only)
+    recipe, cfg, read, stand_in = _study_config(study, data, sets)
+    report_epochs = study.epochs or (study.periods[-1] if study.periods else recipe.train.epochs)
+    periods, epoch_keys = _epoch_plan(study, epochs)
+    cfg = apply_overrides(cfg, epoch_keys) if epoch_keys else cfg
+    user = dict(sets or {})  # the user's --set keys win over a row's own
+    row_keys = {r.name: {**r.set, **epoch_keys, **user} for r in rows}
+    _check_rows(cfg, list(row_keys.values()))
+    out = Path(out or f"runs/reproduce-{name}")
+    _guard_study_plan(out, study, cfg, periods)
+    kept_rows, trained = _train_rows(
+        study,
+        rows,
+        row_keys,
+        cfg,
+        periods,
+        seeds=seeds,
+        out=out,
+        train=train,
+        log=lambda m: log(f"reproduce {name}: {m}"),
+    )
+    ran = periods[-1] if periods else cfg.train.epochs
+    result = Reproduction(
+        study,
+        trained,
+        [r.name for r in kept_rows],
+        read if cfg.data.root is None else f"{read} at {cfg.data.root}",
+        stand_in,
+        ran,
+        report_epochs,
+        periods,
+        [_row_epochs(r, ran, report_epochs, epochs, bool(periods)) for r in kept_rows],
+        seeds,
+        time.perf_counter() - t0,
+        out,
+    )
+    write_reproduction(result)
+    return result
+
+
+def _chosen_rows(study: StudySpec, only: list[str] | None) -> list[StudyRow]:
+    """The study's rows, or with --rows A,B those and the rows their figures are relative to."""
+    rows = study.rows
+    if not only:
+        return rows
+    missing = [o for o in only if o not in [r.name for r in rows]]
+    if missing:
+        raise ConfigError(
+            f"--rows {missing[0]!r} is not a row of {study.name}; its rows: {', '.join(r.name for r in rows)}"
+        )
+    if study.cumulative:
+        raise ConfigError(f"{study.name} is cumulative (each row builds on the best so far): run all its rows")
+    needed = set(only) | {f.relative_to for r in rows if r.name in only for f in r.figures if f.relative_to}
+    return [r for r in rows if r.name in needed]
+
+
+def _study_config(
+    study: StudySpec, data: str | None, sets: dict[str, Any] | None
+) -> tuple[RunConfig, RunConfig, str, str | None]:
+    """(the study's recipe, the config its rows start from, the dataset it reads, that dataset's name
+    where it is a stand-in for the report's, else None). The data is checked here, before any run."""
+    recipe = load_recipe(study.name)
     overrides = dict(sets or {})
     if data is not None:
         from cnnlab.data import data_key
@@ -304,23 +362,31 @@ def run_reproduction(
     if stand_in is not None and stand_in in study.stand_ins:
         cfg = apply_overrides(cfg, {**study.stand_ins[stand_in], **overrides})  # the user's keys win
     _check_data(cfg, study)
-    report_epochs = study.epochs or (study.periods[-1] if study.periods else recipe.train.epochs)
-    periods = list(study.periods)
-    epoch_keys: dict[str, Any] = {}
-    if epochs is not None:  # --epochs N: N per period where the study trains in periods; over a row's own too
-        periods = [epochs * (k + 1) for k in range(len(periods))]
-        epoch_keys = {"train.epochs": epochs, "train.min_steps": None}
-        cfg = apply_overrides(cfg, epoch_keys)
+    return recipe, cfg, read, stand_in
+
+
+def _epoch_plan(study: StudySpec, epochs: int | None) -> tuple[list[int], dict[str, Any]]:
+    """(each period's last epoch, empty for one period; the keys --epochs N sets, none without it).
+    --epochs N trains N per period where the study trains in periods, and over a row's own epochs too."""
+    if epochs is None:
+        return list(study.periods), {}
+    return [epochs * (k + 1) for k in range(len(study.periods))], {"train.epochs": epochs, "train.min_steps": None}
+
+
+def _check_rows(cfg: RunConfig, row_keys: list[dict[str, Any]]) -> None:
+    """Every row's keys and names, checked before the first run."""
     from cnnlab.data import resolve_data
     from cnnlab.run import check_names
 
-    user = dict(sets or {})  # the user's --set keys win over a row's own
-    for r in rows:  # every row's keys and names are checked before the first run
-        row_cfg = apply_overrides(cfg, {**r.set, **epoch_keys, **user}).validate()
+    for keys in row_keys:
+        row_cfg = apply_overrides(cfg, keys).validate()
         check_names(dataclasses.replace(row_cfg, data=resolve_data(row_cfg.data)))
-    out = Path(out or f"runs/reproduce-{name}")
+
+
+def _guard_study_plan(out: Path, study: StudySpec, cfg: RunConfig, periods: list[int]) -> None:
+    """reproduce.yaml in `out` (sweep.guard_plan): what the runs compute, without the PLAN_FREE keys."""
     plan = {
-        "study": name,
+        "study": study.name,
         "recipe": {
             sec: {k: v for k, v in vals.items() if f"{sec}.{k}" not in PLAN_FREE} if isinstance(vals, dict) else vals
             for sec, vals in cfg.to_dict().items()
@@ -329,10 +395,24 @@ def run_reproduction(
         "periods": periods,
     }
     guard_plan(out, "reproduce.yaml", plan, "reproduction")
-    index = {
-        r.name: i for i, r in enumerate(study.rows)
-    }  # folders by the study's row number, so --rows runs are reused
-    steps = [(r.name, {**r.set, **epoch_keys, **user}, f"{index[r.name]:02d}-{_slug(r.name)}") for r in rows]
+
+
+def _train_rows(
+    study: StudySpec,
+    rows: list[StudyRow],
+    row_keys: dict[str, dict[str, Any]],
+    cfg: RunConfig,
+    periods: list[int],
+    *,
+    seeds: int,
+    out: Path,
+    train: TrainFn | None,
+    log: Callable[[str], None],
+) -> tuple[list[StudyRow], list[SweepRow]]:
+    """Train `rows` (sweep.run_rows), each with its `row_keys` over `cfg`: (the rows that have runs, and
+    their runs), in the study's order. A cumulative row that leaves the best configuration as it is has none."""
+    index = {r.name: i for i, r in enumerate(study.rows)}  # folders by the study's row number: --rows runs are reused
+    steps = [(r.name, row_keys[r.name], f"{index[r.name]:02d}-{_row_slug(r.name)}") for r in rows]
     trained = run_rows(
         cfg,
         steps,
@@ -342,36 +422,22 @@ def run_reproduction(
         metric=study.metric,
         periods=periods or None,
         train=train,
-        log=lambda m: log(f"reproduce {name}: {m}"),
+        log=log,
     )
     by_label = {r.label: r for r in trained}
-    kept_rows = [r for r in rows if r.name in by_label]
-    ran = periods[-1] if periods else cfg.train.epochs
-    row_epochs = [
-        (ran, report_epochs)
-        if periods
-        else (epochs or int(r.set.get("train.epochs", ran)), int(r.set.get("train.epochs", report_epochs)))
-        for r in kept_rows
-    ]
-    result = Result(
-        study,
-        [by_label[r.name] for r in kept_rows],
-        [r.name for r in kept_rows],
-        read if cfg.data.root is None else f"{read} at {cfg.data.root}",
-        stand_in,
-        ran,
-        report_epochs,
-        periods,
-        row_epochs,
-        seeds,
-        time.perf_counter() - t0,
-        out,
-    )
-    write_reproduction(result)
-    return result
+    kept = [r for r in rows if r.name in by_label]
+    return kept, [by_label[r.name] for r in kept]
 
 
-def _slug(text: str) -> str:
+def _row_epochs(row: StudyRow, ran: int, report_epochs: int, epochs: int | None, periods: bool) -> tuple[int, int]:
+    """(epochs the row trained, the report's) where a row may set its own train.epochs."""
+    if periods:
+        return ran, report_epochs
+    return epochs or int(row.set.get("train.epochs", ran)), int(row.set.get("train.epochs", report_epochs))
+
+
+def _row_slug(text: str) -> str:
+    """A study row's folder name from its name: "SqueezeNet 1.1" -> "squeezenet-1-1"."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "row"
 
 
@@ -381,24 +447,21 @@ def _slug(text: str) -> str:
 def _history_value(run_dir: str, column: str, epoch: int | str) -> tuple[float, int] | None:
     """`column` of history.csv at `epoch` ("last": the last epoch run), or at the last epoch run where
     the run is shorter."""
-    from cnnlab.report.plots import read_csv
-
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
+    if not (Path(run_dir) / "history.csv").is_file():
         return None
-    rows = [r for r in read_csv(path) if r.get(column) not in (None, "")]
+    rows = [r for r in read_history(run_dir) if r.get(column) not in (None, "")]
     if not rows:
         return None
     at = [r for r in rows if int(r["epoch"]) == epoch] or [rows[-1]]
     return float(at[0][column]), int(at[0]["epoch"])
 
 
-def _sources(row: Row, f: Figure) -> list[dict[str, Any]]:
+def _sources(row: SweepRow, f: ReportedFigure) -> list[dict[str, Any]]:
     """Each seed's metrics.json that figure `f` reads: after its period, or at the end."""
     return [p[f.period - 1] for p in row.periods] if f.period else row.metrics
 
 
-def seed_values(row: Row, f: Figure) -> tuple[list[float | None], int | None]:
+def seed_values(row: SweepRow, f: ReportedFigure) -> tuple[list[float | None], int | None]:
     """This figure of each seed's run (None where a run lacks it), and the fewest epochs a value was
     read after (history figures: the epoch read; period figures: the epochs the period ran)."""
     kind, _, key = f.value.partition(".")
@@ -421,7 +484,9 @@ def seed_values(row: Row, f: Figure) -> tuple[list[float | None], int | None]:
 
 
 @dataclass
-class Line:
+class FigureLine:
+    """One line of the reproduction table: a figure of the report beside ours, as text and as numbers."""
+
     row: str
     figure: str
     reported: str
@@ -455,7 +520,7 @@ def _show(v: float, kind: str) -> str:
     return _fmt(v, 100.0) if kind == "fraction" else f"{v:.4g}"  # a loss to four figures, as the reports print them
 
 
-def _counts(res: Result, row: Row, f: Figure) -> tuple[str, str]:
+def _counts(res: Reproduction, row: SweepRow, f: ReportedFigure) -> tuple[str, str]:
     """(the report's, ours) accuracy as counts, e.g. "(9678/12183)", where the study gives its test size."""
     if res.study.test_images is None or f.value != "test.accuracy" or f.relative_to or isinstance(f.reported, list):
         return "", ""
@@ -467,7 +532,7 @@ def _counts(res: Result, row: Row, f: Figure) -> tuple[str, str]:
     return f" ({round(float(f.reported) * res.study.test_images)}/{res.study.test_images})", ours
 
 
-def _reported_text(f: Figure, kind: str) -> str:
+def _reported_text(f: ReportedFigure, kind: str) -> str:
     rep, unit = f.reported, " pts" if f.relative_to else ""
     scale = 100.0 if kind == "fraction" else 1.0
     if isinstance(rep, list):
@@ -482,7 +547,7 @@ def _reported_text(f: Figure, kind: str) -> str:
     )
 
 
-def _difference(f: Figure, mean: float, kind: str) -> str:
+def _difference(f: ReportedFigure, mean: float, kind: str) -> str:
     rep, scale = f.reported, (100.0 if kind == "fraction" else 1.0)
     if kind == "seconds" and not isinstance(rep, list):
         return f"{100 * mean / rep:.2g}% of the report's time" if rep else ""
@@ -495,7 +560,7 @@ def _difference(f: Figure, mean: float, kind: str) -> str:
     )
 
 
-def _label(res: Result, f: Figure) -> str:
+def _label(res: Reproduction, f: ReportedFigure) -> str:
     pretty = _pretty(f.value)
     if f.epoch == "last":
         label = f.label or f"{pretty} at the last epoch"
@@ -509,7 +574,7 @@ def _label(res: Result, f: Figure) -> str:
     return label + (f" (change from {f.relative_to})" if f.relative_to else "")
 
 
-def figure_lines(res: Result) -> list[Line]:
+def figure_lines(res: Reproduction) -> list[FigureLine]:
     by_name = dict(zip(res.names, res.rows))
     lines = []
     for name, row, (ran, report_epochs) in zip(res.names, res.rows, res.row_epochs):
@@ -518,7 +583,9 @@ def figure_lines(res: Result) -> list[Line]:
             got_values, at_epoch = seed_values(row, f)
             kind = _kind(f.value)
             if f.relative_to:  # paired by seed: this row's run minus the reference row's run of the same seed
-                base_values, _ = seed_values(by_name[f.relative_to], Figure(f.value, 0, epoch=f.epoch, period=f.period))
+                base_values, _ = seed_values(
+                    by_name[f.relative_to], ReportedFigure(f.value, 0, epoch=f.epoch, period=f.period)
+                )
                 got_values = [
                     a - b if a is not None and b is not None else None for a, b in zip(got_values, base_values)
                 ]
@@ -548,7 +615,7 @@ def figure_lines(res: Result) -> list[Line]:
                 )
                 diff = _difference(f, mean, kind)
             lines.append(
-                Line(
+                FigureLine(
                     name,
                     _label(res, f),
                     _reported_text(f, kind) + rep_count,
@@ -575,11 +642,11 @@ def _pretty(value: str) -> str:
     return key if kind == "history" else f"{kind} {key}"
 
 
-def _period_end(res: Result, period: int) -> int:
+def _period_end(res: Reproduction, period: int) -> int:
     return res.periods[period - 1]
 
 
-def per_class_accuracy(row: Row) -> dict[str, float]:
+def per_class_accuracy(row: SweepRow) -> dict[str, float]:
     """Each class's test accuracy (its recall), the mean over the row's seeds."""
     tests = [m["test"]["per_class"] for m in row.metrics if "test" in m]
     return {c: statistics.fmean(t[c]["recall"] for t in tests) for c in tests[0]} if tests else {}
@@ -600,7 +667,7 @@ HEADER = [
 ]
 
 
-def run_wall_seconds(row: Row) -> float | None:
+def run_wall_seconds(row: SweepRow) -> float | None:
     """A row's wall time per run, the mean over its seeds: each run's total_seconds, summed over its
     periods where it trained in periods (each period is a session of its own)."""
     per_run = (
@@ -611,7 +678,8 @@ def run_wall_seconds(row: Row) -> float | None:
     return statistics.fmean(per_run) if per_run else None
 
 
-def table_rows(res: Result) -> list[list[str]]:
+def figure_table_rows(res: Reproduction) -> list[list[str]]:
+    """The rows of the figures' table, under HEADER: one per figure, as reproduction.md shows them."""
     epochs = {
         name: f"{ran}" + (f" of the report's {ref}" if ran < ref else "")
         for name, (ran, ref) in zip(res.names, res.row_epochs)
@@ -626,7 +694,7 @@ def table_rows(res: Result) -> list[list[str]]:
     ]
 
 
-def epochs_text(res: Result) -> str:
+def epochs_text(res: Reproduction) -> str:
     """The epochs the runs trained: one number, or each row's where rows set their own."""
     ran = [e for e, _ in res.row_epochs]
     if len(set(ran)) <= 1:
@@ -634,7 +702,7 @@ def epochs_text(res: Result) -> str:
     return ", ".join(f"{e} ({n})" for n, e in zip(res.names, ran))
 
 
-def _summary_lines(res: Result) -> list[str]:
+def _summary_lines(res: Reproduction) -> list[str]:
     s = res.study
     out = [
         f"Report: {s.report}",
@@ -650,17 +718,20 @@ def _summary_lines(res: Result) -> list[str]:
         )
     if s.cumulative:
         out.append(
-            f"Cumulative: each row is applied to the best configuration so far, kept where it beats it (on the {_pretty('test.' + s.metric)})"
+            "Cumulative: each row is applied to the best configuration so far, kept where it beats it "
+            f"(on the {_pretty('test.' + s.metric)})"
         )
     train = sum(r.seconds for r in res.rows)
     runs = sum(m.get("total_seconds", 0.0) for r in res.rows for m in r.metrics)  # each run's own wall time
     out.append(
-        f"Time: {train:.0f} s of training, {runs:.0f} s in all over {sum(len(r.runs) for r in res.rows)} runs (each run's wall time, summed); this command took {res.wall_seconds:.0f} s (runs read back from an earlier one take none)"
+        f"Time: {train:.0f} s of training, {runs:.0f} s in all over {sum(len(r.runs) for r in res.rows)} runs "
+        f"(each run's wall time, summed); this command took {res.wall_seconds:.0f} s "
+        "(runs read back from an earlier one take none)"
     )
     return out + list(s.notes)
 
 
-def per_class_text(res: Result) -> str:
+def per_class_text(res: Reproduction) -> str:
     out = []
     for name, row in zip(res.names, res.rows):
         acc = per_class_accuracy(row)
@@ -674,14 +745,37 @@ def per_class_text(res: Result) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def run_link(res: Result, run_dir: str) -> str:
-    """A run's report.html relative to the reproduction folder, or the folder where it has none."""
-    rel = Path(run_dir).relative_to(res.out)
-    return f"{rel}/report.html" if (Path(run_dir) / "report.html").is_file() else f"{rel}/"
+def write_reproduction(res: Reproduction) -> None:
+    """reproduction.md, reproduction.json and reproduction.html (with its figures) in res.out."""
+    rows = figure_table_rows(res)
+    write_text(res.out / "reproduction.md", _markdown(res, rows))
+    write_json(res.out / "reproduction.json", _json_payload(res))
+    from cnnlab.report.reproduction import ReproductionPage, write_html  # matplotlib: only once the figures are drawn
+
+    page = ReproductionPage(
+        study=res.study.name,
+        report=res.study.report,
+        out=res.out,
+        header=HEADER,
+        table=rows,
+        lines=res.lines,
+        runs=[(name, list(row.runs)) for name, row in zip(res.names, res.rows)],
+        summary=_summary_lines(res),
+        data=res.data,
+        stand_in=bool(res.stand_in),
+        seeds=res.seeds,
+        epochs=epochs_text(res),
+        wall_seconds=res.wall_seconds,
+        periods=list(res.periods),
+        per_class=per_class_text(res) if res.study.per_class else None,
+        worked=res.worked_text if res.study.examples else None,
+        two_panel=res.study.two_panel,
+        predictions=res.study.predictions,
+    )
+    write_html(page)
 
 
-def write_reproduction(res: Result) -> None:
-    rows = table_rows(res)
+def _markdown(res: Reproduction, rows: list[list[str]]) -> str:
     md = [
         f"# Reproduction: {res.study.name}",
         "",
@@ -695,11 +789,16 @@ def write_reproduction(res: Result) -> None:
         md += ["## The report's worked examples, computed by torch", "", "```", res.worked_text.rstrip(), "```", ""]
     md += [
         "Run folders: "
-        + ", ".join(f"[{Path(r).relative_to(res.out)}]({run_link(res, r)})" for row in res.rows for r in row.runs),
+        + ", ".join(
+            f"[{Path(r).relative_to(res.out)}]({report_link(r, res.out)})" for row in res.rows for r in row.runs
+        ),
         "",
     ]
-    write_text(res.out / "reproduction.md", "\n".join(md))
-    payload = {
+    return "\n".join(md)
+
+
+def _json_payload(res: Reproduction) -> dict[str, Any]:
+    return {
         "study": res.study.name,
         "report": res.study.report,
         "data": res.data,
@@ -732,7 +831,3 @@ def write_reproduction(res: Result) -> None:
             for n, r in zip(res.names, res.rows)
         ],
     }
-    write_json(res.out / "reproduction.json", payload)
-    from cnnlab.report.reproduction import write_html
-
-    write_html(res, rows, HEADER)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import random
 import time
@@ -16,24 +15,33 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnlab.config import RunConfig, apply_overrides, config_from_dict, flatten
+from cnnlab.config import RunConfig, TrainConfig
 from cnnlab.data import Dataset, load_dataset, resolve_data
 from cnnlab.data.augment import parse_augment
-from cnnlab.data.loader import make_loader
+from cnnlab.data.loader import BatchLoader, make_loader
 from cnnlab.data.pipeline import build_loaders, dataset_value_max, normalization_stats
 from cnnlab.engine.callbacks import (
+    BestTracker,
     Callback,
     Checkpointer,
     DivergenceGuard,
     EarlyStopping,
-    FitState,
     FreezeBody,
     HistoryWriter,
     ProgressBar,
     TensorBoardLogger,
     TimeLimit,
 )
-from cnnlab.engine.checkpoint import init_from, load_checkpoint, restore_rng
+from cnnlab.engine.checkpoint import (
+    RunIdentity,
+    TrainingParts,
+    check_resumed_data,
+    init_from,
+    load_checkpoint,
+    restore_training,
+    resume_config,
+    training_snapshot,
+)
 from cnnlab.engine.device import autocast_factory, resolve_device, set_threads
 from cnnlab.engine.distributed import Dist, env_world, init_distributed, shutdown
 from cnnlab.engine.ema import EMA
@@ -43,6 +51,7 @@ from cnnlab.engine.losses import LOSSES, Objective, Target, create_objective, mo
 from cnnlab.engine.mix import BatchMix
 from cnnlab.engine.optim import create_optimizer, create_scheduler
 from cnnlab.engine.precision import Choice, choose, model_signature
+from cnnlab.engine.state import FitState
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.evaluation import Predictions, metrics_of, predict
 from cnnlab.models import create_model, dry_run, num_parameters
@@ -125,15 +134,18 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
     tc = cfg.train
     if cfg.schedule.name == "plateau" and cfg.data.val_size == 0:
         raise ConfigError(
-            "schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another schedule"
+            "schedule plateau steps on a validation figure, and data.val_size is 0; give a validation part or another "
+            "schedule"
         )
     if world > 1 and tc.freeze_epochs:
         raise ConfigError(
-            "train.freeze_epochs changes which parameters train while DistributedDataParallel expects a fixed set; under torchrun leave it at 0"
+            "train.freeze_epochs changes which parameters train while DistributedDataParallel expects a fixed set; "
+            "under torchrun leave it at 0"
         )
     if world > 1 and tc.batch_size % world:
         raise ConfigError(
-            f"train.batch_size {tc.batch_size} is the global batch and must divide among the {world} processes; use a multiple of {world}"
+            f"train.batch_size {tc.batch_size} is the global batch and must divide among the {world} processes; use a "
+            f"multiple of {world}"
         )
     if tc.precision == "fp16" and device.type == "mps":
         raise ConfigError(
@@ -172,7 +184,8 @@ def weights_normalization(cfg: RunConfig, ds, w: dict[str, Any] | None) -> tuple
         return cfg, []
     if (tuple(round(v, 3) for v in w["mean"]), tuple(round(v, 3) for v in w["std"])) != IMAGENET_STATS:
         return cfg, [
-            f"normalize: the data's own statistics (the weights' mean {w['mean']} and std {w['std']} are not a cnnlab normalisation; data.normalize sets one)"
+            f"normalize: the data's own statistics (the weights' mean {w['mean']} and std {w['std']} are not a cnnlab "
+            f"normalisation; data.normalize sets one)"
         ]
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize="imagenet")), [
         "normalize: imagenet, the pretrained weights' statistics"
@@ -199,17 +212,33 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     cfg, notes = adapt(cfg, ds, augment_auto)  # train.adapt: batch, lr, warm-up, epochs, augmentation for this data
     notes = weight_notes + more_notes + notes
     if cfg.data.preprocess is None and ds.preprocess:  # chosen from the files' sizes (data/folder.py auto_side)
+        steps = " then ".join(f"{k} {v}" for step in ds.preprocess for k, v in step.items())
         notes.insert(
-            0,
-            f"input {'x'.join(map(str, ds.input_shape))}: the images' sizes vary or are large, so each is {' then '.join(f'{k} {v}' for step in ds.preprocess for k, v in step.items())}",
+            0, f"input {'x'.join(map(str, ds.input_shape))}: the images' sizes vary or are large, so each is {steps}"
         )
-    if (
-        cfg.train.tta == "auto"
-    ):  # mirror images at test time where training showed the model mirror images (never digits)
-        flips = "flip" in parse_augment(cfg.data.augment) and cfg.data.name not in DIGITS
+    if cfg.train.tta == "auto":  # mirror images at test time where training showed the model mirror images
+        flips = "flip" in parse_augment(cfg.data.augment) and cfg.data.name not in DIGITS  # never digits
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, tta=flips))
-    num_classes = len(ds.classes)
-    target = Target(num_classes, ds.train.labels.ndim == 2, ds.train)
+    model, objective = build_model(cfg, ds)
+    if cfg.model.init_from:
+        notes.append(init_from(model, cfg.model.init_from, ds.classes))
+    # config.yaml records what was inferred (image size, channels, the loss), so a rerun reads the same way
+    inferred = list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, preprocess=inferred, channels=ds.input_shape[0]),
+        train=dataclasses.replace(cfg.train, loss=objective.name),
+    )
+    cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
+    return Prepared(
+        cfg, device, ds, model, objective, mean_t.tolist(), std_t.tolist(), notes + data_notes(cfg, ds, more_epochs)
+    )
+
+
+def build_model(cfg: RunConfig, ds: Dataset) -> tuple[nn.Module, Objective]:
+    """The model for `ds` (its input, its classes through the objective's outputs), dry-run once on
+    an image of the data's shape, and its objective."""
+    target = Target(len(ds.classes), ds.train.labels.ndim == 2, ds.train)
     model: nn.Module = create_model(
         cfg.model.name,
         num_classes=model_outputs(cfg.train.loss, target),
@@ -235,163 +264,34 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
         raise ConfigError(
             "train.tta averages each image with its mirror image, which changes digits; leave it off for MNIST"
         )
-    if cfg.model.init_from:
-        notes.append(init_from(model, cfg.model.init_from, ds.classes))
-    # config.yaml records what was inferred (image size, channels, the loss), so a rerun reads the same way
-    inferred = list(ds.preprocess) if ds.preprocess or cfg.data.preprocess is not None else None
-    cfg = dataclasses.replace(
-        cfg,
-        data=dataclasses.replace(cfg.data, preprocess=inferred, channels=ds.input_shape[0]),
-        train=dataclasses.replace(cfg.train, loss=objective.name),
-    )
-    cfg, more_epochs = resolve_epochs(cfg, len(ds.train))
-    tc = cfg.train
+    return model, objective
+
+
+def data_notes(cfg: RunConfig, ds: Dataset, more_epochs: bool) -> list[str]:
+    """The log's lines on epochs added for train.min_steps, and on IDX files read as which dataset."""
+    tc, notes = cfg.train, []
     if more_epochs:
         notes.append(
-            f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)"
+            f"{len(ds.train):,} training images: {tc.epochs} epochs, for train.min_steps={tc.min_steps} optimizer "
+            f"steps (at most {MAX_AUTO_EPOCHS} epochs; --epochs N trains exactly N)"
         )
     if cfg.data.root and cfg.data.name in ("mnist", "fashion-mnist"):
         other = "mnist" if cfg.data.name == "fashion-mnist" else "fashion-mnist"
         notes.append(
-            f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); if they are {other}, add --set data.name={other}"
+            f"reading the IDX files in {cfg.data.root} as {cfg.data.name} ({', '.join(ds.classes[:3])}, ...); "
+            f"if they are {other}, add --set data.name={other}"
         )
-    return Prepared(cfg, device, ds, model, objective, mean_t.tolist(), std_t.tolist(), notes)
-
-
-# --- resuming ---------------------------------------------------------------------------------
-
-# keys a resumed run may change; anything else that differs from the run's config is refused
-RESUME_FREE = (
-    "name",
-    "train.epochs",
-    "train.min_steps",
-    "train.reference_images",
-    "train.time_limit",
-    "train.early_stopping",
-    "train.checkpoint_steps",
-    "train.checkpoint_seconds",
-    "train.device",
-    "train.threads",
-    "train.eval_batch_size",
-    "train.tta",
-    "train.test_weights",
-    "train.clip_grad_norm",
-    "data.root",
-    "data.workers",
-    "data.download",
-)
-
-
-def _epochs_reported(run_dir: Path) -> int | None:
-    """epochs_run of the run's metrics.json (written when its test evaluation finished), or None."""
-    try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("epochs_run")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunConfig, dict[str, Any], list[str]]:
-    """The config to continue `run_dir` with (its own, plus the allowed `overrides`), its last.pt, and
-    lines for the log. A change to the model, the data or anything that breaks the saved state is a
-    ConfigError saying what differs."""
-    run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if not (run_dir / "config.yaml").is_file() or not last.is_file():
-        raise CnnlabError(
-            f"--resume {run_dir}: not a run folder with checkpoints/last.pt; give a folder that cnnlab train wrote"
-        )
-    ckpt = load_checkpoint(last)
-    if not isinstance(ckpt.get("fit"), dict) or not isinstance(ckpt.get("config"), dict):
-        raise CnnlabError(
-            f"--resume {run_dir}: its last.pt was written by an older cnnlab without the training state; start a new run (--init-from {run_dir} keeps the weights)"
-        )
-    saved = config_from_dict(ckpt["config"])
-    cfg = apply_overrides(saved, overrides)
-    old, new = flatten(saved.to_dict()), flatten(cfg.to_dict())
-    changed = [k for k in new if new[k] != old.get(k)]
-    fixed = [k for k in changed if k not in RESUME_FREE]
-    if fixed:
-        k = fixed[0]
-        why = (
-            "changes the model"
-            if k.startswith("model.")
-            else "changes the data"
-            if k.startswith("data.")
-            else "does not fit the saved training state"
-        )
-        raise ConfigError(
-            f"--resume {run_dir}: {k} is {old.get(k)!r} in that run and {new[k]!r} here, which {why}; resume without it, or start a new run (--init-from {run_dir} keeps the weights)"
-        )
-    done = ckpt["fit"]["epoch"] - (1 if ckpt["fit"].get("progress") else 0)
-    finished = not ckpt["fit"].get("progress") and _epochs_reported(run_dir) == ckpt["fit"]["epoch"]
-    if cfg.train.epochs < done or (cfg.train.epochs == done and finished):
-        raise ConfigError(
-            f"--resume {run_dir}: that run has finished {done} epoch(s) of {saved.train.epochs}; give --epochs N with N above {done} to train more"
-        )
-    notes = [
-        f"resumed {run_dir} at epoch {ckpt['fit']['epoch']}, step {ckpt['fit']['step']}"
-        + (" (inside the epoch)" if ckpt["fit"].get("progress") else "")
-    ]
-    notes += [f"  {k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
-    return cfg, ckpt, notes
-
-
-def _rounded(values: Any) -> list[float]:
-    """Statistics (per channel, or per pixel: nested lists) as one flat list, to 6 places."""
-    return [round(v, 6) for v in torch.as_tensor(values, dtype=torch.float64).flatten().tolist()]
-
-
-def check_resumed_data(ckpt: dict[str, Any], p: Prepared, run_dir: Path) -> None:
-    """A resumed run's data must be the data it was trained on, wherever it now lies (data.root may
-    change): the same class names in the same order, input shape and normalisation. Other names in
-    the same count would train on silently, and the checkpoints would then carry the new names."""
-    saved_norm = ckpt.get("normalization") or {}
-    pairs = [
-        ("class names", list(ckpt.get("classes", [])), list(p.ds.classes)),
-        ("input shape", list(ckpt.get("input_shape", [])), list(p.ds.input_shape)),
-        ("normalisation mean", _rounded(saved_norm.get("mean", [])), _rounded(p.mean)),
-        ("normalisation std", _rounded(saved_norm.get("std", [])), _rounded(p.std)),
-    ]
-    for what, old, new in pairs:
-        if old != new:
-            show = (
-                (lambda v: f"{len(v)} ({', '.join(map(str, v[:4]))}{', ...' if len(v) > 4 else ''})")
-                if what == "class names"
-                else str
-            )
-            raise ConfigError(
-                f"--resume {run_dir}: the data differs from the run's: {what} {show(old)} there, {show(new)} here; resume on the same data, or start a new run (--init-from {run_dir} keeps the weights)"
-            )
-
-
-def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer, scheduler, scaler, ema) -> None:
-    """Put a run's saved training state back: weights, optimizer, schedule, scaler, EMA, random streams."""
-    model.load_state_dict(ckpt.get("raw_model") or ckpt["model"])
-    # the implementation (fused or not) this torch and device take, not the saved run's: set before
-    # loading, so the state (Adam's step count) is placed as that implementation wants it
-    saved = ckpt["optimizer"]
-    built = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    if len(built) == len(saved["param_groups"]):  # else load_state_dict gives its own error
-        saved = {**saved, "param_groups": [{**g, **impl} for g, impl in zip(saved["param_groups"], built)]}
-    optimizer.load_state_dict(saved)
-    if scheduler is not None and ckpt.get("scheduler") is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt.get("scaler") is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    if ema is not None:
-        ema.module.load_state_dict(ckpt["model"])
-        ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 0)))
-    restore_rng(ckpt["rng"])
+    return notes
 
 
 # --- a run --------------------------------------------------------------------------------------
 
 
-def training_policy(p: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Choice:
+def training_policy(prep: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Choice:
     """The dtype and layout this run trains with (engine/precision.py): a resumed run keeps its own
     (an exact continuation); else rank 0 decides, probing the run's model where `auto` asks for it,
     and every process under torchrun takes its answer."""
-    tc = p.cfg.train
+    tc = prep.cfg.train
     if ckpt is not None:
         saved = ckpt.get("policy")
         if isinstance(saved, dict) and "dtype" in saved:
@@ -399,9 +299,9 @@ def training_policy(p: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Cho
         # a checkpoint from before the measured policy: the rule it was trained under (bf16 wherever oneDNN
         # said it could), so the continuation is exact
         old_auto = (
-            p.device.type == "cpu"
+            prep.device.type == "cpu"
             and bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        ) or (p.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        ) or (prep.device.type == "cuda" and torch.cuda.is_bf16_supported())
         old_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and old_auto)
         dtype = "float16" if tc.precision == "fp16" else "bfloat16" if old_bf16 else "float32"
         return Choice(
@@ -410,17 +310,17 @@ def training_policy(p: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Cho
     answer: tuple[dict | None, str] = (None, "")
     if dist.main:
         try:  # rank 0's error reaches every process: none is left waiting in the broadcast
-            shape = tuple(p.ds.input_shape)
-            signature = model_signature(p.cfg.model.name, p.cfg.model.kwargs, p.objective.outputs)
+            shape = tuple(prep.ds.input_shape)
+            signature = model_signature(prep.cfg.model.name, prep.cfg.model.kwargs, prep.objective.outputs)
             answer = (
                 choose(
-                    p.device,
+                    prep.device,
                     tc.precision,
                     tc.channels_last,
-                    model=p.model,
+                    model=prep.model,
                     input_shape=shape,
                     batch=max(1, tc.batch_size // dist.world),
-                    num_outputs=p.objective.outputs,
+                    num_outputs=prep.objective.outputs,
                     signature=signature,
                 ).to_dict(),
                 "",
@@ -428,7 +328,8 @@ def training_policy(p: Prepared, dist: Dist, ckpt: dict[str, Any] | None) -> Cho
         except Exception as e:  # the probe runs the user's model: any failure is reported, on every rank
             answer = (
                 None,
-                f"the precision probe failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); set train.precision and train.channels_last explicitly",
+                f"the precision probe failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                f"set train.precision and train.channels_last explicitly",
             )
     answer = dist.broadcast(answer)
     if answer[1]:
@@ -489,12 +390,12 @@ def train_run(
     if resume is not None:
         cfg, ckpt, resume_notes = resume_config(resume, overrides or {})
     _, world, _ = env_world()
-    p = prepare(cfg, world)
-    dist = init_distributed(p.device)
+    prep = prepare(cfg, world)
+    dist = init_distributed(prep.device)
     clean = False
     try:
         result = _train(
-            p,
+            prep,
             dist,
             t_start,
             out=out,
@@ -510,8 +411,30 @@ def train_run(
         shutdown(dist, clean)
 
 
+@dataclass
+class Session:
+    """Where a run writes and how it reports: its folder, its log, the processes, its start."""
+
+    run_dir: Path
+    log: Any  # run_folder.RunLog on rank 0, _Quiet elsewhere
+    dist: Dist
+    t_start: float
+
+
+@dataclass
+class Training:
+    """The objects one fit trains with (build_training)."""
+
+    tc: TrainConfig  # the run's train config, with the layout the precision policy chose
+    policy: Choice
+    loaders: dict[str, BatchLoader]
+    step: TrainStep
+    parts: TrainingParts  # what the checkpoints save and a resume puts back
+    identity: RunIdentity  # what the checkpoints say about the run
+
+
 def _train(
-    p: Prepared,
+    prep: Prepared,
     dist: Dist,
     t_start: float,
     *,
@@ -522,59 +445,102 @@ def _train(
     notes: list[str],
     callbacks: Sequence[Callback],
 ) -> RunResult:
-    cfg, device, ds, model, objective, mean, std, tc = (
-        p.cfg,
-        p.device,
-        p.ds,
-        p.model,
-        p.objective,
-        p.mean,
-        p.std,
-        p.cfg.train,
-    )
-    num_classes = len(ds.classes)
-    if tc.deterministic:
+    """The stages of a run, in order: its folder and log, the precision policy, the training
+    objects (restored from `ckpt` on a resume), the fit, the stop states, then on rank 0 the test of
+    the chosen weights, metrics.json and the report."""
+    set_determinism(prep.cfg.train.deterministic)
+    identity = run_identity(prep)
+    run_dir, notes = open_run_dir(dist, prep.cfg.name, out, resume, ckpt, identity, notes)
+    session = Session(run_dir, start_log(run_dir, prep, dist, notes, resumed=resume is not None), dist, t_start)
+    policy = training_policy(prep, dist, ckpt)
+    if dist.main:
+        session.log.write(f"precision: {policy.summary()}" + (" [cached]" if policy.cached else ""))
+    t = build_training(prep, session, policy, identity)
+    state = restore_training(ckpt, t.parts) if ckpt is not None else None
+    state = run_fit(prep, t, fit_callbacks(t, session, progress, callbacks), state, session)
+    raise_if_stopped(state, session)
+    if not dist.main:
+        return RunResult(run_dir, {}, state, time.perf_counter() - t_start, main=False)
+    metrics, predictions = finish_run(prep, t, state, session)
+    write_run_report(prep, t, session, predictions)
+    return RunResult(run_dir, metrics, state, metrics["total_seconds"])
+
+
+def set_determinism(deterministic: bool) -> None:
+    """train.deterministic: torch's deterministic algorithms only (slower, the same on every run)."""
+    if deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def run_identity(prep: Prepared, policy: Choice | None = None) -> RunIdentity:
+    """What the run's checkpoints say about it (engine/checkpoint.RunIdentity)."""
+    ds = prep.ds
+    return RunIdentity(
+        config=prep.cfg.to_dict(),
+        classes=list(ds.classes),
+        input_shape=list(ds.input_shape),
+        preprocess=list(ds.preprocess),
+        normalization={"mean": prep.mean, "std": prep.std, "value_max": dataset_value_max(ds)},
+        objective=prep.objective.name,
+        policy=policy.to_dict() if policy is not None else {},
+    )
+
+
+def open_run_dir(
+    dist: Dist, name: str, out, resume: Path | None, ckpt, identity: RunIdentity, notes: list[str]
+) -> tuple[Path, list[str]]:
+    """(the run folder, the log's first lines): a new folder made by rank 0 and broadcast to every
+    process; or, on a resume, the run's own folder, once its data is checked against the checkpoint
+    and the half-written files of the stopped run are gone."""
     if resume is not None:
-        run_dir = resume
-        check_resumed_data(ckpt, p, run_dir)  # before anything in the folder is rewritten
+        check_resumed_data(ckpt, identity, resume)  # before anything in the folder is rewritten
         if dist.main:  # a kill mid-write left a full-size temporary file: the resumed run is the only writer here
-            for folder in (run_dir, run_dir / "checkpoints"):
+            for folder in (resume, resume / "checkpoints"):
                 for stale in remove_stale_temps(folder):
                     notes = [*notes, f"removed {stale.name}, a half-written file left by the stopped run"]
-    else:
-        made: tuple[str, str] = ("", "")
-        if dist.main:
-            try:
-                made = (str(make_run_dir(out, cfg.name)), "")
-            except CnnlabError as e:
-                made = ("", str(e))
-        made = dist.broadcast(made)  # the others wait for rank 0's folder, or its error
-        if made[1]:
-            raise ConfigError(made[1])
-        run_dir = Path(made[0])
-    log: Any = RunLog(run_dir / "log.txt") if dist.main else _Quiet()
+        return resume, notes
+    made: tuple[str, str] = ("", "")
     if dist.main:
-        write_text(run_dir / "config.yaml", cfg.to_yaml())
-        for line in notes:
-            log.write(line)
-        if resume is None:
-            log_data_issues(log, ds.skipped, ds.warnings)
-        for note in p.notes:
-            log.write(note)
-        if dist.enabled:
-            log.write(
-                f"{dist.world} processes (torchrun): {tc.batch_size // dist.world} images per process per step, global batch {tc.batch_size}; checkpoints at epoch ends only"
-            )
+        try:
+            made = (str(make_run_dir(out, name)), "")
+        except CnnlabError as e:
+            made = ("", str(e))
+    made = dist.broadcast(made)  # the others wait for rank 0's folder, or its error
+    if made[1]:
+        raise ConfigError(made[1])
+    return Path(made[0]), notes
 
-    policy = training_policy(p, dist, ckpt)
-    if dist.main:
-        log.write(f"precision: {policy.summary()}" + (" [cached]" if policy.cached else ""))
-    tc = dataclasses.replace(tc, channels_last=policy.channels_last)  # what the loaders and the model use
-    loaders = build_loaders(ds, cfg.data, tc, device, mean, std, shard=(dist.rank, dist.world))
-    model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
+
+def start_log(run_dir: Path, prep: Prepared, dist: Dist, notes: list[str], resumed: bool) -> Any:
+    """The run's log.txt (rank 0; the others write nothing), with config.yaml and the first lines."""
+    if not dist.main:
+        return _Quiet()
+    log = RunLog(run_dir / "log.txt")
+    write_text(run_dir / "config.yaml", prep.cfg.to_yaml())
+    for line in notes:
+        log.write(line)
+    if not resumed:
+        log_data_issues(log, prep.ds.skipped, prep.ds.warnings)
+    for note in prep.notes:
+        log.write(note)
+    if dist.enabled:
+        tc = prep.cfg.train
+        log.write(
+            f"{dist.world} processes (torchrun): {tc.batch_size // dist.world} images per process per step, "
+            f"global batch {tc.batch_size}; checkpoints at epoch ends only"
+        )
+    return log
+
+
+def build_training(prep: Prepared, session: Session, policy: Choice, identity: RunIdentity) -> Training:
+    """The loaders, the model in its layout (wrapped for DDP and compile where asked), the optimizer,
+    schedule, scaler, EMA, batch mixing, the training step and the divergence guard."""
+    cfg, device, dist = prep.cfg, prep.device, session.dist
+    tc = dataclasses.replace(cfg.train, channels_last=policy.channels_last)  # what the loaders and the model use
+    loaders = build_loaders(prep.ds, cfg.data, tc, device, prep.mean, prep.std, shard=(dist.rank, dist.world))
+    model = prep.model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
     forward: nn.Module = model
     if dist.enabled:
         forward = nn.parallel.DistributedDataParallel(
@@ -588,102 +554,89 @@ def _train(
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     ema = EMA(model, tc.ema) if tc.ema else None
     mix = BatchMix(tc.mixup, tc.cutmix) if tc.mixup or tc.cutmix else None
-    step = TrainStep(
-        forward,
-        optimizer,
-        objective,
-        scheduler,
-        autocast_factory(device, amp_dtype),
-        tc.clip_grad_norm,
-        scaler,
-        mix,
-        ema,
-    )
+    autocast = autocast_factory(device, amp_dtype)
+    step = TrainStep(forward, optimizer, prep.objective, scheduler, autocast, tc.clip_grad_norm, scaler, mix, ema)
+    every = max(20, len(loaders["train"]) // 4)
+    guard = DivergenceGuard(model, optimizer, scheduler, log=session.log.write, every=every)
     eval_model = ema.module if ema is not None else model
+    parts = TrainingParts(model, eval_model, optimizer, scheduler, scaler, ema, guard, loaders["train"])
+    identity = dataclasses.replace(identity, policy=policy.to_dict())
+    return Training(tc, policy, loaders, step, parts, identity)
 
-    guard = DivergenceGuard(model, optimizer, scheduler, log=log.write, every=max(20, len(loaders["train"]) // 4))
-    state = None
-    if ckpt is not None:
-        _restore(ckpt, model, optimizer, scheduler, scaler, ema)
-        if isinstance(ckpt.get("guard"), dict):  # absent in checkpoints from before the guard
-            guard.load_state_dict(ckpt["guard"])
-        state = FitState.from_dict(ckpt["fit"], len(loaders["train"]), ckpt.get("loader"))
 
-    def snapshot(s: FitState) -> dict[str, Any]:
-        return dict(
-            model=eval_model.state_dict(),  # the weights that are evaluated (the EMA's, where there is one)
-            raw_model=model.state_dict() if ema is not None else None,
-            ema_n_averaged=int(ema.n_averaged) if ema is not None else None,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict() if scheduler is not None else None,
-            scaler=scaler.state_dict() if scaler is not None else None,
-            loader=loaders["train"].state_dict() if s.progress is not None else None,
-            fit=s.to_dict(),
-            epoch=s.epoch,
-            step=s.step,
-            score=s.best_score if s.best_epoch == s.epoch else None,
-            config=cfg.to_dict(),
-            classes=list(ds.classes),
-            input_shape=list(ds.input_shape),
-            preprocess=list(ds.preprocess),
-            normalization={
-                "mean": mean,
-                "std": std,
-                "value_max": dataset_value_max(ds),
-            },  # x_norm = (x / value_max - mean) / std
-            objective=objective.name,
-            policy=policy.to_dict(),  # a resumed run trains with the same precision and layout
-            guard=guard.state_dict(),  # the divergence guard's last good point and level: a resumed run judges and rolls back alike
-        )
-
-    every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds
-    fit_callbacks: list[Callback] = [guard]
+def fit_callbacks(t: Training, session: Session, progress, extra: Sequence[Callback]) -> list[Callback]:
+    """The fit's callbacks, in the order they run: the best-epoch tracker first (early stopping and
+    best.pt read it), the guard, freezing, the time limit, the caller's, then on rank 0 TensorBoard,
+    the checkpoints, history.csv and the progress bar, and early stopping last."""
+    tc, dist = t.tc, session.dist
+    tracker = BestTracker(tc.monitor)
+    callbacks: list[Callback] = [tracker, t.parts.guard]
     if tc.freeze_epochs:
-        fit_callbacks.append(FreezeBody(model, tc.freeze_epochs))
+        callbacks.append(FreezeBody(t.parts.model, tc.freeze_epochs))
     if tc.time_limit is not None:
-        fit_callbacks.append(TimeLimit(tc.time_limit))
-    fit_callbacks += list(callbacks)
+        callbacks.append(TimeLimit(tc.time_limit))
+    callbacks += list(extra)
     if dist.main:
+        run_dir = session.run_dir
         if tc.tensorboard:
-            fit_callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
-        fit_callbacks += [
-            Checkpointer(run_dir / "checkpoints", snapshot, every_steps, every_seconds, inside_epochs=not dist.enabled),
+            callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
+
+        def snapshot(s: FitState) -> dict[str, Any]:
+            return training_snapshot(t.parts, t.identity, s)
+
+        every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds
+        folder = run_dir / "checkpoints"
+        callbacks += [
+            Checkpointer(folder, snapshot, every_steps, every_seconds, inside_epochs=not dist.enabled, tracker=tracker),
             HistoryWriter(run_dir),
-            ProgressBar(progress, log),
+            ProgressBar(progress, session.log),
         ]
     if tc.early_stopping:
-        fit_callbacks.append(EarlyStopping(tc.early_stopping, tc.monitor))
+        callbacks.append(EarlyStopping(tc.early_stopping, tracker))
+    return callbacks
+
+
+def run_fit(prep: Prepared, t: Training, callbacks: list[Callback], state, session: Session) -> FitState:
+    """fit() with the run's loaders and callbacks; Ctrl-C becomes RunInterrupted."""
+    tc = t.tc
+    # validation in bf16 where training is (twice as fast); metrics.json's figures below are fp32
+    val_autocast = t.step.autocast if t.policy.autocast_dtype == torch.bfloat16 else contextlib.nullcontext
     try:
-        # validation in bf16 where training is (twice as fast); metrics.json's figures below are fp32
-        val_autocast = step.autocast if amp_dtype == torch.bfloat16 else contextlib.nullcontext
-        state = fit(
-            step,
-            loaders["train"],
-            loaders.get("val"),
+        return fit(
+            t.step,
+            t.loaders["train"],
+            t.loaders.get("val"),
             epochs=tc.epochs,
-            num_classes=num_classes,
-            callbacks=fit_callbacks,
+            num_classes=len(prep.ds.classes),
+            callbacks=callbacks,
             state=state,
-            eval_model=eval_model,
+            eval_model=t.parts.eval_model,
             tta=tc.tta,
             monitor=tc.monitor,
-            dist=dist,
+            dist=session.dist,
             eval_autocast=val_autocast,
         )
     except KeyboardInterrupt:
         raise RunInterrupted(
-            f"interrupted; the files written so far are kept in {run_dir} (checkpoints/last.pt is the last saved point)"
+            f"interrupted; the files written so far are kept in {session.run_dir} "
+            "(checkpoints/last.pt is the last saved point)"
         ) from None
-    train_seconds = state.train_seconds  # this session's fitting plus the sessions before a resume
+
+
+def raise_if_stopped(state: FitState, session: Session) -> None:
+    """A fit stopped by Ctrl-C or SIGTERM (RunInterrupted) or by divergence (RunDiverged), as an
+    exception that says where the saved point is; a fit that ended otherwise passes."""
+    run_dir, log = session.run_dir, session.log
     if state.interrupted:
         log.write(f"stopped: {state.stop_reason} at epoch {state.epoch}, step {state.step}")
         where = (
             "the position is saved"
-            if not dist.enabled
+            if not session.dist.enabled
             else f"under torchrun it restarts from the end of epoch {state.epoch - 1}"
         )
         raise RunInterrupted(
-            f"interrupted at epoch {state.epoch}, step {state.step}; {where}: continue with cnnlab train --resume {run_dir}"
+            f"interrupted at epoch {state.epoch}, step {state.step}; {where}: "
+            f"continue with cnnlab train --resume {run_dir}"
         )
     if state.diverged:
         last = run_dir / "checkpoints" / "last.pt"
@@ -697,93 +650,119 @@ def _train(
         log.write(f"stopped: {state.stop_reason}")
         raise RunDiverged(f"{state.stop_reason}; {kept}. Lower the learning rate (--lr) or set train.clip_grad_norm")
 
-    # Test with the weights of train.test_weights, read back from best.pt or last.pt: what
-    # metrics.json reports is exactly what that file restores. In fp32 (whatever the training
-    # precision), so re-evaluating the checkpoint anywhere gives the same figures.
-    # Only rank 0 goes on: it scores the whole test and val parts (unsharded) and writes the report.
-    if not dist.main:
-        return RunResult(run_dir, {}, state, time.perf_counter() - t_start, main=False)
-    test_weights = tc.test_weights
-    if test_weights == "best" and "val" not in loaders:
+
+def test_weights_choice(t: Training, log: Any) -> str:
+    """train.test_weights, or last where there is no validation part (best.pt would then be chosen
+    by training accuracy)."""
+    if t.tc.test_weights == "best" and "val" not in t.loaders:
         log.write(
-            "test weights: the last epoch's (there is no validation part, and best.pt would be chosen by training accuracy)"
+            "test weights: the last epoch's (there is no validation part, and best.pt would be chosen by "
+            "training accuracy)"
         )
-        test_weights = "last"
-    tested = load_checkpoint(run_dir / "checkpoints" / f"{test_weights}.pt")
+        return "last"
+    return t.tc.test_weights
+
+
+def finish_run(prep: Prepared, t: Training, state: FitState, session: Session) -> tuple[dict[str, Any], dict]:
+    """Test with the weights of train.test_weights, read back from best.pt or last.pt: what
+    metrics.json reports is exactly what that file restores. In fp32 (whatever the training
+    precision), so re-evaluating the checkpoint anywhere gives the same figures. Only rank 0 comes
+    here: it scores the whole test and val parts (unsharded) and writes metrics.json."""
+    ds, tc, log = prep.ds, t.tc, session.log
+    test_weights = test_weights_choice(t, log)
+    tested = load_checkpoint(session.run_dir / "checkpoints" / f"{test_weights}.pt")
+    eval_model = t.parts.eval_model
     eval_model.load_state_dict(tested["model"])
-    final = loaders if not dist.enabled else build_loaders(ds, cfg.data, tc, device, mean, std)
+    final = t.loaders
+    if session.dist.enabled:  # the whole parts, not this process's shard
+        final = build_loaders(ds, prep.cfg.data, tc, prep.device, prep.mean, prep.std)
     metrics: dict[str, Any] = {}
     predictions: dict[str, Predictions] = {}
     for split in ("test", "val"):
         if split in final:
-            predictions[split] = predict(eval_model, final[split], objective, tc.tta)
-            metrics[split] = metrics_of(predictions[split], ds.classes, objective)
-    late = {
-        p: r for ld in [*loaders.values(), *final.values()] for p, r in ld.skipped.items()
-    }  # found by decoding workers
-    log_data_issues(log, sorted(late.items()), [])
+            predictions[split] = predict(eval_model, final[split], prep.objective, tc.tta)
+            metrics[split] = metrics_of(predictions[split], ds.classes, prep.objective)
+    late = {path: r for ld in [*t.loaders.values(), *final.values()] for path, r in ld.skipped.items()}
+    log_data_issues(log, sorted(late.items()), [])  # found by decoding workers
     skipped = sorted(set(ds.skipped) | set(late.items()))
-    metrics.update(
+    metrics.update(run_facts(prep, t, state, session, test_weights, int(tested["epoch"])))
+    metrics["skipped_files"] = [{"path": printable(path), "reason": r} for path, r in skipped]  # strict UTF-8 JSON
+    metrics["total_seconds"] = round(time.perf_counter() - session.t_start, 3)
+    write_json(session.run_dir / "metrics.json", metrics)
+    return metrics, predictions
+
+
+def run_facts(
+    prep: Prepared, t: Training, state: FitState, session: Session, test_weights: str, tested_epoch: int
+) -> dict[str, Any]:
+    """metrics.json's keys about the run itself (DESIGN.md's metrics contract), beside the figures."""
+    cfg, policy = prep.cfg, t.policy
+    return dict(
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
         test_weights=test_weights,
-        tested_epoch=int(tested["epoch"]),
+        tested_epoch=tested_epoch,
         stop_reason=state.stop_reason,
-        train_seconds=round(train_seconds, 3),
+        train_seconds=round(state.train_seconds, 3),  # this session's fitting plus the sessions before a resume
         sessions=state.sessions,
         recoveries=state.recoveries,
-        num_parameters=num_parameters(model),
+        num_parameters=num_parameters(t.parts.model),
         model=cfg.model.name,
         data=cfg.data.name,
-        data_source=ds.source,
-        seed=tc.seed,
-        device=str(device),
+        data_source=prep.ds.source,
+        seed=t.tc.seed,
+        device=str(prep.device),
         threads=torch.get_num_threads(),
         precision=policy.dtype,
         channels_last=policy.channels_last,
         precision_policy=policy.to_dict(),
-        loss=objective.name,
-        processes=dist.world,
-        skipped_files=[
-            {"path": printable(p), "reason": r} for p, r in skipped
-        ],  # strict UTF-8 JSON, whatever the file names
+        loss=prep.objective.name,
+        processes=session.dist.world,
     )
-    metrics["total_seconds"] = round(time.perf_counter() - t_start, 3)
-    write_json(run_dir / "metrics.json", metrics)
+
+
+def write_run_report(prep: Prepared, t: Training, session: Session, predictions: dict) -> None:
+    """plots/ and report.html, after metrics.json: a figure that fails warns and does not fail the run."""
     # imported here, after metrics.json: matplotlib's import (about 0.6 s) is not on the way to the results
     from cnnlab.report.build import ReportInputs, write_report
     from cnnlab.report.plots import plot_training_curves
 
-    if not tc.report:
+    run_dir, ds, cfg = session.run_dir, prep.ds, prep.cfg
+    if not t.tc.report:
         plot_training_curves(run_dir)
-    elif predictions:
-        shown = "test" if "test" in predictions else "val"
-        fig_loader = lambda s: make_loader(
-            s,
+        return
+    if not predictions:
+        return
+    shown = "test" if "test" in predictions else "val"
+
+    def fig_loader(split):
+        return make_loader(
+            split,
             64,
             input_shape=ds.input_shape,
             preprocess=ds.preprocess,
             max_pixels=cfg.data.max_pixels,
             workers=0,
-            mean=mean,
-            std=std,
-            device=device,
-        )  # noqa: E731
-        inputs = ReportInputs(
-            eval_model,
-            objective,
-            list(ds.classes),
-            getattr(ds, shown),
-            shown,
-            fig_loader,
-            predictions[shown],
-            list(ds.preprocess),
-            ds.input_shape[0],
+            mean=prep.mean,
+            std=prep.std,
+            device=prep.device,
         )
-        try:  # the run's results are written already: a figure that fails must not fail the run
-            log.write(f"report: {write_report(run_dir, inputs)}", echo=False)
-        except (CnnlabError, ValueError, RuntimeError) as e:
-            log.write(
-                f"warning: report.html was not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); cnnlab report {run_dir} tries again"
-            )
-    return RunResult(run_dir, metrics, state, metrics["total_seconds"])
+
+    inputs = ReportInputs(
+        t.parts.eval_model,
+        prep.objective,
+        list(ds.classes),
+        getattr(ds, shown),
+        shown,
+        fig_loader,
+        predictions[shown],
+        list(ds.preprocess),
+        ds.input_shape[0],
+    )
+    try:  # the run's results are written already: a figure that fails must not fail the run
+        session.log.write(f"report: {write_report(run_dir, inputs)}", echo=False)
+    except (CnnlabError, ValueError, RuntimeError) as e:
+        session.log.write(
+            f"warning: report.html was not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            f"cnnlab report {run_dir} tries again"
+        )

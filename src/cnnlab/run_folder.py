@@ -1,8 +1,13 @@
-"""The run folder: its name, its layout, and atomic writes of everything in it."""
+"""The run folder: its name, its layout, atomic writes of everything in it, and the readers of its files.
+
+The readers (read_config, read_history, read_steps, read_metrics) give plain Python data and import
+neither torch nor matplotlib, so a table or a figure of finished runs starts quickly.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -11,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import ConfigError
+import yaml
+
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.text import printable
 
 RUNS_ROOT = Path("runs")
@@ -161,3 +168,93 @@ def make_run_dir(out: str | None, name: str, root: Path = RUNS_ROOT) -> Path:
             return path
         except FileExistsError:
             n += 1
+
+
+def report_link(run_dir: str | Path, base: str | Path) -> str:
+    """A link from the folder `base` to the run's report.html, or to the run folder where it has none
+    (`run_dir` lies under `base`)."""
+    rel = Path(run_dir).relative_to(base)
+    return f"{rel}/report.html" if (Path(run_dir) / "report.html").is_file() else f"{rel}/"
+
+
+# --- reading a run folder ------------------------------------------------------------------------------
+
+
+def _reason(e: Exception) -> str:
+    """An exception as one line: a YAML error spreads its position over several."""
+    return " ".join(str(e).split())
+
+
+def _not_a_run(run_dir: Path, name: str) -> CnnlabError:
+    return CnnlabError(
+        f"{run_dir} has no {name}: not a run folder that cnnlab train wrote (or it stopped before its first epoch)"
+    )
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """config.yaml of `run_dir`, the run's fully resolved recipe, as a dict (a mapping of sections)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise _not_a_run(run_dir, "config.yaml")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: bytes that do not decode as text
+        raise CnnlabError(f"cannot read {path} ({_reason(e)}); restore it, or train the run again") from None
+    if not isinstance(config, dict):
+        raise CnnlabError(
+            f"cannot read {path} (it holds no mapping of recipe sections); restore it, or train the run again"
+        )
+    return config
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file the run wrote, each a dict of column -> text (an empty cell is "")."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, ValueError, csv.Error) as e:  # ValueError: bytes that do not decode as text
+        raise CnnlabError(
+            f"cannot read {path} ({_reason(e)}); it is rewritten after every epoch: train the run again"
+        ) from None
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, str]]:
+    """history.csv of `run_dir`: one dict per epoch, column -> text as written (epoch, train_loss,
+    train_accuracy, val_loss, val_accuracy, lr, epoch_seconds; "" where a figure was not computed)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "history.csv").is_file():
+        raise _not_a_run(run_dir, "history.csv")
+    return _csv_rows(run_dir / "history.csv")
+
+
+def read_steps(run_dir: str | Path) -> list[dict[str, str]]:
+    """steps.csv of `run_dir`: one dict per optimizer step (step, loss, lr, ...), or [] where the run
+    has none."""
+    path = Path(run_dir) / "steps.csv"
+    return _csv_rows(path) if path.is_file() else []
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """metrics.json of `run_dir`: the run's final figures (see the design notes for its keys)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        if not (run_dir / "config.yaml").is_file():
+            raise CnnlabError(
+                f"{run_dir} has no metrics.json: not a run folder that cnnlab train wrote; give the folder of a "
+                "run that cnnlab train finished"
+            )
+        raise CnnlabError(
+            f"{run_dir} has no metrics.json: its training was interrupted before the test evaluation; finish it "
+            f"with cnnlab train --resume {run_dir}"
+        )
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict):
+            raise ValueError("it holds no JSON object")
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or bytes that do not decode as text
+        raise CnnlabError(
+            f"cannot read {path} ({_reason(e)}); rerun the evaluation with cnnlab evaluate {run_dir}"
+        ) from None
+    return metrics

@@ -26,7 +26,7 @@ import yaml
 from cnnlab.config import RunConfig, apply_overrides, flatten
 from cnnlab.errors import ConfigError
 from cnnlab.report.tables import markdown_table
-from cnnlab.run_folder import write_json, write_text
+from cnnlab.run_folder import read_config, read_metrics, write_json, write_text
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -63,7 +63,8 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
     return grid
 
 
-def _slug(overrides: dict[str, Any]) -> str:
+def _overrides_slug(overrides: dict[str, Any]) -> str:
+    """A row's folder name from the keys it changes: {"optim.lr": 0.1} -> "lr=0.1"; no change -> "base"."""
     if not overrides:
         return "base"
     text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
@@ -71,7 +72,9 @@ def _slug(overrides: dict[str, Any]) -> str:
 
 
 @dataclass
-class Row:
+class SweepRow:
+    """One configuration of a sweep (or a reproduction's row), trained over the seeds: its runs and figures."""
+
     label: str  # what this configuration changes, e.g. "optim.lr=0.1"
     overrides: dict[str, Any]  # all keys over the recipe (a cumulative row carries the kept ones too)
     runs: list[str] = field(default_factory=list)
@@ -103,17 +106,18 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * sd:.2f}"
 
 
-Train = Callable[..., Any]  # cnnlab.run.train_run
+TrainFn = Callable[..., Any]  # trains one run, as cnnlab.run.train_run(cfg, out=..., resume=..., overrides=...)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A metrics-period-K.json the sweep wrote (a copy of metrics.json after period K)."""
     return json.loads(path.read_text())
 
 
-def _one_run(cfg: RunConfig, folder: Path, train: Train) -> dict[str, Any]:
+def _one_run(cfg: RunConfig, folder: Path, train: TrainFn) -> dict[str, Any]:
     """metrics.json of the run in `folder`: read back when finished, resumed when interrupted, else trained."""
     if (folder / "metrics.json").is_file():
-        return _read_json(folder / "metrics.json")
+        return read_metrics(folder)
     if (folder / "checkpoints" / "last.pt").is_file() and (folder / "config.yaml").is_file():
         return train(None, resume=folder).metrics
     if folder.exists():
@@ -121,7 +125,7 @@ def _one_run(cfg: RunConfig, folder: Path, train: Train) -> dict[str, Any]:
     return train(cfg, out=str(folder)).metrics
 
 
-def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: Train) -> list[dict[str, Any]]:
+def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: TrainFn) -> list[dict[str, Any]]:
     """One run trained in periods (e.g. 10, 20, 30 epochs), each period a `--resume --epochs N` of the
     last; metrics-period-K.json keeps what the run scored after period K. Returns them in order.
 
@@ -137,12 +141,8 @@ def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: Train)
                 write_json(snap, out[-1])
                 out.append(out[-1])
                 continue
-            m = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
-            configured = (
-                yaml.safe_load((folder / "config.yaml").read_text())["train"]["epochs"]
-                if (folder / "config.yaml").is_file()
-                else None
-            )
+            m = read_metrics(folder) if (folder / "metrics.json").is_file() else None
+            configured = read_config(folder)["train"]["epochs"] if (folder / "config.yaml").is_file() else None
             done = m is not None and (m.get("epochs_run") == end or (bool(m.get("stop_reason")) and configured == end))
             if not done:
                 if k == 1:
@@ -176,11 +176,11 @@ def _run_row(
     seeds: int,
     metric: str,
     folder: Path,
-    train: Train,
+    train: TrainFn,
     log: Callable[[str], None],
     periods: list[int] | None = None,
-) -> Row:
-    row = Row(label, dict(overrides))
+) -> SweepRow:
+    row = SweepRow(label, dict(overrides))
     for s in range(seeds):
         seed = base.train.seed + s
         cfg = apply_overrides(base, {**overrides, "train.seed": seed})
@@ -194,7 +194,8 @@ def _run_row(
         part = m.get("test") or m.get("val") or {}
         if metric not in part:
             raise ConfigError(
-                f"--metric {metric} is not in {run_dir}/metrics.json; use one of {', '.join(k for k in METRICS if k in part)}"
+                f"--metric {metric} is not in {run_dir}/metrics.json; "
+                f"use one of {', '.join(k for k in METRICS if k in part)}"
             )
         row.runs.append(str(run_dir))
         row.metrics.append(m)
@@ -228,7 +229,8 @@ def guard_plan(out: Path, name: str, plan: dict[str, Any], what: str) -> None:
         if key is not None:
             detail = f": {key} is {old.get(key, '(unset)')!r} there and {new.get(key, '(unset)')!r} here" if key else ""
             raise ConfigError(
-                f"{out} holds another {what} ({name} differs{detail}); give another --out, or rerun that {what}'s own command to resume it"
+                f"{out} holds another {what} ({name} differs{detail}); "
+                f"give another --out, or rerun that {what}'s own command to resume it"
             )
     write_text(saved, text)
 
@@ -242,9 +244,9 @@ def run_rows(
     cumulative: bool = False,
     metric: str = "accuracy",
     periods: list[int] | None = None,
-    train: Train | None = None,
+    train: TrainFn | None = None,
     log: Callable[[str], None] = print,
-) -> list[Row]:
+) -> list[SweepRow]:
     """Train each step (label, overrides, folder name) over `seeds` seeds, one folder each under `out`.
 
     Plain: each step's overrides apply to `base`. Cumulative: the first step is the starting point and
@@ -254,8 +256,8 @@ def run_rows(
         from cnnlab.run import train_run as train
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
-    rows: list[Row] = []
-    best: Row | None = None
+    rows: list[SweepRow] = []
+    best: SweepRow | None = None
     for label, delta, folder in steps:
         overrides = {**best.overrides, **delta} if cumulative and best is not None else dict(delta)
         if (
@@ -272,6 +274,15 @@ def run_rows(
     return rows
 
 
+def _grid_changes(grid: list[tuple[str, list[Any]]], cumulative: bool) -> list[dict[str, Any]]:
+    """The keys each row of the sweep changes: every combination of the grid, or for a cumulative sweep
+    the starting point ({}) and then one key=value at a time, in the grid's order."""
+    if cumulative:
+        return [{}] + [{key: v} for key, values in grid for v in values]
+    keys = [k for k, _ in grid]
+    return [dict(zip(keys, combo)) for combo in (itertools.product(*(vs for _, vs in grid)) if grid else [()])]
+
+
 def run_sweep(
     base: RunConfig,
     grid: list[tuple[str, list[Any]]],
@@ -280,10 +291,10 @@ def run_sweep(
     out: Path,
     cumulative: bool = False,
     metric: str = "accuracy",
-    train: Train | None = None,
+    train: TrainFn | None = None,
     log: Callable[[str], None] = print,
     sets: dict[str, Any] | None = None,
-) -> list[Row]:
+) -> list[SweepRow]:
     """Train the grid over `seeds` seeds under `out`; returns the rows and writes the tables.
 
     `sets` are the user's --set keys, already in `base`: a row that changes model.name drops the
@@ -313,14 +324,9 @@ def run_sweep(
         },
         "sweep",
     )
-    if cumulative:
-        changes = [{}] + [{key: v} for key, values in grid for v in values]
-    else:
-        keys = [k for k, _ in grid]
-        changes = [dict(zip(keys, combo)) for combo in (itertools.product(*(vs for _, vs in grid)) if grid else [()])]
     steps = [
-        (", ".join(f"{k}={v}" for k, v in c.items()) or "base", with_user(c), f"{i:02d}-{_slug(c)}")
-        for i, c in enumerate(changes)
+        (", ".join(f"{k}={v}" for k, v in c.items()) or "base", with_user(c), f"{i:02d}-{_overrides_slug(c)}")
+        for i, c in enumerate(_grid_changes(grid, cumulative))
     ]
     rows = run_rows(
         base,
@@ -336,7 +342,7 @@ def run_sweep(
     return rows
 
 
-def table_text(rows: list[Row], metric: str, cumulative: bool, fmt: str = "md") -> str:
+def table_text(rows: list[SweepRow], metric: str, cumulative: bool, fmt: str = "md") -> str:
     header = [
         "#",
         "configuration",
@@ -369,7 +375,7 @@ def table_text(rows: list[Row], metric: str, cumulative: bool, fmt: str = "md") 
     return markdown_table(header, body)
 
 
-def write_tables(rows: list[Row], out: Path, metric: str, cumulative: bool) -> None:
+def write_tables(rows: list[SweepRow], out: Path, metric: str, cumulative: bool) -> None:
     write_text(out / "sweep.md", table_text(rows, metric, cumulative))
     write_text(out / "sweep.csv", table_text(rows, metric, cumulative, "csv"))
     payload = [

@@ -8,22 +8,14 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import DataConfig
+
+# imported to register their sources (mnist_idx: mnist and fashion-mnist); each takes DATASETS from
+# data/_registry.py
+from cnnlab.data import celeba, cifar, folder, mnist5k, mnist_idx, numpy_pairs  # noqa: F401
+from cnnlab.data._registry import DATASETS
 from cnnlab.data.base import ArraySplit, Dataset, DataSource, FileSplit
+from cnnlab.data.splits import carve, class_counts
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.registry import Registry
-
-# A source is called with the DataConfig and returns a Dataset (see data/base.py, DataSource).
-DATASETS: Registry = Registry("dataset")
-
-from cnnlab.data import (  # noqa: E402,F401
-    celeba,
-    cifar,
-    folder,  # noqa: E402,F401
-    mnist5k,
-    mnist_idx,  # noqa: E402,F401  (mnist, fashion-mnist)
-    numpy_pairs,
-)
-from cnnlab.data.splits import carve, class_counts  # noqa: E402
 
 
 def data_key(data: str) -> str:
@@ -63,7 +55,8 @@ def _resolve_name(cfg: DataConfig) -> str:
     found = detect(path)
     if found is None:
         raise DataError(
-            f"no dataset found in {path}: it holds none of the layouts cnnlab reads ({', '.join(detection_order())}); 'cnnlab data list' shows what each expects"
+            f"no dataset found in {path}: it holds none of the layouts cnnlab reads ({', '.join(detection_order())}); "
+            "'cnnlab data list' shows what each expects"
         )
     return found
 
@@ -116,7 +109,8 @@ def resize_arrays(split, steps: list):
     size = first.element_size() * first[0].numel() * len(split)
     if size > ARRAY_BYTES:
         raise ConfigError(
-            f"data.preprocess {steps} makes {len(split)} images of {tuple(first.shape[1:])}: {size / 1024**3:.1f} GiB in memory; choose a smaller size"
+            f"data.preprocess {steps} makes {len(split)} images of {tuple(first.shape[1:])}: "
+            f"{size / 1024**3:.1f} GiB in memory; choose a smaller size"
         )
     out = torch.empty((len(split), *first.shape[1:]), dtype=first.dtype)
     for i in range(0, len(split), 4096):
@@ -153,7 +147,8 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         train, test = carve(train, test_size, n_given, cfg.split_seed, cfg.split)
         if test is None:
             raise DataError(
-                f"data.test_size {cfg.test_size:g} of {n_given} images leaves an empty test part ({ds.source} has none of its own); give a larger fraction or a count"
+                f"data.test_size {cfg.test_size:g} of {n_given} images leaves an empty test part "
+                f"({ds.source} has none of its own); give a larger fraction or a count"
             )
     if val is None:
         train, val = carve(train, val_size, n_given, seed, cfg.split)
@@ -174,11 +169,14 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         empty = [ds.classes[i] for i, c in enumerate(class_counts(split, k).tolist()) if c == 0]
         if empty and name == "train" and not ds.multilabel:
             out.warnings.append(
-                f"no training images of class {', '.join(repr(c) for c in empty[:5])}{' ...' if len(empty) > 5 else ''}: the model keeps an output it never learns; add images or remove the class"
+                f"no training images of class {', '.join(repr(c) for c in empty[:5])}"
+                f"{' ...' if len(empty) > 5 else ''}: "
+                "the model keeps an output it never learns; add images or remove the class"
             )
         elif empty:
             out.warnings.append(
-                f"the {name} part has no images of {len(empty)} class(es): {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
+                f"the {name} part has no images of {len(empty)} class(es): "
+                f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
             )
     return out
 

@@ -2,9 +2,10 @@
 
 An op is `fn(x, generator, params) -> x` for x of shape (B, C, H, W) with pixel values on
 [0, params.value_max] (uint8 from memory or from the decoding workers, before normalisation, so a
-zero fill is black), or float data on its own scale (value_max None: jitter does not clamp). flip and translate keep the dtype; rotate, resized-crop and jitter return
-float32 on the same scale. Random draws come from the CPU `generator`, so a batch's augmentation
-depends only on the loader's seed and epoch, whatever the device.
+zero fill is black), or float data on its own scale (value_max None: jitter does not clamp). flip and
+translate keep the dtype; rotate, resized-crop and jitter return float32 on the same scale. Random
+draws come from the CPU `generator`, so a batch's augmentation depends only on the loader's seed and
+epoch, whatever the device.
 
 Written with plain tensor ops rather than torchvision.transforms.v2: v2 draws one set of random
 parameters per call, so a batch would get one flip and one angle for all its images; per-image
@@ -149,7 +150,8 @@ def parse_augment(spec: str) -> list[str]:
     for op in ops:
         if op not in AUGMENTATIONS:
             raise ConfigError(
-                f"unknown augmentation {op!r} in data.augment={spec!r}; presets: {', '.join(PRESETS)}; ops (join with +): {', '.join(AUGMENTATIONS.names())}"
+                f"unknown augmentation {op!r} in data.augment={spec!r}; presets: {', '.join(PRESETS)}; "
+                f"ops (join with +): {', '.join(AUGMENTATIONS.names())}"
             )
     return ops
 

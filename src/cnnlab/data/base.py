@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -68,7 +68,7 @@ class FileSplit:
         return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index])
 
 
-Split = Union[ArraySplit, FileSplit]
+Split = ArraySplit | FileSplit
 
 
 @dataclass
@@ -103,7 +103,8 @@ class Dataset:
             lo, hi = int(split.labels.min()), int(split.labels.max())
             if lo < 0 or hi >= k:
                 raise DataError(
-                    f"{self.source}: {name} labels run from {lo} to {hi}, outside the {k} classes 0..{k - 1}; the label file is corrupt or belongs to another dataset"
+                    f"{self.source}: {name} labels run from {lo} to {hi}, outside the {k} classes 0..{k - 1}; "
+                    "the label file is corrupt or belongs to another dataset"
                 )
 
     def splits(self) -> dict[str, Split]:
@@ -146,7 +147,8 @@ class DataSource:
         root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
         if not root.exists():
             raise DataError(
-                f"--data {cfg.root} does not exist; give --data a folder holding {self.layout}, or a dataset name like {self.name}"
+                f"--data {cfg.root} does not exist; give --data a folder holding {self.layout}, "
+                f"or a dataset name like {self.name}"
             )
         if not root.is_dir():
             raise DataError(f"--data {cfg.root} is a file; give --data the folder that holds {self.layout}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.config import DataConfig
-from cnnlab.data import DATASETS
+from cnnlab.data._registry import DATASETS
 from cnnlab.data.base import Dataset, DataSource
 from cnnlab.data.folder import FolderScan, decode_scan
 from cnnlab.errors import DataError

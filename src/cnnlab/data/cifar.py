@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import DataConfig
-from cnnlab.data import DATASETS
+from cnnlab.data._registry import DATASETS
 from cnnlab.data.base import ArraySplit, Dataset, DataSource
 from cnnlab.errors import DataError
 
@@ -64,7 +64,8 @@ class _ArraysOnly(pickle._Unpickler):  # type: ignore[name-defined]
 
     def load_build(self) -> None:
         state, inst = self.stack[-1], self.stack[-2]
-        # by kind, not by flags: a state can clear an object dtype's flags, and its bytes would still be read as pointers
+        # by kind, not by flags: a state can clear an object dtype's flags, and its bytes would still be read as
+        # pointers
         if isinstance(inst, np.dtype):  # a plain number type: (3, byte order, None, None, None, -1, -1, 0)
             ok = (
                 inst.kind in PLAIN_KINDS
@@ -104,7 +105,8 @@ def read_batch(path: Path) -> dict[str, Any]:
         raise DataError(f"refusing {path}: {e}; a CIFAR batch holds only arrays and lists") from None
     except MemoryError:  # a length field that claims more than there is (found by tests/test_fuzz.py)
         raise DataError(
-            f"cannot read CIFAR batch {path}: it claims more memory than this machine has; replace it with an intact copy"
+            f"cannot read CIFAR batch {path}: it claims more memory than this machine has; "
+            "replace it with an intact copy"
         ) from None
     except Exception as e:  # noqa: BLE001  the unpickler's errors on mangled bytes are of many kinds (KeyError, struct.error, ...)
         raise DataError(
@@ -137,11 +139,13 @@ def _split(paths: list[Path]) -> ArraySplit:
             raise DataError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
         if data.size and (data.min() < 0 or data.max() > 255):
             raise DataError(
-                f"{path}: data holds {data.min() if data.min() < 0 else data.max()}, outside the pixel range 0..255; replace it with an intact copy"
+                f"{path}: data holds {data.min() if data.min() < 0 else data.max()}, outside the pixel range 0..255; "
+                "replace it with an intact copy"
             )
         if label.ndim != 1 or len(label) != len(data) or (label.size and label.min() < 0):
             raise DataError(
-                f"{path}: {len(label) if label.ndim == 1 else label.shape} labels for {len(data)} images, or a negative one; replace it with an intact copy"
+                f"{path}: {len(label) if label.ndim == 1 else label.shape} labels for {len(data)} images, "
+                "or a negative one; replace it with an intact copy"
             )
         images.append(
             data.astype(np.uint8).reshape(-1, 3, 32, 32)
@@ -178,7 +182,8 @@ class Cifar10Source(DataSource):
                 folder = None
         if folder is None:
             raise DataError(
-                f"CIFAR-10 not found (looked in $CNNLAB_DATA and ./data for {FOLDER}/; no download here); pass --data PATH to the folder holding {FOLDER}/"
+                f"CIFAR-10 not found (looked in $CNNLAB_DATA and ./data for {FOLDER}/; no download here); "
+                f"pass --data PATH to the folder holding {FOLDER}/"
             )
         missing = [n for n in TRAIN_BATCHES + ["test_batch", "batches.meta"] if not (folder / n).is_file()]
         if missing:
@@ -191,7 +196,8 @@ class Cifar10Source(DataSource):
         for name, part in (("training", train), ("test", test)):
             if len(part) and int(part.labels.max()) >= len(classes):
                 raise DataError(
-                    f"{folder}: a {name} label is {int(part.labels.max())}, but batches.meta names {len(classes)} classes; replace the batches with intact copies"
+                    f"{folder}: a {name} label is {int(part.labels.max())}, but batches.meta names {len(classes)} "
+                    "classes; replace the batches with intact copies"
                 )
         return Dataset(train, test, classes, source=str(folder))
 

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cnnlab.config import DataConfig
-from cnnlab.data import DATASETS
+from cnnlab.data._registry import DATASETS
 from cnnlab.data.base import ArraySplit, Dataset, DataSource, FileSplit
 from cnnlab.data.images import (
     IMAGE_SUFFIXES,
@@ -129,7 +129,8 @@ def scan_folder(root: Path) -> FolderScan:
         for cdir in train_dirs if folder == splits.get("train", root) else _class_dirs(folder, inside, skipped):
             if cdir.name not in index:
                 raise DataError(
-                    f"{printable(str(cdir))} is a class that {splits.get('train', root)} does not have; every split needs the same class folders"
+                    f"{printable(str(cdir))} is a class that {splits.get('train', root)} does not have; "
+                    "every split needs the same class folders"
                 )
             files = _files_under(cdir, inside, skipped)
             if not files:
@@ -192,7 +193,8 @@ def _decode_all(
     shapes = {tuple(tensors[i].shape) for i in keep}
     if len(shapes) > 1:
         raise DataError(
-            f"images come out in {len(shapes)} sizes ({sorted(shapes)[:3]} ...); add a center_crop step to data.preprocess"
+            f"images come out in {len(shapes)} sizes ({sorted(shapes)[:3]} ...); "
+            "add a center_crop step to data.preprocess"
         )
     labels = _labels([entries[i] for i in keep])
     images = torch.stack([tensors[i] for i in keep]) if keep else torch.zeros(0, channels, 1, 1, dtype=torch.uint8)
@@ -262,7 +264,8 @@ def _infer_layout(
     outs = {output_size(steps, (h, w)) for w, h in sizes}
     if len(outs) > 1:
         raise DataError(
-            f"the images of {scan.root} come in {len(sizes)} sizes; add a center_crop step to data.preprocess, e.g. [{{resize: 64}}, {{center_crop: 64}}]"
+            f"the images of {scan.root} come in {len(sizes)} sizes; add a center_crop step to data.preprocess, "
+            f"e.g. [{{resize: 64}}, {{center_crop: 64}}]"
         )
     return channels, steps, outs.pop()
 

@@ -77,12 +77,14 @@ def read_idx(path: str | Path) -> torch.Tensor:
             expected = math.prod(shape) * dtype.itemsize
             if expected > MAX_IDX_BYTES:
                 raise DataError(
-                    f"IDX file {path} claims a {'x'.join(map(str, shape))} array ({expected:,} bytes), over the {MAX_IDX_BYTES >> 30} GiB cnnlab reads; it is corrupt or not a dataset"
+                    f"IDX file {path} claims a {'x'.join(map(str, shape))} array ({expected:,} bytes), "
+                    f"over the {MAX_IDX_BYTES >> 30} GiB cnnlab reads; it is corrupt or not a dataset"
                 )
             size = os.fstat(file.fileno()).st_size
             if not gz and size != 4 + 4 * ndim + expected:  # a plain file must hold what it claims, before it is read
                 raise DataError(
-                    f"IDX file {path} is truncated or corrupt: {size:,} bytes where its header promises {4 + 4 * ndim + expected:,}; replace it with an intact copy"
+                    f"IDX file {path} is truncated or corrupt: {size:,} bytes where its header promises "
+                    f"{4 + 4 * ndim + expected:,}; replace it with an intact copy"
                 )
             data = _read_up_to(stream, expected)
             extra = stream.read(1)
@@ -95,7 +97,8 @@ def read_idx(path: str | Path) -> torch.Tensor:
     if len(data) != expected or extra:
         found = f"{len(data) + len(head) + len(sizes)} bytes" if not extra else "more bytes"
         raise DataError(
-            f"IDX file {path} is truncated or corrupt: {found} where its header promises {expected + len(head) + len(sizes)}; replace it with an intact copy"
+            f"IDX file {path} is truncated or corrupt: {found} where its header promises "
+            f"{expected + len(head) + len(sizes)}; replace it with an intact copy"
         )
     array = np.frombuffer(data, dtype=dtype).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,7 +34,7 @@ class TooManyPixels(BadImage):
     """An image over the pixel limit (refused from its header, before decoding: a decompression bomb)."""
 
 
-ImageSource = Union[str, Path, bytes]  # a file, or a whole file's bytes (an upload)
+ImageSource = str | Path | bytes  # a file, or a whole file's bytes (an upload)
 
 
 def check_pixels(

@@ -160,7 +160,8 @@ class BatchLoader:
             yield x, y.to(self.device, non_blocking=True)
         if batches == 0 and start == 0 and self._count() > 0:
             raise DataError(
-                f"none of the {len(self.split)} images of this part decoded (first reasons: {'; '.join(list(self.skipped.values())[:2])}); cnnlab data check lists them"
+                f"none of the {len(self.split)} images of this part decoded "
+                f"(first reasons: {'; '.join(list(self.skipped.values())[:2])}); cnnlab data check lists them"
             )
 
 

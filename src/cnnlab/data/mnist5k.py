@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import DataConfig
-from cnnlab.data import DATASETS
+from cnnlab.data._registry import DATASETS
 from cnnlab.data.base import ArraySplit, Dataset, DataSource
 from cnnlab.data.mnist_idx import MNIST_CLASSES
 from cnnlab.data.splits import carve

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from cnnlab.config import DataConfig
-from cnnlab.data import DATASETS
+from cnnlab.data._registry import DATASETS
 from cnnlab.data.base import ArraySplit, Dataset, DataSource
 from cnnlab.data.idx import read_idx
 from cnnlab.errors import DataError
@@ -97,7 +97,8 @@ class IdxSource(DataSource):
             images, labels = (read_idx(p) for p in paths)  # type: ignore[arg-type]
             if images.ndim != 3 or labels.ndim != 1:
                 raise DataError(
-                    f"{paths[0]} holds shape {tuple(images.shape)} and {paths[1]} {tuple(labels.shape)}; expected (N, H, W) images and (N,) labels"
+                    f"{paths[0]} holds shape {tuple(images.shape)} and {paths[1]} {tuple(labels.shape)}; "
+                    "expected (N, H, W) images and (N,) labels"
                 )
             splits[part] = ArraySplit(images, labels)
         return Dataset(splits["train"], splits["test"], list(self.classes), source=str(folder))

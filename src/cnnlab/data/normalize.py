@@ -129,7 +129,8 @@ def _fixed(mean: tuple[float, ...], std: tuple[float, ...], name: str):
     def stats(split: Split, channels: int, file_batches=None, cache_key: str = "") -> Stats:
         if len(mean) != channels:
             raise ConfigError(
-                f"data.normalize={name} has statistics for {len(mean)} channels but the images have {channels}; set data.channels={len(mean)} or use data.normalize=auto"
+                f"data.normalize={name} has statistics for {len(mean)} channels but the images have {channels}; "
+                f"set data.channels={len(mean)} or use data.normalize=auto"
             )
         return torch.tensor(mean), torch.tensor(std)
 

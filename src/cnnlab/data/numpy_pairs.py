@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import DataConfig
-from cnnlab.data import DATASETS
+from cnnlab.data._registry import DATASETS
 from cnnlab.data.base import ArraySplit, Dataset, DataSource
 from cnnlab.errors import DataError
 
@@ -53,7 +53,8 @@ def _images(a: np.ndarray, path: Path) -> torch.Tensor:
         a = a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     if a.ndim != 4 or a.shape[1] not in (1, 3):
         raise DataError(
-            f"{path}: features of shape {a.shape} are not images; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)"
+            f"{path}: features of shape {a.shape} are not images; "
+            "expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)"
         )
     if not np.issubdtype(a.dtype, np.number):
         raise DataError(f"{path}: features of dtype {a.dtype} are not numbers")
@@ -93,7 +94,8 @@ def _load(path: Path) -> np.ndarray:
         claimed = math.prod(shape) * dtype.itemsize
         if claimed != size - offset:
             raise DataError(
-                f"refusing {path}: its header claims a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array ({claimed:,} bytes) but the file holds {size - offset:,}; it is truncated or corrupt"
+                f"refusing {path}: its header claims a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array "
+                f"({claimed:,} bytes) but the file holds {size - offset:,}; it is truncated or corrupt"
             )
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -140,7 +142,8 @@ class NumpyPairsSource(DataSource):
                 or not np.array_equal(labels, np.round(labels))
             ):
                 raise DataError(
-                    f"{targ}: targets must be one whole-number class index per row, got shape {labels.shape} {labels.dtype}"
+                    f"{targ}: targets must be one whole-number class index per row, "
+                    f"got shape {labels.shape} {labels.dtype}"
                 )
             splits[part] = ArraySplit(_images(_load(feat), feat), torch.from_numpy(labels.astype(np.int64)))
         if len(splits["train"]) == 0:
@@ -149,7 +152,8 @@ class NumpyPairsSource(DataSource):
         k = 1 + max(int(s.labels.max()) for s in splits.values() if len(s))
         if k > MAX_UNNAMED_CLASSES and not names_file.is_file():
             raise DataError(
-                f"{folder}: labels run up to {k - 1}; number the classes 0..K-1, or name them in classes.txt (one per line)"
+                f"{folder}: labels run up to {k - 1}; number the classes 0..K-1, "
+                "or name them in classes.txt (one per line)"
             )
         classes = _class_names(names_file) if names_file.is_file() else [str(i) for i in range(k)]
         return Dataset(splits["train"], splits.get("test"), classes, source=str(folder), val=splits.get("val"))

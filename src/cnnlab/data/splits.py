@@ -33,7 +33,8 @@ def carve(split: Split, size: float, of: int, seed: int, method: str = "random")
         return split, None
     if k >= n:
         raise DataError(
-            f"a part of {k} images (from {size:g}) leaves no training images out of {n}; use a smaller count or fraction"
+            f"a part of {k} images (from {size:g}) leaves no training images out of {n}; "
+            "use a smaller count or fraction"
         )
     if method == "first":
         return split.subset(slice(k, n)), split.subset(slice(0, k))

@@ -13,7 +13,6 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,69 +20,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from cnnlab.engine.checkpoint import save_checkpoint
+from cnnlab.engine.state import HISTORY_COLUMNS, STEP_COLUMNS, FitState
 from cnnlab.run_folder import write_text
-
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"]
-STEP_COLUMNS = ["step", "epoch", "loss", "lr"]
-
-
-@dataclass
-class FitState:
-    epochs: int  # epochs planned
-    steps_per_epoch: int
-    epoch: int = 0  # the epoch running or just finished, 1-based
-    step: int = 0  # optimizer steps so far
-    lr: float = 0.0
-    epoch_lr: float = 0.0  # the lr the running epoch started with (history's lr column)
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (HISTORY_COLUMNS)
-    steps: list[list[Any]] = field(default_factory=list)  # one row per step (STEP_COLUMNS)
-    best_epoch: int | None = None
-    best_score: float = float("-inf")
-    progress: Any = None  # the running epoch's EpochProgress; None between epochs
-    loader: dict[str, Any] | None = None  # on resume: the train loader's position inside `epoch`
-    stop_reason: str | None = None
-    diverged: bool = False  # the loss went NaN or infinite: the epoch's weights are not kept
-    interrupted: bool = False  # Ctrl-C or SIGTERM: stopped at a step boundary, position saved
-    prior_seconds: float = 0.0  # training time of the sessions before a resume
-    sessions: int = 1  # 1 + the number of resumes
-    recoveries: list[dict[str, Any]] = field(default_factory=list)  # the DivergenceGuard's rollbacks (metrics.json)
-    last_saved: str | None = None  # what checkpoints/last.pt holds, e.g. "epoch 2, step 30" (set by the Checkpointer)
-    start_time: float = field(default_factory=time.perf_counter)
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds of fitting in this session (what train.time_limit counts)."""
-        return time.perf_counter() - self.start_time
-
-    @property
-    def train_seconds(self) -> float:
-        return self.prior_seconds + self.elapsed
-
-    def restart_clock(self) -> None:
-        self.start_time = time.perf_counter()
-
-    SAVED = ("epochs", "epoch", "step", "lr", "epoch_lr", "history", "steps", "best_epoch", "best_score", "sessions")
-
-    def to_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps of the fit (tensors and plain values only: weights_only loads it)."""
-        out = {k: getattr(self, k) for k in self.SAVED}
-        out["recoveries"] = list(self.recoveries)
-        out["progress"] = self.progress.to_dict() if self.progress is not None else None
-        out["train_seconds"] = self.train_seconds
-        return out
-
-    @classmethod
-    def from_dict(cls, saved: dict[str, Any], steps_per_epoch: int, loader: dict[str, Any] | None) -> FitState:
-        from cnnlab.engine.loop import EpochProgress
-
-        state = cls(**{k: saved[k] for k in cls.SAVED}, steps_per_epoch=steps_per_epoch)
-        state.history, state.steps = list(state.history), [list(r) for r in state.steps]
-        state.recoveries = list(saved.get("recoveries", []))  # absent in checkpoints from before the guard
-        state.progress = EpochProgress(**saved["progress"]) if saved.get("progress") else None
-        state.loader = loader if state.progress is not None else None
-        state.prior_seconds = float(saved.get("train_seconds", 0.0))
-        state.sessions += 1
-        return state
 
 
 class Callback:
@@ -182,7 +120,8 @@ class DivergenceGuard(Callback):
         elif level is not None and self.healthy >= self.WARM and loss > self.SPIKE * level and loss > level + 1.0:
             self._recover(
                 state,
-                f"the training loss rose to {loss:.4g} at epoch {state.epoch}, step {state.step}, {loss / level:.1f}x its running level {level:.3g}",
+                f"the training loss rose to {loss:.4g} at epoch {state.epoch}, step {state.step}, {loss / level:.1f}x "
+                f"its running level {level:.3g}",
                 loss,
             )
         else:
@@ -236,19 +175,88 @@ class DivergenceGuard(Callback):
         }
         state.recoveries.append(entry)
         self.log(
-            f"recovery {len(state.recoveries)} of at most {self.max_recoveries}: {what}; back to the weights of {self.kept['where']}, learning rate x{self.factor:g}"
+            f"recovery {len(state.recoveries)} of at most {self.max_recoveries}: {what}; back to the weights of "
+            f"{self.kept['where']}, learning rate x{self.factor:g}"
         )
 
 
-class EarlyStopping(Callback):
-    """Stop after `patience` epochs without a better score (fit()'s monitor; the Checkpointer keeps the best)."""
+class Tracker(Callback):
+    """One monitored figure of the history rows (fastai's TrackerCallback is the model): `monitor`
+    (val_accuracy or val_loss) read from each epoch's row, falling back to the train_ figure where
+    there is no validation part (`fallback`). A loss is negated, so a higher score is always better."""
 
-    def __init__(self, patience: int, monitor: str = "val_accuracy") -> None:
-        self.patience, self.monitor = patience, monitor
+    def __init__(self, monitor: str = "val_accuracy", fallback: bool = True) -> None:
+        self.monitor, self.fallback = monitor, fallback
+
+    def figure(self, row: dict[str, Any]) -> float | None:
+        """The monitored figure of `row`, as written there; None where the row has none."""
+        key = self.monitor
+        if row.get(key, "") == "" and self.fallback:
+            key = key.replace("val_", "train_")
+        value = row.get(key, "")
+        return None if value == "" else value
+
+    def score(self, row: dict[str, Any]) -> float | None:
+        value = self.figure(row)
+        return None if value is None else -value if self.monitor.endswith("loss") else value
+
+
+class BestTracker(Tracker):
+    """The best epoch by the monitored figure (train.monitor): what picks best.pt, the test weights
+    and early stopping. It keeps the best in the FitState (state.best_epoch, state.best_score), so a
+    checkpoint carries it and a resumed run goes on judging against it; `improved` says whether the
+    epoch that just ended is the new best. Put it before the callbacks that read it."""
+
+    def __init__(self, monitor: str = "val_accuracy") -> None:
+        super().__init__(monitor)
+        self.improved = False
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self.improved = False
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
-        if state.best_epoch is not None and state.epoch - state.best_epoch >= self.patience:
-            state.stop_reason = f"early stopping: no better {self.monitor.replace('_', ' ')} for {self.patience} epochs"
+        score = self.score(row)
+        self.improved = score is not None and score > state.best_score
+        if self.improved:
+            state.best_score, state.best_epoch = score, state.epoch
+
+    def epochs_since_best(self, state: FitState) -> int | None:
+        return None if state.best_epoch is None else state.epoch - state.best_epoch
+
+
+class PlateauSchedule(Tracker):
+    """Steps a ReduceLROnPlateau schedule once per epoch on its own figure (schedule.monitor, from
+    the validation part: no fallback); the training step leaves it alone meanwhile. First in the
+    callbacks: the epoch's other callbacks see the lowered learning rate in state.lr."""
+
+    def __init__(self, step: Any) -> None:
+        self.step, self.scheduler = step, step.scheduler
+        super().__init__(self.scheduler.monitor, fallback=False)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.step.scheduler = None  # not per batch
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        value = self.figure(row)
+        if value is not None:
+            self.scheduler.step(value)
+            state.lr = self.step.optimizer.param_groups[0]["lr"]
+
+    def on_fit_end(self, state: FitState) -> None:
+        self.step.scheduler = self.scheduler
+
+
+class EarlyStopping(Callback):
+    """Stop after `patience` epochs without a better figure of `tracker` (the best is kept in best.pt)."""
+
+    def __init__(self, patience: int, tracker: BestTracker) -> None:
+        self.patience, self.tracker = patience, tracker
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        since = self.tracker.epochs_since_best(state)
+        if since is not None and since >= self.patience:
+            what = self.tracker.monitor.replace("_", " ")
+            state.stop_reason = f"early stopping: no better {what} for {self.patience} epochs"
 
 
 class FreezeBody(Callback):
@@ -278,7 +286,7 @@ class FreezeBody(Callback):
 class Checkpointer(Callback):
     """checkpoints/last.pt: at the start, after every epoch, and inside epochs every `every_steps`
     steps or `every_seconds` seconds and on Ctrl-C (with the data position, for an exact resume);
-    checkpoints/best.pt when the epoch is the best so far (fit() keeps the score).
+    checkpoints/best.pt when the epoch is the best so far (`tracker`, a BestTracker, says so).
 
     `snapshot(state)` gives what a checkpoint holds (weights, optimizer, scheduler, ... and config).
     Both files are written atomically, best.pt before last.pt: a kill between the two resumes from
@@ -292,8 +300,11 @@ class Checkpointer(Callback):
         every_steps: int | None = None,
         every_seconds: float | None = None,
         inside_epochs: bool = True,
+        *,
+        tracker: BestTracker,
     ) -> None:
         self.folder = Path(folder)
+        self.tracker = tracker
         self.snapshot = snapshot
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self.inside_epochs = inside_epochs  # False under torchrun: only rank 0's streams would be saved
@@ -329,7 +340,7 @@ class Checkpointer(Callback):
             self._save("last.pt", state)
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
-        if state.best_epoch == state.epoch:
+        if self.tracker.improved:
             self._save("best.pt", state)
         self._save("last.pt", state)
 
@@ -411,7 +422,10 @@ class ProgressBar(Callback):
             self.bar = None
         val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}" if row["val_loss"] != "" else ""
         best = "  *" if state.best_epoch == state.epoch else ""
-        line = f"epoch {state.epoch:>3}/{state.epochs}  train loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}{val}  {row['epoch_seconds']:.1f}s{best}"
+        line = (
+            f"epoch {state.epoch:>3}/{state.epochs}  train loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_accuracy']:.4f}{val}  {row['epoch_seconds']:.1f}s{best}"
+        )
         (self.log.write if self.log is not None else tqdm.write)(line)
 
     def on_fit_end(self, state: FitState) -> None:

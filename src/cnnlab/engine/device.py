@@ -6,7 +6,6 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import ContextManager
 
 import torch
 
@@ -28,7 +27,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager]:
+def autocast_factory(
+    device: torch.device, dtype: torch.dtype | None
+) -> Callable[[], contextlib.AbstractContextManager]:
     """A zero-argument function giving a fresh autocast context (or a no-op one for fp32)."""
     if dtype is None:
         return contextlib.nullcontext

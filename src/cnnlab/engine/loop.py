@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ class TrainStep:
     optimizer: torch.optim.Optimizer
     objective: Objective
     scheduler: Any = None  # stepped once per batch here; None for a per-epoch (plateau) schedule
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     clip_grad_norm: float | None = None
     scaler: Any = None  # torch.amp.GradScaler for fp16
     mix: BatchMix | None = None
@@ -152,7 +152,7 @@ def evaluate(
     objective: Objective | None = None,
     *,
     tta: bool = False,
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
     """Loss, accuracy and confusion of `model` over `loader`, in eval mode (`objective`: plain

@@ -95,7 +95,8 @@ def cross_entropy(num_classes: int, smoothing: float = 0.0) -> Objective:
 def _binary(name: str, t: Target, smoothing: float, weighted: bool, probabilities: bool) -> Objective:
     if not t.multilabel and t.num_classes != 2:
         raise ConfigError(
-            f"loss {name} needs a binary target or a multi-label one; this data has {t.num_classes} classes: use train.loss=cross-entropy"
+            f"loss {name} needs a binary target or a multi-label one; this data has {t.num_classes} classes: "
+            "use train.loss=cross-entropy"
         )
     pos_weight = _positive_weight(t) if weighted and t.train is not None else None
     outputs = t.num_classes if t.multilabel else 1
@@ -177,11 +178,13 @@ def create_objective(
     objective = LOSSES.get(name)(target, smoothing, weighted)
     if objective.name == "sigmoid-bce" and not sigmoid:
         raise ConfigError(
-            "loss sigmoid-bce takes probabilities, and this model's last layer is not a Sigmoid; use train.loss=bce (logits)"
+            "loss sigmoid-bce takes probabilities, and this model's last layer is not a Sigmoid; "
+            "use train.loss=bce (logits)"
         )
     if objective.name != "sigmoid-bce" and sigmoid:
         raise ConfigError(
-            f"this model ends in a Sigmoid (it outputs probabilities), which loss {objective.name} would squash again; use train.loss=sigmoid-bce"
+            f"this model ends in a Sigmoid (it outputs probabilities), which loss {objective.name} would squash again; "
+            "use train.loss=sigmoid-bce"
         )
     if outputs != objective.outputs:
         raise ConfigError(

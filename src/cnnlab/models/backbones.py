@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models import MODELS
+from cnnlab.models._registry import MODELS
 
 BACKBONES = [
     "alexnet",
@@ -71,7 +71,8 @@ def _load_pretrained(name: str, pretrained: str | None) -> nn.Module:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickled code, or not a torch file: either way not weights we can use
             raise ConfigError(
-                f"cannot load {path} as a state_dict ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a torch file'})"
+                f"cannot load {path} as a state_dict "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a torch file'})"
             ) from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
@@ -87,11 +88,13 @@ def _load_pretrained(name: str, pretrained: str | None) -> nn.Module:
         extra = [k for k in state if k not in mine]
         if wrong or extra:
             detail = ", ".join(
-                f"{k} {tuple(state[k].shape) if isinstance(state.get(k), torch.Tensor) else 'missing'} vs {tuple(mine[k].shape)}"
+                f"{k} {tuple(state[k].shape) if isinstance(state.get(k), torch.Tensor) else 'missing'} "
+                f"vs {tuple(mine[k].shape)}"
                 for k in wrong[:3]
             )
             raise ConfigError(
-                f"{path} does not fit {name}: {len(wrong)} key(s) missing or of another shape ({detail}){f', {len(extra)} unexpected' if extra else ''}"
+                f"{path} does not fit {name}: {len(wrong)} key(s) missing or of another shape ({detail})"
+                f"{f', {len(extra)} unexpected' if extra else ''}"
             )
         model.load_state_dict(state)
         return model
@@ -101,13 +104,15 @@ def _load_pretrained(name: str, pretrained: str | None) -> nn.Module:
         ]  # imagenet: as for timm models (--pretrained)
     except KeyError:
         raise ConfigError(
-            f"{name} has no weights {pretrained!r}; torchvision has {', '.join(tvm.get_model_weights(name).__members__)}, or give a .pt/.pth file"
+            f"{name} has no weights {pretrained!r}; "
+            f"torchvision has {', '.join(tvm.get_model_weights(name).__members__)}, or give a .pt/.pth file"
         ) from None
     try:
         return tvm.get_model(name, weights=weights)
     except Exception as e:  # no network and no cached copy
         raise ConfigError(
-            f"cannot fetch {name} {pretrained} weights ({str(e).splitlines()[0][:100]}); without a network, put the file in the torch hub cache or pass model.kwargs.pretrained=PATH.pth"
+            f"cannot fetch {name} {pretrained} weights ({str(e).splitlines()[0][:100]}); without a network, "
+            "put the file in the torch hub cache or pass model.kwargs.pretrained=PATH.pth"
         ) from None
 
 

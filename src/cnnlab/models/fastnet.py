@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
-from cnnlab.models import MODELS
+from cnnlab.models._registry import MODELS
 
 
 class MaxPool2x2(nn.MaxPool2d):
@@ -118,5 +118,6 @@ class FastNet(nn.Module):
 def fastnet(num_classes: int, in_channels: int, input_size: tuple[int, int] | None = None, **kwargs) -> FastNet:
     """the fast default: a small VGG-like CNN with BN and GELU, tuned for CPU time-to-accuracy
 
-    Any input size works: it ends in an adaptive pool (model.kwargs: widths, extra_convs, stem_width, pool_grid, head_scale, act: gelu | relu)."""
+    Any input size works: it ends in an adaptive pool (model.kwargs: widths, extra_convs, stem_width,
+    pool_grid, head_scale, act: gelu | relu)."""
     return FastNet(num_classes, in_channels, **kwargs)

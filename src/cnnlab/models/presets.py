@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnnlab.models import MODELS
+from cnnlab.models._registry import MODELS
 from cnnlab.models.spec import SpecCNN, build
 
 # name -> (spec, default input (C, H, W), default number of classes)

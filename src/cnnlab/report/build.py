@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,13 @@ import yaml
 
 from cnnlab.data.base import Split
 from cnnlab.engine.losses import Objective
-from cnnlab.errors import CnnlabError, DataError
+from cnnlab.errors import DataError
 from cnnlab.evaluation import Predictions, display_image, load_run, load_split, predict, split_loader
 from cnnlab.report.gradcam import grad_cam
 from cnnlab.report.html import image_tag, metrics_tables, pct, render, table
 from cnnlab.report.images import plot_feature_maps, plot_filters, plot_gallery, plot_gradcam
 from cnnlab.report.plots import confused_pairs, plot_confusion, plot_lr, plot_per_class, plot_training_curves, shorten
-from cnnlab.run_folder import write_text
+from cnnlab.run_folder import read_config, read_history, read_metrics, read_steps, write_text
 
 GALLERY = 16  # worst misclassifications shown
 CAM_IMAGES = 12  # Grad-CAM examples
@@ -70,13 +69,26 @@ def _caption(inp: ReportInputs, row: int) -> str:
     """ "true: X / pred: Y (93%)" for prediction row `row`, names shortened to fit under an image."""
     p = inp.predictions
     k = int(p.probs[row].argmax())
-    return f"true: {shorten(inp.classes[int(p.targets[row])], 16)}\npred: {shorten(inp.classes[k], 16)} ({100 * float(p.probs[row, k]):.0f}%)"
+    return (
+        f"true: {shorten(inp.classes[int(p.targets[row])], 16)}\n"
+        f"pred: {shorten(inp.classes[k], 16)} ({100 * float(p.probs[row, k]):.0f}%)"
+    )
 
 
-def write_figures(run_dir: Path, metrics: dict[str, Any], inp: ReportInputs | None) -> dict[str, Path | None]:
-    """plots/*.png: curves, lr, confusion, per-class, gallery, filters, feature maps, Grad-CAM."""
+def write_figures(
+    run_dir: Path,
+    metrics: dict[str, Any],
+    inp: ReportInputs | None,
+    history: list[dict[str, str]] | None = None,
+    steps: list[dict[str, str]] | None = None,
+) -> dict[str, Path | None]:
+    """plots/*.png: curves, lr, confusion, per-class, gallery, filters, feature maps, Grad-CAM.
+    `history` and `steps` are the run's history.csv and steps.csv rows (read from `run_dir` where not given)."""
     plots = run_dir / "plots"
-    figs: dict[str, Path | None] = {"curves": plot_training_curves(run_dir), "lr": plot_lr(run_dir)}
+    figs: dict[str, Path | None] = {
+        "curves": plot_training_curves(run_dir, history, steps),
+        "lr": plot_lr(run_dir, steps),
+    }
     test = metrics.get("test") or metrics.get("val")
     classes = list(test["per_class"]) if test else []
     if test and not test.get("multilabel"):
@@ -119,21 +131,9 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=pr
     rebuilt from the run folder (best.pt and its recipe's data); where the data is not here, the page
     has the figures drawn from the run's files alone, and `log` says what is missing."""
     run_dir = Path(run_dir)
-    for need in ("config.yaml", "history.csv"):
-        if not (run_dir / need).is_file():
-            raise CnnlabError(
-                f"{run_dir} has no {need}: not a run folder that cnnlab train wrote (or it stopped before its first epoch)"
-            )
-    if not (run_dir / "metrics.json").is_file():
-        raise CnnlabError(
-            f"{run_dir} has no metrics.json: its training was interrupted before the test evaluation; finish it with cnnlab train --resume {run_dir}"
-        )
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CnnlabError(
-            f"cannot read {run_dir / 'metrics.json'} ({e}); rerun the evaluation with cnnlab evaluate {run_dir}"
-        ) from None
+    config = read_config(run_dir)
+    history = read_history(run_dir)
+    metrics = read_metrics(run_dir)
     missing = ""
     if inputs is None:
         try:
@@ -141,13 +141,23 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=pr
         except DataError as e:  # the data moved or is on another machine: the numbers still draw
             missing = str(e).splitlines()[0]
             log(f"note: without the run's data ({missing}), the image figures are left out")
-    figs = write_figures(run_dir, metrics, inputs)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    figs = write_figures(run_dir, metrics, inputs, history=history, steps=read_steps(run_dir))
+    subtitle = (
+        f"data {metrics.get('data')} ({metrics.get('data_source', '')}), seed {metrics.get('seed')}, "
+        f"{metrics.get('device')} {metrics.get('precision')}, loss {metrics.get('loss', '')}"
+    )
+    page = render(f"Run {run_dir.name}", subtitle, _cards(metrics), _sections(metrics, config, figs, missing))
+    out = run_dir / "report.html"
+    write_text(out, page)
+    return out
+
+
+def _cards(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The figures at the top of the page: accuracy with its counts, the worst class, epochs, model, time."""
     test = metrics.get("test") or metrics.get("val") or {}
     part = "test" if "test" in metrics else "validation"
-    classes = list(test.get("per_class", {}))
     correct = round(test.get("accuracy", 0) * test.get("num_samples", 0))
-    cards = [
+    return [
         (f"{part} accuracy", f"{pct(test.get('accuracy'))} ({correct}/{test.get('num_samples', 0)})"),
         (
             "worst class",
@@ -159,6 +169,16 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=pr
         ("model", f"{metrics.get('model')} ({metrics.get('num_parameters', 0):,} params)"),
         ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
     ]
+
+
+def _sections(
+    metrics: dict[str, Any], config: dict[str, Any], figs: dict[str, Path | None], missing: str
+) -> list[tuple[str, str, str]]:
+    """The page's (anchor, heading, body html) sections; those that need the run's data say why they
+    are empty where it was `missing` (the first line of the error)."""
+    test = metrics.get("test") or metrics.get("val") or {}
+    part = "test" if "test" in metrics else "validation"
+    classes = list(test.get("per_class", {}))
     pairs = confused_pairs(test["confusion_matrix"], classes, 8) if test and not test.get("multilabel") else []
     pair_table = (
         table(["true", "predicted as", "count", "share of the true class"], [[t, p, c, pct(s)] for t, p, c, s in pairs])
@@ -193,10 +213,7 @@ def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=pr
                 sections[i] = (
                     anchor,
                     head,
-                    f"<p><em>Not drawn: the run's data was not found when this page was written ({html.escape(missing)}).</em></p>",
+                    "<p><em>Not drawn: the run's data was not found when this page was written "
+                    f"({html.escape(missing)}).</em></p>",
                 )
-    subtitle = f"data {metrics.get('data')} ({metrics.get('data_source', '')}), seed {metrics.get('seed')}, {metrics.get('device')} {metrics.get('precision')}, loss {metrics.get('loss', '')}"
-    page = render(f"Run {run_dir.name}", subtitle, cards, sections)
-    out = run_dir / "report.html"
-    write_text(out, page)
-    return out
+    return sections

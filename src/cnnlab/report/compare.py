@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,26 +15,24 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluation import display_image, load_run, load_split, predict, split_loader
 from cnnlab.report.images import plot_predictions_grid
 from cnnlab.report.tables import markdown_table
+from cnnlab.run_folder import read_metrics
 
 COLUMNS = ["run", "model", "data", "parameters", "best epoch", "test accuracy", "test loss", "train time"]
 
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
+    """metrics.json of a run to compare; where it is missing, the message asks for finished runs."""
+    if not (Path(run_dir) / "metrics.json").is_file():
         why = (
             "not a run folder"
             if not (Path(run_dir) / "config.yaml").is_file()
             else "its training was interrupted before the test evaluation"
         )
         raise CnnlabError(f"{run_dir} has no metrics.json ({why}); give run folders that cnnlab train finished")
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise CnnlabError(f"{path} is not valid JSON") from None
+    return read_metrics(run_dir)
 
 
-def table_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, str]]:
+def compare_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, str]]:
     """One row per run, as strings ready to print; test accuracy with its counts, "97.98% (11937/12183)"."""
     rows = []
     for d in run_dirs:
@@ -83,7 +80,8 @@ def predictions_figure(
     others = [r for r in runs[1:] if r.classes != first.classes]
     if others:
         raise CnnlabError(
-            f"{others[0].checkpoint} has other classes than {first.checkpoint}; compare runs trained on the same classes"
+            f"{others[0].checkpoint} has other classes than {first.checkpoint}; "
+            "compare runs trained on the same classes"
         )
     ds, split = load_split(first, "auto")
     ids = torch.arange(min(images, len(split)))

@@ -8,16 +8,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;color:#1d2330}
-h1{font-size:1.6em;margin-bottom:4px} h2{margin-top:36px;border-bottom:1px solid #dde;padding-bottom:4px}
-.sub{color:#667;margin-top:0} table{border-collapse:collapse;margin:8px 0;font-size:0.9em}
-td,th{border:1px solid #dde;padding:3px 9px;text-align:right} th{background:#f3f5fa} td:first-child,th:first-child{text-align:left}
-tr.worst td{background:#fde8e8} img{max-width:100%;border:1px solid #eee;margin:6px 0}
-.cards{display:flex;flex-wrap:wrap;gap:12px} .card{background:#f6f8fc;border:1px solid #e1e6f0;border-radius:8px;padding:10px 16px;min-width:150px}
-.card b{display:block;font-size:1.35em} pre{background:#f6f8fc;padding:10px;overflow-x:auto;font-size:0.85em}
-nav a{margin-right:12px}
-"""
+CSS = (
+    "\n"
+    "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:24px "
+    "auto;padding:0 16px;color:#1d2330}\n"
+    "h1{font-size:1.6em;margin-bottom:4px} h2{margin-top:36px;border-bottom:1px solid #dde;padding-bottom:4px}\n"
+    ".sub{color:#667;margin-top:0} table{border-collapse:collapse;margin:8px 0;font-size:0.9em}\n"
+    "td,th{border:1px solid #dde;padding:3px 9px;text-align:right} th{background:#f3f5fa} "
+    "td:first-child,th:first-child{text-align:left}\n"
+    "tr.worst td{background:#fde8e8} img{max-width:100%;border:1px solid #eee;margin:6px 0}\n"
+    ".cards{display:flex;flex-wrap:wrap;gap:12px} .card{background:#f6f8fc;border:1px solid "
+    "#e1e6f0;border-radius:8px;padding:10px 16px;min-width:150px}\n"
+    ".card b{display:block;font-size:1.35em} "
+    "pre{background:#f6f8fc;padding:10px;overflow-x:auto;font-size:0.85em}\n"
+    "nav a{margin-right:12px}\n"
+)
 
 
 def image_tag(path: Path | None, alt: str) -> str:
@@ -44,8 +49,10 @@ def render(title: str, subtitle: str, cards: list[tuple[str, str]], sections: li
     body = "\n".join(f'<h2 id="{a}">{html.escape(h)}</h2>\n{b}' for a, h, b in sections)
     card_html = "".join(f"<div class='card'>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in cards)
     return (
-        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}</p><nav>{nav}</nav><div class='cards'>{card_html}</div>\n{body}\n</body></html>\n"
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}</p><nav>{nav}</nav>"
+        f"<div class='cards'>{card_html}</div>\n{body}\n</body></html>\n"
     )
 
 

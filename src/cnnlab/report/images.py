@@ -59,7 +59,8 @@ def plot_filters(model: nn.Module, path: Path, limit: int = 64) -> Path | None:
         _show(ax, img)
     k = tuple(w.shape[2:])
     fig.suptitle(
-        f"First conv layer: {convs[0].out_channels} filters of {k[0]}x{k[1]} over {convs[0].in_channels} channel(s) (first {len(imgs)} shown)",
+        f"First conv layer: {convs[0].out_channels} filters of {k[0]}x{k[1]} over {convs[0].in_channels} channel(s) "
+        f"(first {len(imgs)} shown)",
         fontsize=9,
     )
     fig.tight_layout()

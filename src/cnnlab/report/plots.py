@@ -4,7 +4,6 @@ matplotlib with the Agg backend, PNG files written atomically."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -13,23 +12,22 @@ matplotlib.use("Agg")  # no screen needed; must come before pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cnnlab.run_folder import atomic_write  # noqa: E402
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from cnnlab.run_folder import atomic_write, read_history, read_steps  # noqa: E402
 
 
 def _floats(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key, "") != ""]
 
 
-def plot_training_curves(run_dir: Path) -> Path:
-    """plots/curves.png: training loss per step and per epoch (left), accuracy per epoch (right)."""
+def plot_training_curves(
+    run_dir: Path, history: list[dict[str, str]] | None = None, steps: list[dict[str, str]] | None = None
+) -> Path:
+    """plots/curves.png: training loss per step and per epoch (left), accuracy per epoch (right).
+    `history` and `steps` are the rows of the run's history.csv and steps.csv, read from `run_dir`
+    where not given."""
     run_dir = Path(run_dir)
-    history = read_csv(run_dir / "history.csv")
-    steps = read_csv(run_dir / "steps.csv") if (run_dir / "steps.csv").is_file() else []
+    history = read_history(run_dir) if history is None else history
+    steps = read_steps(run_dir) if steps is None else steps
     epochs = [int(r["epoch"]) for r in history]
     spe = max(1, len(steps) // max(1, len(epochs)))  # steps per epoch, to put both on one x axis
 
@@ -81,10 +79,11 @@ def shorten(name: str, width: int = 14) -> str:
     return name if len(name) <= width else name[: width - 1] + "\u2026"
 
 
-def plot_lr(run_dir: Path) -> Path | None:
-    """plots/lr.png: the learning rate at every optimizer step."""
+def plot_lr(run_dir: Path, steps: list[dict[str, str]] | None = None) -> Path | None:
+    """plots/lr.png: the learning rate at every optimizer step (`steps`: steps.csv's rows, read from
+    `run_dir` where not given); None for a run without steps."""
     run_dir = Path(run_dir)
-    steps = read_csv(run_dir / "steps.csv") if (run_dir / "steps.csv").is_file() else []
+    steps = read_steps(run_dir) if steps is None else steps
     if not steps:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.2))

@@ -1,13 +1,58 @@
-"""reproduction.html and reproduction.png: the report's figures and ours, side by side, on one page."""
+"""reproduction.html and reproduction.png: the report's figures and ours, side by side, on one page.
+
+The page is drawn from plain data (ReproductionPage) that cnnlab.reproduce works out: text, numbers
+and run folders, so this module needs nothing of the study's own classes.
+"""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from cnnlab.report.html import image_tag, render, table
 from cnnlab.report.plots import plt, save, shorten
+from cnnlab.run_folder import read_history, read_steps, report_link, write_text
+
+
+class PlottedFigure(Protocol):
+    """One figure of the table as numbers (cnnlab.reproduce.FigureLine has these fields)."""
+
+    row: str  # the study's row
+    figure: str  # what the figure is, e.g. "test accuracy"
+    kind: str  # fraction | loss | epoch | seconds
+    relative: bool  # a change from another row, in points
+    reported_value: float | list[float]  # the report's number, or its [low, high] range
+    mean: float | None  # ours over the seeds (None: no run has it)
+    std: float | None
+    scale: float  # 100 for fractions shown as %, 1 for losses, epochs and seconds
+
+
+@dataclass
+class ReproductionPage:
+    """What reproduction.html shows, as text and numbers worked out by cnnlab.reproduce."""
+
+    study: str  # the study's name
+    report: str  # the source report it reproduces (the page's subtitle)
+    out: Path  # the reproduction folder: the page and its figures go here, the run folders are under it
+    header: list[str]
+    table: list[list[str]]  # the figures' table, as reproduction.md has it
+    lines: Sequence[PlottedFigure]  # the same figures as numbers, for reproduction.png
+    runs: list[tuple[str, list[str]]]  # (row name, its run folders: one per seed), in the table's order
+    summary: list[str]  # how the figures were made, one sentence each
+    data: str  # the data read
+    stand_in: bool  # that data stands in for the report's
+    seeds: int
+    epochs: str  # the epochs trained, as the summary gives them
+    wall_seconds: float
+    periods: list[int] = field(default_factory=list)  # each period's last epoch, as trained (empty: one period)
+    per_class: str | None = None  # each row's per-class accuracy, where the study shows it
+    worked: str | None = None  # the report's worked examples as torch computes them, where the study has some
+    two_panel: bool = False  # draw the report's figure: training loss per iteration over val accuracy per epoch
+    predictions: bool = False  # draw a few test images with each row's prediction (cnnlab compare's figure)
+
 
 PANELS = [
     ("percent", lambda ln: ln.kind == "fraction" and not ln.relative),
@@ -17,11 +62,11 @@ PANELS = [
 ]
 
 
-def plot_figures(res: Any, path: Path) -> Path | None:
+def plot_figures(lines: Sequence[PlottedFigure], study: str, path: Path) -> Path | None:
     """Each figure as a row: the report's value (a diamond, or a band for a range) and ours (mean,
     a bar of ± one std over the seeds). Percentages, changes in points, losses and epochs each on a
     panel of their own; times, whose scales differ by thousands, are in the table only."""
-    lines = [ln for ln in res.lines if ln.mean is not None and ln.kind != "seconds"]
+    lines = [ln for ln in lines if ln.mean is not None and ln.kind != "seconds"]
     groups = [(xlabel, [ln for ln in lines if pick(ln)]) for xlabel, pick in PANELS]
     groups = [(xlabel, mine) for xlabel, mine in groups if mine]
     if not groups:
@@ -58,30 +103,28 @@ def plot_figures(res: Any, path: Path) -> Path | None:
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"{res.study.name}: the report's figures and ours")
+    fig.suptitle(f"{study}: the report's figures and ours")
     fig.tight_layout()
     return save(fig, path)
 
 
-def first_runs(res: Any) -> list[tuple[str, Path]]:
+def first_runs(runs: list[tuple[str, list[str]]]) -> list[tuple[str, Path]]:
     """(row name, its first seed's run folder) for each row that has a run: what the figures below draw."""
-    return [(name, Path(row.runs[0])) for name, row in zip(res.names, res.rows) if row.runs]
+    return [(name, Path(folders[0])) for name, folders in runs if folders]
 
 
-def plot_two_panel(res: Any, path: Path) -> Path | None:
+def plot_two_panel(runs: list[tuple[str, list[str]]], path: Path) -> Path | None:
     """The lab's figure, laid out as the lab has it (figsize 15 x 9, two rows): the training loss
     against the iteration above the validation accuracy against the epoch, a line per row (its first
     seed's run)."""
-    from cnnlab.report.plots import read_csv
-
-    runs = [(name, d) for name, d in first_runs(res) if (d / "steps.csv").is_file() and (d / "history.csv").is_file()]
-    if not runs:
+    drawn = [(name, d) for name, d in first_runs(runs) if (d / "steps.csv").is_file() and (d / "history.csv").is_file()]
+    if not drawn:
         return None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(15, 9))
-    for name, d in runs:
-        steps = read_csv(d / "steps.csv")
+    for name, d in drawn:
+        steps = read_steps(d)
         top.plot([int(r["step"]) for r in steps], [float(r["loss"]) for r in steps], lw=1.5, label=name)
-        hist = [r for r in read_csv(d / "history.csv") if r.get("val_accuracy")]
+        hist = [r for r in read_history(d) if r.get("val_accuracy")]
         bottom.plot([int(r["epoch"]) for r in hist], [float(r["val_accuracy"]) for r in hist], lw=3, label=name)
     top.set(ylabel="training loss", xlabel="Iterations")
     bottom.set(ylabel="validation accuracy", xlabel="Epochs")
@@ -92,106 +135,106 @@ def plot_two_panel(res: Any, path: Path) -> Path | None:
     return save(fig, path)
 
 
-def period_images(res: Any) -> str:
-    """Each row's confusion matrix and curves after the first and the last period (its first seed's run)."""
-    if not res.periods:
+def period_images(runs: list[tuple[str, list[str]]], periods: list[int]) -> str:
+    """Each row's confusion matrix and curves after the first and the last of the `periods` (each
+    period's last epoch), from its first seed's run."""
+    if not periods:
         return ""
-    last = len(res.periods)
+    last = len(periods)
     parts = []
-    for name, run in first_runs(res):
+    for name, run in first_runs(runs):
         plots = run / "plots"
         cells = [
             image_tag(
                 plots / f"{kind}-period-{k}.png",
-                f"{name}: {kind} after period {k} ({res.periods[k - 1]} epoch{'s' if res.periods[k - 1] != 1 else ''})",
+                f"{name}: {kind} after period {k} ({periods[k - 1]} epoch{'s' if periods[k - 1] != 1 else ''})",
             )
             for kind in ("confusion", "curves")
             for k in dict.fromkeys((1, last))
         ]
-        parts.append(
-            f"<h3>{html.escape(name)}</h3><p>after {res.periods[0]} and {res.periods[-1]} epochs</p>" + "".join(cells)
-        )
+        parts.append(f"<h3>{html.escape(name)}</h3><p>after {periods[0]} and {periods[-1]} epochs</p>" + "".join(cells))
     return "".join(parts)
 
 
-def plot_predictions(res: Any, path: Path) -> Path | None:
+def plot_predictions(runs: list[tuple[str, list[str]]], path: Path) -> Path | None:
     """cnnlab compare's figure: a few test images with each row's prediction (first seeds' runs)."""
     from cnnlab.errors import CnnlabError
     from cnnlab.report.compare import predictions_figure
 
-    runs = first_runs(res)
-    if not runs:
+    first = first_runs(runs)
+    if not first:
         return None
     try:
-        return predictions_figure([d for _, d in runs], path, images=8, labels=[n for n, _ in runs])
+        return predictions_figure([d for _, d in first], path, images=8, labels=[n for n, _ in first])
     except CnnlabError:  # e.g. runs of other classes: the table still stands
         return None
 
 
-def write_html(res: Any, rows: list[list[str]], header: list[str]) -> Path:
-    from cnnlab.reproduce import _summary_lines, epochs_text, per_class_text, run_link
-    from cnnlab.run_folder import write_text
-
-    png = plot_figures(res, res.out / "reproduction.png")
+def write_html(page: ReproductionPage) -> Path:
+    """reproduction.html in page.out, with reproduction.png and the figures the study asks for beside it."""
+    png = plot_figures(page.lines, page.study, page.out / "reproduction.png")
     links = "".join(
         f"<li>{html.escape(name)}: "
-        + ", ".join(f'<a href="{html.escape(run_link(res, r))}">{html.escape(Path(r).name)}</a>' for r in row.runs)
+        + ", ".join(
+            f'<a href="{html.escape(report_link(r, page.out))}">{html.escape(Path(r).name)}</a>' for r in folders
+        )
         + "</li>"
-        for name, row in zip(res.names, res.rows)
+        for name, folders in page.runs
     )
     sections = [
-        ("table", "Figures", table(header, rows)),
+        ("table", "Figures", table(page.header, page.table)),
         ("figure", "At a glance", image_tag(png, "the report's figures and ours")),
+        *_study_sections(page),
+        (
+            "about",
+            "How these were made",
+            "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in page.summary) + "</ul>",
+        ),
+        ("runs", "Run folders", f"<ul>{links}</ul>"),
     ]
-    if res.study.per_class:
-        sections.append(("per-class", "Per-class accuracy", f"<pre>{html.escape(per_class_text(res))}</pre>"))
-    if res.study.two_panel:
+    cards = [
+        ("data", page.data + (" (stand-in)" if page.stand_in else "")),
+        ("seeds", str(page.seeds)),
+        ("epochs", page.epochs),
+        ("wall time", f"{page.wall_seconds:.0f} s"),
+    ]
+    path = page.out / "reproduction.html"
+    write_text(path, render(f"Reproduction: {page.study}", page.report, cards, sections))
+    return path
+
+
+def _study_sections(page: ReproductionPage) -> list[tuple[str, str, str]]:
+    """The sections only some studies have: per-class accuracy, the report's own figure, the periods,
+    the predictions and the worked examples (their figures are drawn here, in that order)."""
+    sections = []
+    if page.per_class is not None:
+        sections.append(("per-class", "Per-class accuracy", f"<pre>{html.escape(page.per_class)}</pre>"))
+    if page.two_panel:
         sections.append(
             (
                 "lab-figure",
                 "Training loss and validation accuracy",
                 image_tag(
-                    plot_two_panel(res, res.out / "reproduction-curves.png"),
+                    plot_two_panel(page.runs, page.out / "reproduction-curves.png"),
                     "training loss per iteration, validation accuracy per epoch",
                 ),
             )
         )
-    if res.periods:
-        sections.append(("periods", "After the first and the last period", period_images(res)))
-    if res.study.predictions:
+    if page.periods:
+        sections.append(("periods", "After the first and the last period", period_images(page.runs, page.periods)))
+    if page.predictions:
         sections.append(
             (
                 "predictions",
                 "Predictions for a few test images",
                 image_tag(
-                    plot_predictions(res, res.out / "reproduction-predictions.png"),
+                    plot_predictions(page.runs, page.out / "reproduction-predictions.png"),
                     "each model's prediction for the first test images",
                 ),
             )
         )
-    if res.study.examples:
+    if page.worked is not None:
         sections.append(
-            (
-                "examples",
-                "The report's worked examples, computed by torch",
-                f"<pre>{html.escape(res.worked_text)}</pre>",
-            )
+            ("examples", "The report's worked examples, computed by torch", f"<pre>{html.escape(page.worked)}</pre>")
         )
-    sections += [
-        (
-            "about",
-            "How these were made",
-            "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in _summary_lines(res)) + "</ul>",
-        ),
-        ("runs", "Run folders", f"<ul>{links}</ul>"),
-    ]
-    cards = [
-        ("data", res.data + (" (stand-in)" if res.stand_in else "")),
-        ("seeds", str(res.seeds)),
-        ("epochs", epochs_text(res)),
-        ("wall time", f"{res.wall_seconds:.0f} s"),
-    ]
-    page = render(f"Reproduction: {res.study.name}", res.study.report, cards, sections)
-    path = res.out / "reproduction.html"
-    write_text(path, page)
-    return path
+    return sections

@@ -22,6 +22,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -119,7 +120,10 @@ async def _read_body(request: Request, limit: int, shown: int, lease: Lease, sec
         if int(declared) > limit:
             raise HTTPException(
                 413,
-                f"the upload is {int(declared):,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)",
+                (
+                    f"the upload is {int(declared):,} bytes; this server takes images of at most {shown:,} "
+                    "(cnnlab serve --max-upload-mb)"
+                ),
             )
     chunks: list[bytes] = []
 
@@ -130,7 +134,10 @@ async def _read_body(request: Request, limit: int, shown: int, lease: Lease, sec
             if size > limit:
                 raise HTTPException(
                     413,
-                    f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} (cnnlab serve --max-upload-mb)",
+                    (
+                        f"the upload passes {limit:,} bytes; this server takes images of at most {shown:,} "
+                        "(cnnlab serve --max-upload-mb)"
+                    ),
                 )
             lease.take(2 * len(chunk))
             chunks.append(chunk)
@@ -202,29 +209,10 @@ def _topk(request: Request, default: int) -> int:
     return int(value)
 
 
-def create_app(
-    clf: Classifier,
-    *,
-    max_upload_bytes: int = 10 * 1024**2,
-    topk: int = 5,
-    upload_seconds: float = UPLOAD_SECONDS,
-    queue: int = QUEUE,
-) -> Starlette:
-    """The ASGI app serving `clf` (whose max_pixels is the pixel limit). Uploads in hand are bounded
-    by `queue` full-size uploads (Budget); each body must arrive within `upload_seconds`."""
+def _model_runner(clf: Classifier) -> Callable[[bytes, int, bool], dict[str, Any]]:
+    """run_model(data, k, gradcam) for `clf`, as create_app's predict calls it in a worker thread."""
     lock = threading.Lock()  # the model: one request at a time
     decode_slots = threading.BoundedSemaphore(DECODERS)
-    budget = Budget(queue * 2 * (max_upload_bytes + FORM_OVERHEAD))
-    limits = {
-        "max_upload_bytes": max_upload_bytes,
-        "max_pixels": clf.max_pixels,
-        "upload_seconds": upload_seconds,
-        "queue": queue,
-    }
-    page = resources.files("cnnlab.serve").joinpath("page.html").read_text(encoding="utf-8")
-    page = page.replace(
-        "__CONFIG__", json.dumps({**limits, "topk": topk, "model": clf.name, "classes": len(clf.classes)})
-    )
 
     def run_model(data: bytes, k: int, gradcam: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -240,6 +228,32 @@ def create_app(
             out["gradcam"] = "data:image/png;base64," + base64.b64encode(overlay_png(image, heat)).decode()
         out["milliseconds"] = round(1000 * (time.perf_counter() - t0), 2)
         return out
+
+    return run_model
+
+
+def create_app(
+    clf: Classifier,
+    *,
+    max_upload_bytes: int = 10 * 1024**2,
+    topk: int = 5,
+    upload_seconds: float = UPLOAD_SECONDS,
+    queue: int = QUEUE,
+) -> Starlette:
+    """The ASGI app serving `clf` (whose max_pixels is the pixel limit). Uploads in hand are bounded
+    by `queue` full-size uploads (Budget); each body must arrive within `upload_seconds`."""
+    run_model = _model_runner(clf)
+    budget = Budget(queue * 2 * (max_upload_bytes + FORM_OVERHEAD))
+    limits = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": clf.max_pixels,
+        "upload_seconds": upload_seconds,
+        "queue": queue,
+    }
+    page = resources.files("cnnlab.serve").joinpath("page.html").read_text(encoding="utf-8")
+    page = page.replace(
+        "__CONFIG__", json.dumps({**limits, "topk": topk, "model": clf.name, "classes": len(clf.classes)})
+    )
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -378,7 +392,8 @@ def serve(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     announce(
-        f"serving {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}) on http://{shown}:{bound}/  (POST /predict, GET /health; Ctrl-C stops)"
+        f"serving {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}) "
+        f"on http://{shown}:{bound}/  (POST /predict, GET /health; Ctrl-C stops)"
     )
     app = create_app(clf, max_upload_bytes=max_upload_bytes, topk=topk, upload_seconds=upload_seconds, queue=queue)
     config = uvicorn.Config(

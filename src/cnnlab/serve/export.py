@@ -69,8 +69,11 @@ def sidecar(clf: Classifier, fmt: str) -> dict[str, Any]:
             "dtype": "float32",
             "range": [0.0, 1.0],
             "mode": info["input"]["mode"],
-            "how": "decode, turn upright per EXIF, convert to the mode (transparency on white), apply the preprocess steps, "
-            "then (where the image is not HxW) resize to cover HxW keeping the aspect and center-crop; divide by 255",
+            "how": (
+                "decode, turn upright per EXIF, convert to the mode (transparency on white), "
+                "apply the preprocess steps, then (where the image is not HxW) resize to cover HxW keeping the aspect "
+                "and center-crop; divide by 255"
+            ),
         },
         "preprocess": clf.run.preprocess,
         "normalization": {"mean": clf.run.mean, "std": clf.run.std, "in_graph": True},

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from PIL import Image
@@ -36,7 +36,7 @@ from cnnlab.data.normalize import affine
 from cnnlab.engine.loop import eval_outputs
 from cnnlab.evaluation import LoadedRun, load_run, probabilities
 
-ImageLike = Union[str, Path, bytes, Image.Image, torch.Tensor]
+ImageLike = str | Path | bytes | Image.Image | torch.Tensor
 
 
 @dataclass
@@ -126,8 +126,8 @@ class Classifier:
         self.notes: list[str] = []  # what a user should know about feeding this model images
         if run.value_max != 255.0:
             self.notes.append(
-                f"this run was trained on float arrays (x / {run.value_max:g}), not 8-bit images; images are fed as pixel / 255, "
-                "right only where those arrays held values on [0, 1]"
+                f"this run was trained on float arrays (x / {run.value_max:g}), not 8-bit images; images are fed as "
+                "pixel / 255, right only where those arrays held values on [0, 1]"
             )
 
     @classmethod
