@@ -139,6 +139,37 @@ def test_the_imports_between_modules_form_no_cycle(module_files):
     assert not cycles, "import cycles:\n" + "\n".join(described)
 
 
+# docs/ARCHITECTURE.md's layers, top to bottom: a module imports from its own layer or lower ones
+LAYERS = [
+    ["cli", "__main__"],
+    ["reproduce", "sweep", "lr_find"],
+    ["run", "serve", ""],  # "": the package's __init__ (cnnlab.load)
+    ["report", "evaluation"],
+    ["engine", "plan"],
+    ["data", "models"],
+    ["config", "registry", "run_folder", "metrics", "worked", "text", "errors"],
+]
+
+
+def layer_of(module: str) -> int:
+    """The rank of `module`'s layer, 0 at the top (cnnlab.run_folder -> run_folder; cnnlab -> "")."""
+    top = module.split(".")[1] if "." in module else ""
+    ranks = [i for i, names in enumerate(LAYERS) if top in names]
+    assert ranks, f"{module} is in no layer of LAYERS: add it here and to docs/ARCHITECTURE.md"
+    return ranks[0]
+
+
+def test_imports_follow_the_documented_layers(module_files):
+    graph = import_graph(module_files)
+    upwards = [
+        f"{module_files[a].relative_to(SRC.parent)}:{line} imports {b}, a layer above"
+        for a, edges in graph.items()
+        for b, line in edges.items()
+        if layer_of(b) < layer_of(a)
+    ]
+    assert not upwards, "\n".join(upwards)
+
+
 def test_the_cycle_finder_sees_a_package_that_its_submodule_imports_back():
     graph = {"p": {"p.a": 1, "p.b": 1}, "p.a": {"p": 3}, "p.b": {"q": 2}, "q": {}}
     assert find_cycles(graph) == [["p", "p.a", "p"]]

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.engine.callbacks import Callback, DivergenceGuard, FitState
+from cnnlab.engine.callbacks import Callback, DivergenceGuard
+from cnnlab.engine.state import FitState
 
 
 def _setup():

@@ -11,8 +11,8 @@ import torch
 from cnnlab.engine.callbacks import BestTracker, Callback, Checkpointer, EarlyStopping, PlateauSchedule
 from cnnlab.engine.checkpoint import (
     FIT_SAVED,
+    CheckpointedParts,
     RunIdentity,
-    TrainingParts,
     fit_state_dict,
     fit_state_from,
     load_checkpoint,
@@ -143,13 +143,31 @@ def test_the_plateau_schedule_steps_once_an_epoch_on_its_own_figure():
     assert step.scheduler is sched  # given back at the end of the fit
 
 
-def test_fit_adds_its_trackers_first_unless_given():
+def test_fit_runs_the_tracker_its_callbacks_read_first():
     step = _plateau()
-    early = EarlyStopping(2, BestTracker())
+    early = EarlyStopping(2, BestTracker("val_loss"))
     made = with_trackers([early], step, "val_accuracy")
     assert [type(c) for c in made] == [PlateauSchedule, BestTracker, EarlyStopping]
+    assert made[1] is early.tracker  # the one early stopping reads is the one that runs, first
     mine = BestTracker("val_loss")
-    assert with_trackers([mine], _Step(None), "val_accuracy") == [mine]
+    assert with_trackers([other := Callback(), mine], _Step(None), "val_accuracy") == [
+        mine,
+        other,
+    ]
+    made = with_trackers([], _Step(None), "val_loss")
+    assert len(made) == 1 and isinstance(made[0], BestTracker) and made[0].monitor == "val_loss"
+    with pytest.raises(ValueError, match="more than one BestTracker"):
+        with_trackers([BestTracker(), EarlyStopping(2, BestTracker())], _Step(None), "val_accuracy")
+
+
+def test_a_tracker_held_only_by_the_checkpointer_still_runs(tmp_path):
+    """The Checkpointer's tracker need not be in the list: fit runs it, so best.pt is written."""
+    from cnnlab.engine.fit import with_trackers as wt
+
+    tracker = BestTracker()
+    ck = Checkpointer(tmp_path, lambda s: {"epoch": s.epoch}, tracker=tracker)
+    run_epochs(wt([ck], _Step(None), "val_accuracy"), [row(1, 0.5)])
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
 
 
 # --- the checkpoint contract --------------------------------------------------------------------
@@ -187,7 +205,7 @@ def test_validate_checkpoint_serves_every_reader(tmp_path):
 def test_the_snapshot_restores_the_training_parts(tmp_path):
     from cnnlab.engine.callbacks import DivergenceGuard
 
-    def parts(seed: int) -> TrainingParts:
+    def parts(seed: int) -> CheckpointedParts:
         torch.manual_seed(seed)
         model = torch.nn.Linear(3, 2)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -201,7 +219,7 @@ def test_the_snapshot_restores_the_training_parts(tmp_path):
             def state_dict(self):
                 return {"position": 1}
 
-        return TrainingParts(model, model, opt, sched, None, None, guard, Loader())
+        return CheckpointedParts(model, model, opt, sched, None, None, guard, Loader())
 
     a = parts(0)
     a.model(torch.ones(1, 3)).sum().backward()

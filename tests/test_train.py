@@ -17,8 +17,8 @@ from cnnlab.cli import main
 from cnnlab.config import load_recipe
 from cnnlab.data import load_dataset
 from cnnlab.data.loader import TensorLoader
-from cnnlab.engine.callbacks import HISTORY_COLUMNS
 from cnnlab.engine.loop import evaluate
+from cnnlab.engine.state import HISTORY_COLUMNS
 from cnnlab.models import create_model
 
 METRIC_KEYS = {"test", "val", "best_epoch", "epochs_run", "train_seconds", "num_parameters", "model", "data", "seed"}

@@ -9,8 +9,9 @@ from conftest import QUICK, run_cli, write_image_folder
 
 from cnnlab.cli import main
 from cnnlab.config import OptimConfig
-from cnnlab.engine.callbacks import FitState, FreezeBody
+from cnnlab.engine.callbacks import FreezeBody
 from cnnlab.engine.optim import create_optimizer, head_parameters
+from cnnlab.engine.state import FitState
 from cnnlab.errors import ConfigError
 from cnnlab.models import create_model
 

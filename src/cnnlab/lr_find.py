@@ -113,19 +113,21 @@ def lr_find(
         raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end")
     if steps < 10:
         raise ConfigError(f"--steps {steps}: the test needs at least 10 steps")
-    p = prepare(cfg)
-    policy = training_policy(p, Dist(), None)
-    tc = dataclasses.replace(p.cfg.train, channels_last=policy.channels_last)
-    loaders = build_loaders(p.ds, p.cfg.data, tc, p.device, p.mean, p.std)
-    model = p.model.to(p.device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
-    optimizer = create_optimizer(model, p.cfg.optim)
+    prep = prepare(cfg)
+    policy = training_policy(prep, Dist(), None)
+    tc = dataclasses.replace(prep.cfg.train, channels_last=policy.channels_last)
+    loaders = build_loaders(prep.ds, prep.cfg.data, tc, prep.device, prep.mean, prep.std)
+    model = prep.model.to(
+        prep.device, memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format
+    )
+    optimizer = create_optimizer(model, prep.cfg.optim)
     before = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     step = TrainStep(
-        model, optimizer, p.objective, None, autocast_factory(p.device, policy.autocast_dtype), tc.clip_grad_norm
+        model, optimizer, prep.objective, None, autocast_factory(prep.device, policy.autocast_dtype), tc.clip_grad_norm
     )
     log(
         f"lr-find: {steps} steps of batch {tc.batch_size}, lr {start:g} to {end:g} "
-        f"({p.cfg.optim.name}, {policy.summary()})"
+        f"({prep.cfg.optim.name}, {policy.summary()})"
     )
     try:
         tried, losses, stopped = sweep(step, loaders["train"], optimizer, rates(start, end, steps))
@@ -134,7 +136,7 @@ def lr_find(
         optimizer.load_state_dict(before[1])
     suggestion, minimum, steepest = suggest(tried, losses)
     res = LrFind(tried, losses, suggestion, minimum, steepest, stopped)
-    _save(res, p.cfg.name, tc.batch_size, out)
+    _save(res, prep.cfg.name, tc.batch_size, out)
     return res
 
 

@@ -33,8 +33,8 @@ from cnnlab.engine.callbacks import (
     TimeLimit,
 )
 from cnnlab.engine.checkpoint import (
+    CheckpointedParts,
     RunIdentity,
-    TrainingParts,
     check_resumed_data,
     init_from,
     load_checkpoint,
@@ -422,14 +422,14 @@ class Session:
 
 
 @dataclass
-class Training:
+class TrainingSetup:
     """The objects one fit trains with (build_training)."""
 
     tc: TrainConfig  # the run's train config, with the layout the precision policy chose
     policy: Choice
     loaders: dict[str, BatchLoader]
     step: TrainStep
-    parts: TrainingParts  # what the checkpoints save and a resume puts back
+    parts: CheckpointedParts  # what the checkpoints save and a resume puts back
     identity: RunIdentity  # what the checkpoints say about the run
 
 
@@ -455,14 +455,14 @@ def _train(
     policy = training_policy(prep, dist, ckpt)
     if dist.main:
         session.log.write(f"precision: {policy.summary()}" + (" [cached]" if policy.cached else ""))
-    t = build_training(prep, session, policy, identity)
-    state = restore_training(ckpt, t.parts) if ckpt is not None else None
-    state = run_fit(prep, t, fit_callbacks(t, session, progress, callbacks), state, session)
+    setup = build_training(prep, session, policy, identity)
+    state = restore_training(ckpt, setup.parts) if ckpt is not None else None
+    state = run_fit(prep, setup, fit_callbacks(setup, session, progress, callbacks), state, session)
     raise_if_stopped(state, session)
     if not dist.main:
         return RunResult(run_dir, {}, state, time.perf_counter() - t_start, main=False)
-    metrics, predictions = finish_run(prep, t, state, session)
-    write_run_report(prep, t, session, predictions)
+    metrics, predictions = finish_run(prep, setup, state, session)
+    write_run_report(prep, setup, session, predictions)
     return RunResult(run_dir, metrics, state, metrics["total_seconds"])
 
 
@@ -474,8 +474,9 @@ def set_determinism(deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def run_identity(prep: Prepared, policy: Choice | None = None) -> RunIdentity:
-    """What the run's checkpoints say about it (engine/checkpoint.RunIdentity)."""
+def run_identity(prep: Prepared) -> RunIdentity:
+    """What the run's checkpoints say about it (engine/checkpoint.RunIdentity); the precision policy
+    is added once it is chosen (build_training)."""
     ds = prep.ds
     return RunIdentity(
         config=prep.cfg.to_dict(),
@@ -484,7 +485,7 @@ def run_identity(prep: Prepared, policy: Choice | None = None) -> RunIdentity:
         preprocess=list(ds.preprocess),
         normalization={"mean": prep.mean, "std": prep.std, "value_max": dataset_value_max(ds)},
         objective=prep.objective.name,
-        policy=policy.to_dict() if policy is not None else {},
+        policy={},
     )
 
 
@@ -534,7 +535,7 @@ def start_log(run_dir: Path, prep: Prepared, dist: Dist, notes: list[str], resum
     return log
 
 
-def build_training(prep: Prepared, session: Session, policy: Choice, identity: RunIdentity) -> Training:
+def build_training(prep: Prepared, session: Session, policy: Choice, identity: RunIdentity) -> TrainingSetup:
     """The loaders, the model in its layout (wrapped for DDP and compile where asked), the optimizer,
     schedule, scaler, EMA, batch mixing, the training step and the divergence guard."""
     cfg, device, dist = prep.cfg, prep.device, session.dist
@@ -559,20 +560,21 @@ def build_training(prep: Prepared, session: Session, policy: Choice, identity: R
     every = max(20, len(loaders["train"]) // 4)
     guard = DivergenceGuard(model, optimizer, scheduler, log=session.log.write, every=every)
     eval_model = ema.module if ema is not None else model
-    parts = TrainingParts(model, eval_model, optimizer, scheduler, scaler, ema, guard, loaders["train"])
+    parts = CheckpointedParts(model, eval_model, optimizer, scheduler, scaler, ema, guard, loaders["train"])
     identity = dataclasses.replace(identity, policy=policy.to_dict())
-    return Training(tc, policy, loaders, step, parts, identity)
+    return TrainingSetup(tc, policy, loaders, step, parts, identity)
 
 
-def fit_callbacks(t: Training, session: Session, progress, extra: Sequence[Callback]) -> list[Callback]:
-    """The fit's callbacks, in the order they run: the best-epoch tracker first (early stopping and
+def fit_callbacks(setup: TrainingSetup, session: Session, progress, extra: Sequence[Callback]) -> list[Callback]:
+    """The fit's callbacks, in the order they run (fit() puts a plateau schedule's tracker in front):
+    the best-epoch tracker (early stopping and
     best.pt read it), the guard, freezing, the time limit, the caller's, then on rank 0 TensorBoard,
     the checkpoints, history.csv and the progress bar, and early stopping last."""
-    tc, dist = t.tc, session.dist
+    tc, dist = setup.tc, session.dist
     tracker = BestTracker(tc.monitor)
-    callbacks: list[Callback] = [tracker, t.parts.guard]
+    callbacks: list[Callback] = [tracker, setup.parts.guard]
     if tc.freeze_epochs:
-        callbacks.append(FreezeBody(t.parts.model, tc.freeze_epochs))
+        callbacks.append(FreezeBody(setup.parts.model, tc.freeze_epochs))
     if tc.time_limit is not None:
         callbacks.append(TimeLimit(tc.time_limit))
     callbacks += list(extra)
@@ -582,7 +584,7 @@ def fit_callbacks(t: Training, session: Session, progress, extra: Sequence[Callb
             callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
 
         def snapshot(s: FitState) -> dict[str, Any]:
-            return training_snapshot(t.parts, t.identity, s)
+            return training_snapshot(setup.parts, setup.identity, s)
 
         every_steps, every_seconds = tc.checkpoint_steps, tc.checkpoint_seconds
         folder = run_dir / "checkpoints"
@@ -596,21 +598,21 @@ def fit_callbacks(t: Training, session: Session, progress, extra: Sequence[Callb
     return callbacks
 
 
-def run_fit(prep: Prepared, t: Training, callbacks: list[Callback], state, session: Session) -> FitState:
+def run_fit(prep: Prepared, setup: TrainingSetup, callbacks: list[Callback], state, session: Session) -> FitState:
     """fit() with the run's loaders and callbacks; Ctrl-C becomes RunInterrupted."""
-    tc = t.tc
+    tc = setup.tc
     # validation in bf16 where training is (twice as fast); metrics.json's figures below are fp32
-    val_autocast = t.step.autocast if t.policy.autocast_dtype == torch.bfloat16 else contextlib.nullcontext
+    val_autocast = setup.step.autocast if setup.policy.autocast_dtype == torch.bfloat16 else contextlib.nullcontext
     try:
         return fit(
-            t.step,
-            t.loaders["train"],
-            t.loaders.get("val"),
+            setup.step,
+            setup.loaders["train"],
+            setup.loaders.get("val"),
             epochs=tc.epochs,
             num_classes=len(prep.ds.classes),
             callbacks=callbacks,
             state=state,
-            eval_model=t.parts.eval_model,
+            eval_model=setup.parts.eval_model,
             tta=tc.tta,
             monitor=tc.monitor,
             dist=session.dist,
@@ -651,29 +653,29 @@ def raise_if_stopped(state: FitState, session: Session) -> None:
         raise RunDiverged(f"{state.stop_reason}; {kept}. Lower the learning rate (--lr) or set train.clip_grad_norm")
 
 
-def test_weights_choice(t: Training, log: Any) -> str:
+def test_weights_choice(setup: TrainingSetup, log: Any) -> str:
     """train.test_weights, or last where there is no validation part (best.pt would then be chosen
     by training accuracy)."""
-    if t.tc.test_weights == "best" and "val" not in t.loaders:
+    if setup.tc.test_weights == "best" and "val" not in setup.loaders:
         log.write(
             "test weights: the last epoch's (there is no validation part, and best.pt would be chosen by "
             "training accuracy)"
         )
         return "last"
-    return t.tc.test_weights
+    return setup.tc.test_weights
 
 
-def finish_run(prep: Prepared, t: Training, state: FitState, session: Session) -> tuple[dict[str, Any], dict]:
+def finish_run(prep: Prepared, setup: TrainingSetup, state: FitState, session: Session) -> tuple[dict[str, Any], dict]:
     """Test with the weights of train.test_weights, read back from best.pt or last.pt: what
     metrics.json reports is exactly what that file restores. In fp32 (whatever the training
     precision), so re-evaluating the checkpoint anywhere gives the same figures. Only rank 0 comes
     here: it scores the whole test and val parts (unsharded) and writes metrics.json."""
-    ds, tc, log = prep.ds, t.tc, session.log
-    test_weights = test_weights_choice(t, log)
+    ds, tc, log = prep.ds, setup.tc, session.log
+    test_weights = test_weights_choice(setup, log)
     tested = load_checkpoint(session.run_dir / "checkpoints" / f"{test_weights}.pt")
-    eval_model = t.parts.eval_model
+    eval_model = setup.parts.eval_model
     eval_model.load_state_dict(tested["model"])
-    final = t.loaders
+    final = setup.loaders
     if session.dist.enabled:  # the whole parts, not this process's shard
         final = build_loaders(ds, prep.cfg.data, tc, prep.device, prep.mean, prep.std)
     metrics: dict[str, Any] = {}
@@ -682,10 +684,10 @@ def finish_run(prep: Prepared, t: Training, state: FitState, session: Session) -
         if split in final:
             predictions[split] = predict(eval_model, final[split], prep.objective, tc.tta)
             metrics[split] = metrics_of(predictions[split], ds.classes, prep.objective)
-    late = {path: r for ld in [*t.loaders.values(), *final.values()] for path, r in ld.skipped.items()}
+    late = {path: r for ld in [*setup.loaders.values(), *final.values()] for path, r in ld.skipped.items()}
     log_data_issues(log, sorted(late.items()), [])  # found by decoding workers
     skipped = sorted(set(ds.skipped) | set(late.items()))
-    metrics.update(run_facts(prep, t, state, session, test_weights, int(tested["epoch"])))
+    metrics.update(run_facts(prep, setup, state, session, test_weights, int(tested["epoch"])))
     metrics["skipped_files"] = [{"path": printable(path), "reason": r} for path, r in skipped]  # strict UTF-8 JSON
     metrics["total_seconds"] = round(time.perf_counter() - session.t_start, 3)
     write_json(session.run_dir / "metrics.json", metrics)
@@ -693,10 +695,11 @@ def finish_run(prep: Prepared, t: Training, state: FitState, session: Session) -
 
 
 def run_facts(
-    prep: Prepared, t: Training, state: FitState, session: Session, test_weights: str, tested_epoch: int
+    prep: Prepared, setup: TrainingSetup, state: FitState, session: Session, test_weights: str, tested_epoch: int
 ) -> dict[str, Any]:
-    """metrics.json's keys about the run itself (DESIGN.md's metrics contract), beside the figures."""
-    cfg, policy = prep.cfg, t.policy
+    """metrics.json's keys about the run itself, beside the figures (the metrics contract of the
+    design notes, ../shared/DESIGN.md)."""
+    cfg, policy = prep.cfg, setup.policy
     return dict(
         best_epoch=state.best_epoch,
         epochs_run=state.epoch,
@@ -706,11 +709,11 @@ def run_facts(
         train_seconds=round(state.train_seconds, 3),  # this session's fitting plus the sessions before a resume
         sessions=state.sessions,
         recoveries=state.recoveries,
-        num_parameters=num_parameters(t.parts.model),
+        num_parameters=num_parameters(setup.parts.model),
         model=cfg.model.name,
         data=cfg.data.name,
         data_source=prep.ds.source,
-        seed=t.tc.seed,
+        seed=setup.tc.seed,
         device=str(prep.device),
         threads=torch.get_num_threads(),
         precision=policy.dtype,
@@ -721,14 +724,14 @@ def run_facts(
     )
 
 
-def write_run_report(prep: Prepared, t: Training, session: Session, predictions: dict) -> None:
+def write_run_report(prep: Prepared, setup: TrainingSetup, session: Session, predictions: dict) -> None:
     """plots/ and report.html, after metrics.json: a figure that fails warns and does not fail the run."""
     # imported here, after metrics.json: matplotlib's import (about 0.6 s) is not on the way to the results
     from cnnlab.report.build import ReportInputs, write_report
     from cnnlab.report.plots import plot_training_curves
 
     run_dir, ds, cfg = session.run_dir, prep.ds, prep.cfg
-    if not t.tc.report:
+    if not setup.tc.report:
         plot_training_curves(run_dir)
         return
     if not predictions:
@@ -749,7 +752,7 @@ def write_run_report(prep: Prepared, t: Training, session: Session, predictions:
         )
 
     inputs = ReportInputs(
-        t.parts.eval_model,
+        setup.parts.eval_model,
         prep.objective,
         list(ds.classes),
         getattr(ds, shown),

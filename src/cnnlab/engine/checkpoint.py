@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnlab.config import RunConfig, apply_overrides, config_from_dict, flatten
+from cnnlab.config import RunConfig, apply_overrides, check_preprocess, config_from_dict, flatten
 from cnnlab.engine.state import FitState
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run_folder import atomic_write, read_metrics
@@ -97,7 +97,6 @@ MAX_INPUT_PIXELS = 40_000_000  # data.max_pixels' default: no image a run was tr
 def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     """The fields a rebuilt model is fed by (those `ckpt` holds), checked before they are used: a
     checkpoint edited by hand gets a line naming the field, not a torch error later."""
-    from cnnlab.config import check_preprocess
 
     def bad(field: str, why: str) -> CnnlabError:
         return CnnlabError(f"{path}: its {field} {why}; it was not written by cnnlab train, or was edited")
@@ -152,16 +151,23 @@ def _check_normalization(norm: Any, shape: list[int], bad: Callable[[str, str], 
 
 
 REQUIRED = ("config", "classes", "model", "input_shape", "normalization")  # what inference rebuilds a model from
+RESUME_REQUIRED = (*REQUIRED, "fit", "optimizer", "rng")  # and the training state a resume puts back
 
 
 def validate_checkpoint(ckpt: dict[str, Any], path: Path, required: tuple[str, ...] = REQUIRED) -> None:
-    """The one check of a loaded checkpoint, for every reader: inference (load_run: all of REQUIRED),
-    resume (the same, after its own check for the training state) and --init-from (the weights and
-    classes only). A missing field, or one of the wrong kind or size, is a CnnlabError naming it."""
+    """The one check of a loaded checkpoint, for every reader: inference (load_run: REQUIRED),
+    resume (RESUME_REQUIRED, after its own check for a checkpoint from before the training state) and
+    --init-from (the weights; the classes where it has them). A missing field, or one of the wrong
+    kind or size, is a CnnlabError naming it."""
     missing = [k for k in required if k not in ckpt]
     if missing:
         raise CnnlabError(f"{path} lacks {', '.join(missing)}; it was not written by cnnlab train")
     _check_fields(ckpt, path)
+    if "fit" in required:
+        lacking = [k for k in (*FIT_SAVED, "progress") if k not in ckpt["fit"]]
+        if lacking or not all(isinstance(ckpt["fit"][k], int) for k in ("epoch", "step", "epochs")):
+            what = f"lacks {', '.join(lacking)}" if lacking else "has an epoch, step or epochs that is not a number"
+            raise CnnlabError(f"{path}: its fit state {what}; it was not written by cnnlab train, or was edited")
 
 
 def init_from(model: torch.nn.Module, source: str | Path, classes: list[str]) -> str:
@@ -246,7 +252,7 @@ def resume_position(state: FitState) -> tuple[int, dict[str, Any] | None]:
 
 
 @dataclass
-class TrainingParts:
+class CheckpointedParts:
     """The objects of a run whose state a checkpoint saves and a resume puts back."""
 
     model: nn.Module  # the weights being trained
@@ -272,7 +278,7 @@ class RunIdentity:
     policy: dict[str, Any]  # the precision and layout: a resumed run trains with the same
 
 
-def training_snapshot(parts: TrainingParts, run: RunIdentity, s: FitState) -> dict[str, Any]:
+def training_snapshot(parts: CheckpointedParts, run: RunIdentity, s: FitState) -> dict[str, Any]:
     """Everything checkpoints/*.pt hold (save_checkpoint adds the format tags and random streams)."""
     ema = parts.ema
     return dict(
@@ -299,7 +305,7 @@ def training_snapshot(parts: TrainingParts, run: RunIdentity, s: FitState) -> di
     )
 
 
-def restore_training(ckpt: dict[str, Any], parts: TrainingParts) -> FitState:
+def restore_training(ckpt: dict[str, Any], parts: CheckpointedParts) -> FitState:
     """Put a run's saved training state back (weights, optimizer, schedule, scaler, EMA, guard, random
     streams) and return the FitState to continue from."""
     parts.model.load_state_dict(ckpt.get("raw_model") or ckpt["model"])
@@ -371,7 +377,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> tuple[RunCo
             f"--resume {run_dir}: its last.pt was written by an older cnnlab without the training state; start a new "
             f"run (--init-from {run_dir} keeps the weights)"
         )
-    validate_checkpoint(ckpt, last)
+    validate_checkpoint(ckpt, last, RESUME_REQUIRED)
     saved = config_from_dict(ckpt["config"])
     cfg = apply_overrides(saved, overrides)
     old, new = flatten(saved.to_dict()), flatten(cfg.to_dict())

@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -45,16 +46,22 @@ class _StopSignals:
 
 def with_trackers(callbacks: Sequence[Callback], step: TrainStep, monitor: str) -> list[Callback]:
     """`callbacks` with the trackers every fit has, first: a PlateauSchedule where the schedule is a
-    plateau one, and a BestTracker on `monitor` unless `callbacks` bring their own (run.py does: its
-    early stopping and best checkpoint read it)."""
+    plateau one, then the one BestTracker that keeps the best epoch in the FitState. That is the one
+    the callbacks hold or read (run.py's early stopping and best checkpoint read theirs), or else a new
+    one on `monitor`. Two different BestTrackers would keep two bests: a ValueError."""
     first: list[Callback] = []
     if getattr(step.scheduler, "monitor", None) is not None and not any(
         isinstance(cb, PlateauSchedule) for cb in callbacks
     ):
         first.append(PlateauSchedule(step))
-    if not any(isinstance(cb, BestTracker) for cb in callbacks):
-        first.append(BestTracker(monitor))
-    return [*first, *callbacks]
+    held = [cb for cb in callbacks if isinstance(cb, BestTracker)]
+    held += [cb.tracker for cb in callbacks if isinstance(getattr(cb, "tracker", None), BestTracker)]
+    trackers = list({id(t): t for t in held}.values())
+    if len(trackers) > 1:
+        raise ValueError("the callbacks hold more than one BestTracker; give them the same one")
+    tracker = trackers[0] if trackers else BestTracker(monitor)
+    rest = [cb for cb in callbacks if cb is not tracker]
+    return [*first, tracker, *rest]
 
 
 def fit(
@@ -90,7 +97,16 @@ def fit(
     state.epochs, state.steps_per_epoch = epochs, len(train_loader)
     state.restart_clock()
     signals = _StopSignals()
-    epoch_args = (step, train_loader, val_loader, num_classes, eval_model or step.model, tta, dist, eval_autocast)
+    run = _EpochRun(
+        step,
+        train_loader,
+        val_loader,
+        num_classes,
+        eval_model if eval_model is not None else step.model,
+        tta,
+        dist,
+        eval_autocast,
+    )
 
     def hook(name: str, *args) -> None:
         for cb in callbacks:
@@ -101,7 +117,7 @@ def fit(
         try:
             first, position = resume_position(state)
             for epoch in range(first, epochs + 1):
-                _one_epoch(state, epoch, position if epoch == first else None, epoch_args, hook, signals)
+                _one_epoch(state, epoch, position if epoch == first else None, run, hook, signals)
                 if state.stop_reason is not None or state.diverged or state.interrupted:
                     break
         finally:
@@ -131,10 +147,23 @@ def _after_batch(state: FitState, step: TrainStep, dist: Dist, signals: _StopSig
     return state.stop_reason is not None
 
 
-def _one_epoch(state: FitState, epoch: int, position, epoch_args: tuple, hook, signals: _StopSignals) -> None:
+class _EpochRun(NamedTuple):
+    """What every epoch of one fit() trains and validates with."""
+
+    step: TrainStep
+    train_loader: BatchLoader
+    val_loader: BatchLoader | None
+    num_classes: int
+    eval_model: nn.Module  # what validation scores: the EMA's weights where there is one
+    tta: bool
+    dist: Dist
+    eval_autocast: Callable[[], AbstractContextManager]
+
+
+def _one_epoch(state: FitState, epoch: int, position, run: _EpochRun, hook, signals: _StopSignals) -> None:
     """Train epoch `epoch` (from the loader `position` of a resumed run inside it), validate, and
     append its history row; the callbacks' on_epoch_end see the row."""
-    step, train_loader, val_loader, num_classes, eval_model, tta, dist, eval_autocast = epoch_args
+    step, train_loader, val_loader, num_classes, eval_model, tta, dist, eval_autocast = run
     if position is None:
         state.progress, state.epoch_lr = EpochProgress(), state.lr
     state.epoch, state.loader = epoch, None

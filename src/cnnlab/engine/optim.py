@@ -146,8 +146,8 @@ def _plateau(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
-    """A per-batch LambdaLR, or for `plateau` a ReduceLROnPlateau that fit() steps once per epoch with
-    the figure named by its `monitor` attribute."""
+    """A per-batch LambdaLR, or for `plateau` a ReduceLROnPlateau that the fit's PlateauSchedule
+    callback steps once per epoch with the figure named by its `monitor` attribute."""
     factor = SCHEDULES.get(cfg.name)(cfg, steps_per_epoch, epochs)
     if factor is not None:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
