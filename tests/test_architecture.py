@@ -142,7 +142,7 @@ def test_the_imports_between_modules_form_no_cycle(module_files):
 # docs/ARCHITECTURE.md's layers, top to bottom: a module imports from its own layer or lower ones
 LAYERS = [
     ["cli", "__main__"],
-    ["reproduce", "sweep", "lr_find"],
+    ["api", "reproduce", "sweep", "search", "lr_find"],  # api: cnnlab.train / open_run; search: Optuna sweeps
     ["run", "serve", ""],  # "": the package's __init__ (cnnlab.load)
     ["report", "evaluation"],
     ["engine", "plan"],

@@ -255,6 +255,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
             raise ValueError("it holds no JSON object")
     except (OSError, ValueError) as e:  # ValueError: not JSON, or bytes that do not decode as text
         raise CnnlabError(
-            f"cannot read {path} ({_reason(e)}); rerun the evaluation with cnnlab evaluate {run_dir}"
+            f"cannot read {path} ({_reason(e)}); restore it, or train the run again (cnnlab evaluate {run_dir} "
+            "scores its checkpoint anew, into eval-test.json)"
         ) from None
     return metrics
