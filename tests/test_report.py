@@ -12,7 +12,7 @@ from cnnlab.cli import main
 from cnnlab.report.plots import shorten
 
 SECTIONS = [
-    "TrainingSetup curves",
+    "Training curves",
     "Metrics (test)",
     "Confusion matrix",
     "Per-class accuracy and the most-confused pairs",

@@ -337,7 +337,7 @@ def test_uw_lab_fashion_prints_per_class_accuracy_and_the_goals(tmp_path, capsys
     assert (
         out / "reproduction-curves.png"
     ).is_file()  # the lab's two panels: loss per iteration, validation accuracy per epoch
-    assert "TrainingSetup loss and validation accuracy" in (out / "reproduction.html").read_text()
+    assert "Training loss and validation accuracy" in (out / "reproduction.html").read_text()
 
 
 def test_uw_lab_mnist_prints_the_labs_worked_examples(tmp_path, capsys):

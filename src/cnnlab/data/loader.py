@@ -67,7 +67,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
-        # (rank, world): this process's share of every epoch under torchrun. TrainingSetup splits each
+        # (rank, world): this process's share of every epoch under torchrun. Training splits each
         # batch of `batch_size * world` images into `world` pieces; evaluation gives each process
         # one contiguous chunk of the split.
         self.rank, self.world = shard

@@ -1,4 +1,4 @@
-"""TrainingSetup objectives, registered by name: the loss, how outputs become predictions, and what counts
+"""Training objectives, registered by name: the loss, how outputs become predictions, and what counts
 as a hit.
 
 - `cross-entropy`: one logit per class (label smoothing, class weights).

@@ -188,7 +188,7 @@ def _sections(
     sections = [
         (
             "curves",
-            "TrainingSetup curves",
+            "Training curves",
             image_tag(figs.get("curves"), "loss and accuracy curves") + image_tag(figs.get("lr"), "learning rate"),
         ),
         ("metrics", f"Metrics ({part})", metrics_tables(test, classes) if test else "<p>No evaluation.</p>"),

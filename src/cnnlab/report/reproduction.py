@@ -213,7 +213,7 @@ def _study_sections(page: ReproductionPage) -> list[tuple[str, str, str]]:
         sections.append(
             (
                 "lab-figure",
-                "TrainingSetup loss and validation accuracy",
+                "Training loss and validation accuracy",
                 image_tag(
                     plot_two_panel(page.runs, page.out / "reproduction-curves.png"),
                     "training loss per iteration, validation accuracy per epoch",
