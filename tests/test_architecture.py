@@ -159,13 +159,19 @@ def layer_of(module: str) -> int:
     return ranks[0]
 
 
+# The package's __init__ is the public facade: it gives cnnlab.train, cnnlab.open_run and cnnlab.Run from
+# cnnlab.api when first asked for (a module __getattr__), so `import cnnlab` stays light. That is the one
+# import from a layer above allowed, by name.
+FACADE = {("cnnlab", "cnnlab.api")}
+
+
 def test_imports_follow_the_documented_layers(module_files):
     graph = import_graph(module_files)
     upwards = [
         f"{module_files[a].relative_to(SRC.parent)}:{line} imports {b}, a layer above"
         for a, edges in graph.items()
         for b, line in edges.items()
-        if layer_of(b) < layer_of(a)
+        if layer_of(b) < layer_of(a) and (a, b) not in FACADE
     ]
     assert not upwards, "\n".join(upwards)
 

@@ -18,10 +18,10 @@ SECTIONS = [
     "Per-class accuracy and the most-confused pairs",
     "Worst misclassifications",
     "What the layers see",
-    "Grad-CAM",
+    "Grad-CAM and integrated gradients",
     "Configuration",
 ]
-FIGURES = ["curves", "lr", "confusion", "per_class", "worst", "filters", "feature_maps", "gradcam"]
+FIGURES = ["curves", "lr", "confusion", "per_class", "worst", "filters", "feature_maps", "gradcam", "attribution"]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,10 @@ def test_train_writes_the_report_with_every_figure(run):
     page = (run / "report.html").read_text()
     assert all(f">{h}</h2>" in page for h in SECTIONS)
     assert 'src="http' not in page and "src='http" not in page  # self-contained: images are data: URIs
+    deletion = json.loads((run / "plots" / "deletion.json").read_text())
+    assert set(deletion["drops"]) == {"integrated gradients", "Grad-CAM"} and deletion["images"] > 0
+    shown = f"{deletion['drops']['integrated gradients']['map']['0.2']:.3f}"
+    assert f"The deletion test on {deletion['images']} test images" in page and f"<td>{shown}</td>" in page
 
 
 def test_the_report_in_headless_chromium(run, browser):
@@ -154,45 +158,90 @@ def test_long_class_names_are_shortened_in_the_figures(tmp_path):
     assert all(len(shorten(n)) <= 14 for n in names) and shorten("short") == "short"
 
 
-def test_gradcam_heat_lies_on_the_garment_in_real_fashion_mnist(tmp_path):
-    """The default model trained briefly on the real Fashion-MNIST: over 50 test images, the mean
-    Grad-CAM heat on the garment's pixels (non-zero) exceeds the mean heat on the black background."""
+@pytest.fixture(scope="module")
+def real_fashion_run(tmp_path_factory):
+    """The default model trained briefly (2 epochs, 12,000 images) on the real Fashion-MNIST, and
+    50 of its test images, normalised as the run feeds them."""
     from cnnlab.config import DataConfig
     from cnnlab.data import DATASETS
     from cnnlab.evaluation import load_run, load_split, split_loader
-    from cnnlab.report.gradcam import grad_cam
-    from cnnlab.report.images import heat_inside_ratio
 
     if DATASETS.get("fashion-mnist").find(DataConfig(download=False)) is None:
         pytest.skip("the real Fashion-MNIST is not installed (make bootstrap installs it)")
-    out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "fashion-mnist",
-                "--out",
-                str(out),
-                "--epochs",
-                "2",
-                "--set",
-                "data.train_limit=12000",
-                "--set",
-                "data.test_limit=500",
-                "--set",
-                "train.report=false",
-            ]
-        )
-        == 0
-    )
+    out = tmp_path_factory.mktemp("real") / "run"
+    args = ["--data", "fashion-mnist", "--out", str(out), "--epochs", "2", "--set", "data.train_limit=12000"]
+    assert main(["train", *args, "--set", "data.test_limit=500", "--set", "train.report=false"]) == 0
     run = load_run(out)
     _, split = load_split(run, "test")
     subset = split.subset(torch.arange(50))
-    heats, _ = grad_cam(run.model, torch.cat([x for x, _ in split_loader(run, subset)]))
+    return run, subset, torch.cat([x for x, _ in split_loader(run, subset)])
+
+
+def test_gradcam_heat_lies_on_the_garment_in_real_fashion_mnist(real_fashion_run):
+    """Over 50 test images, the mean Grad-CAM heat on the garment's pixels (non-zero) exceeds the mean
+    heat on the black background."""
+    from cnnlab.report.gradcam import grad_cam
+    from cnnlab.report.images import heat_inside_ratio
+
+    run, subset, x = real_fashion_run
+    heats, _ = grad_cam(run.model, x)
     ratio = heat_inside_ratio(heats, subset.images[:, 0] > 0)
     print(f"Grad-CAM heat on the garment / on the background: {ratio:.3f}")
     assert ratio > 1.0
+
+
+def test_integrated_gradients_pass_the_deletion_test_and_the_randomisation_check(real_fashion_run):
+    """Deleting the hottest 20% of the pixels by integrated gradients lowers the predicted class's
+    probability at least twice as much as a random 20%; and the map of the same model with its weights
+    drawn afresh is another map (rank correlation under 0.5), so it shows what the model learnt."""
+    from cnnlab.report.attribution import deletion_drops, integrated_gradients, randomised_similarity
+
+    run, _, x = real_fashion_run
+    with torch.no_grad():
+        classes = run.model(x).argmax(1)
+    heat, explained = integrated_gradients(run.model, x, run.mean, run.std, steps=16)
+    assert torch.equal(explained, classes) and heat.shape == (50, 28, 28) and float(heat.max()) == 1.0
+    drops = deletion_drops(run.model, x, heat, classes, run.mean, run.std)
+    print("deletion by integrated gradients:", drops)
+    assert drops["map"]["0.2"] >= 2 * drops["random"]["0.2"] > 0
+
+    def explain(model, images, cls):
+        return integrated_gradients(model, images, run.mean, run.std, cls, steps=16)[0]
+
+    similarity = randomised_similarity(run.model, x, explain)
+    print(f"integrated gradients, trained against re-initialised weights: rank correlation {similarity:.3f}")
+    assert similarity < 0.5
+
+
+def test_the_checks_of_a_map_on_a_model_whose_evidence_is_known():
+    """A model that scores class 0 by the left half of the image and class 1 by the right half: the
+    true map (the left half, for class 0) beats random deletion, its opposite does worse; a map that
+    ignores the weights (the image itself) is as similar to itself after re-initialisation as can be."""
+    from cnnlab.report.attribution import deletion_drops, randomised_similarity, rank_similarity
+
+    class Halves(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Linear(1, 1)  # has weights to re-initialise, and does not change the ranks
+            with torch.no_grad():
+                self.scale.weight.fill_(4.0)
+                self.scale.bias.zero_()
+
+        def forward(self, x):
+            left, right = x[..., :8].mean((1, 2, 3)), x[..., 8:].mean((1, 2, 3))
+            return torch.stack([left - right, right - left], 1) * self.scale.weight.abs().view(1)
+
+    x = torch.rand(16, 1, 16, 16) * torch.tensor([1.0] * 8 + [0.2] * 8)  # brighter on the left: class 0
+    classes = Halves()(x).argmax(1)
+    assert (classes == 0).all()
+    left = torch.zeros(16, 16, 16)
+    left[..., :8] = 1.0
+    mean, std = [0.0], [1.0]
+    true_map = deletion_drops(Halves(), x, left, classes, mean, std)
+    wrong_map = deletion_drops(Halves(), x, 1 - left, classes, mean, std)
+    assert true_map["map"]["0.5"] > true_map["random"]["0.5"] > wrong_map["map"]["0.5"]
+    assert rank_similarity(x[:, 0], x[:, 0]) == pytest.approx(1.0)
+    assert randomised_similarity(Halves(), x, lambda m, images, cls: images[:, 0]) > 0.99
 
 
 def test_tensorboard_logging_is_an_option(fashion_dir, tmp_path):

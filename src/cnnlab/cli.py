@@ -385,11 +385,15 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         description="Train RECIPE for every combination of the --grid values (or, with --cumulative, each value "
         "applied to the best configuration so far, keys in order), each with --seeds seeds, one run folder each under "
         "the sweep folder. Writes sweep.md, sweep.csv and sweep.json there. Runs go one after another; rerunning the "
-        "same command resumes a sweep that stopped.",
+        "same command resumes a sweep that stopped. With --search optuna, Optuna's TPE sampler proposes --trials "
+        "values of the --space keys instead (one seed each, scored on validation accuracy, the median pruner stopping "
+        "poor trials early); the study is kept in study.db in the sweep folder, and search.png plots the best so far.",
         epilog="examples:\n"
         "  cnnlab sweep fashion-mnist-fast --grid optim.lr=0.1,0.2 --grid train.batch_size=128,256 --seeds 3\n"
         "  cnnlab sweep my.yaml --grid model.kwargs.widths=[32,64,128],[64,128,256] --cumulative "
-        "--metric balanced_accuracy\n",
+        "--metric balanced_accuracy\n"
+        "  cnnlab sweep fashion-mnist-fast --search optuna --trials 30 --space optim.lr=0.02:0.5:log "
+        "--space train.label_smoothing=0:0.2\n",
     )
     w.add_argument("recipe", metavar="RECIPE", help="a recipe name or a .yaml file")
     w.add_argument(
@@ -411,9 +415,26 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         default="accuracy",
         help="what ranks configurations (test part)",
     )
+    w.add_argument(
+        "--search",
+        choices=["optuna"],
+        help="search instead of a grid: Optuna's TPE sampler and median pruner on validation accuracy",
+    )
+    w.add_argument("--trials", type=_positive_int, default=20, metavar="N", help="--search: trials in all (default 20)")
+    w.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="KEY=LOW:HIGH[:log]",
+        help="--search: a key's range (integers where both ends are; :log for a log scale) or KEY=A,B,C (repeatable)",
+    )
     _data_flag(w)
     _epochs_flag(w)
-    _out_flag(w, "DIR", "the sweep folder (default runs/sweep-<recipe>); the same folder resumes")
+    _out_flag(
+        w,
+        "DIR",
+        "the sweep folder (default runs/sweep-<recipe>, runs/search-<recipe> with --search); the same folder resumes",
+    )
     _set_flag(w, "override a recipe key for every run")
     w.set_defaults(func=cmd_sweep)
 
@@ -536,25 +557,44 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     x = _command(
         sub,
         "export",
-        help="export a trained run to ONNX or TorchScript, with a parity check against PyTorch",
+        help="export a trained run to ONNX (fp32 or int8), torch.export .pt2 or TorchScript, checked against PyTorch",
         description="Write the model of RUN_DIR or CHECKPOINT as one file that takes (N, C, H, W) float pixels on "
         "[0, 1] and returns class probabilities: the run's normalisation, TTA and softmax/sigmoid are inside the "
         "graph. FILE.json beside it (and the file's own metadata) holds the class names, the input size and mode, "
-        "the preprocess steps and mean/std. --check runs the exported file (onnxruntime, or torch.jit for "
-        "TorchScript) on test images of the run's data, compares it with PyTorch, and exits 1 unless every top-1 "
-        "class agrees and no probability differs by more than 1e-3.",
+        "the preprocess steps and mean/std. --int8 (onnx only) quantizes the graph with ONNX Runtime's static "
+        "quantization, its activation ranges set on images of the run's training part. --format pt2 is "
+        "torch.export's program (torch.export.load reads it). torchscript is deprecated: torch 2.14 deprecates "
+        "torch.jit (its warnings are shown); it still works, use pt2 or onnx for new exports. --check runs the "
+        "exported file (onnxruntime, torch.export.load or torch.jit.load) on test images of the run's data, "
+        "compares it with the fp32 PyTorch model, prints the top-1 agreement, both accuracies, the file size and "
+        "the batch-1 and batch-256 latency of both, and exits 1 unless every top-1 class agrees and no probability "
+        "differs by more than 1e-3 (int8: unless its accuracy is within 0.5 points of PyTorch's).",
         epilog="examples:\n  cnnlab export runs/fashion-mnist-fast-1 --format onnx --check\n"
-        "  cnnlab export runs/fashion-mnist-fast-1 --format torchscript --out model.pt\n"
+        "  cnnlab export runs/fashion-mnist-fast-1 --format onnx --int8 --check   # RUN_DIR/model.int8.onnx\n"
+        "  cnnlab export runs/fashion-mnist-fast-1 --format pt2 --check           # RUN_DIR/model.pt2\n"
         "  cnnlab export runs/pets-1 --format onnx --check --data ~/photos/pets --check-images 200\n",
     )
     _checkpoint_arg(x)
-    x.add_argument("--format", choices=["onnx", "torchscript"], required=True)
-    _out_flag(x, "FILE", "default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt")
+    x.add_argument(
+        "--format",
+        choices=["onnx", "pt2", "torchscript"],
+        required=True,
+        help="onnx, pt2 (torch.export) or torchscript (deprecated, as torch.jit is)",
+    )
+    x.add_argument("--int8", action="store_true", help="onnx: quantize to int8 (ONNX Runtime, static, calibrated)")
+    x.add_argument(
+        "--calibration-images",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="for --int8: training images that set the activation ranges (default 512)",
+    )
+    _out_flag(x, "FILE", "default: RUN_DIR/model.onnx, model.int8.onnx (--int8), model.pt2 or model.torchscript.pt")
     x.add_argument("--check", action="store_true", help="compare the exported file with PyTorch on test images")
     x.add_argument(
         "--check-images", type=_positive_int, default=1000, metavar="N", help="test images for --check (default 1000)"
     )
-    _data_flag(x, "for --check: another copy of the run's data (default: the run's own)")
+    _data_flag(x, "another copy of the run's data, for --check (its test part) and --int8 (its training part)")
     _tta_flag(x, "put the mirror-image average in the graph (default: as the run was tested)")
     x.set_defaults(func=cmd_export)
 
@@ -656,28 +696,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnlab.serve.export import check_parity, default_out, export_model, sidecar_path
+    from cnnlab.errors import ConfigError
+    from cnnlab.serve.export import CALIBRATION_IMAGES, check_parity, default_out, export_model, sidecar_path
     from cnnlab.serve.predictor import Classifier
 
+    if args.int8 and args.format != "onnx":
+        raise ConfigError(f"--int8 is for --format onnx (ONNX Runtime's quantization), not {args.format}")
+    if args.calibration_images is not None and not args.int8:
+        raise ConfigError("--calibration-images is for --int8; add --int8 --format onnx, or drop it")
     clf = Classifier.load(args.checkpoint, tta=args.tta)
-    _print_notes("export", clf.notes)
-    out = Path(args.out) if args.out else default_out(clf, args.format)
-    export_model(clf, args.format, out)
+    _print_notes("export", clf.notes)  # torchscript's deprecation: torch's own FutureWarnings say it
+    out = Path(args.out) if args.out else default_out(clf, args.format, args.int8)
+    info = export_model(
+        clf,
+        args.format,
+        out,
+        int8=args.int8,
+        calibration_images=args.calibration_images or CALIBRATION_IMAGES,
+        data=args.data,
+    )
+    int8 = f", int8 calibrated on {info['quantization']['calibration']['images']} training images" if args.int8 else ""
     print(
         f"exported {clf.name} ({len(clf.classes)} classes, input {'x'.join(map(str, clf.input_shape))}"
-        f"{', flip TTA in the graph' if clf.tta else ''}) to {out} "
-        f"({out.stat().st_size / 1024**2:.1f} MB); class names, input and preprocessing in {sidecar_path(out)}"
+        f"{', flip TTA in the graph' if clf.tta else ''}{int8}) to {out} "
+        f"({_file_size(out.stat().st_size)}); class names, input and preprocessing in {sidecar_path(out)}"
     )
     if not args.check:
         return 0
-    p = check_parity(clf, args.format, out, args.check_images, args.data)
-    engine = "onnxruntime" if args.format == "onnx" else "torch.jit"
-    verdict = "passed" if p.passed() else "FAILED"
+    p = check_parity(clf, args.format, out, args.check_images, args.data, int8=args.int8, latency=True)
+    engine = {"onnx": "onnxruntime", "pt2": "torch.export", "torchscript": "torch.jit"}[args.format]
+    _print_parity(p, engine + (" (int8)" if args.int8 else ""))
+    return 0 if p.passed() else 1
+
+
+def _file_size(n: int) -> str:
+    return f"{n / 1024:,.0f} kB" if n < 1024**2 else f"{n / 1024**2:,.1f} MB"
+
+
+def _print_parity(p: Any, engine: str) -> None:
+    """cnnlab export --check's figures: a serve.export.Parity, one line each."""
     print(
         f"parity check on {p.images} test images, {engine} against PyTorch: top-1 agreement {100 * p.agreement:.2f}% "
         f"({round(p.agreement * p.images)}/{p.images}), largest probability difference {p.max_prob_diff:.2e} "
-        f"-> {verdict} "
-        f"(needs 100% and <= 1e-03)"
+        f"-> {'passed' if p.passed() else 'FAILED'} ({p.criterion()})"
     )
     if p.accuracy_exported is not None:
         print(
@@ -685,7 +746,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"PyTorch {100 * p.accuracy_torch:.2f}%; "
             f"{p.images / p.seconds_exported:,.0f} img/s exported, {p.images / p.seconds_torch:,.0f} img/s PyTorch"
         )
-    return 0 if p.passed() else 1
+    print(f"size: exported file {_file_size(p.bytes_exported)}, PyTorch fp32 weights {_file_size(p.bytes_torch)}")
+    for batch, (exported, pytorch) in p.latency.items():
+        print(
+            f"latency at batch {batch} (median): exported {1e3 * exported:.2f} ms ({batch / exported:,.0f} img/s), "
+            f"PyTorch fp32 {1e3 * pytorch:.2f} ms ({batch / pytorch:,.0f} img/s)"
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -938,6 +1004,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     overrides = {**parse_set(args.set), **_data_epochs_overrides(args.data, args.epochs)}
     cfg = apply_overrides(load_recipe(args.recipe), overrides)
+    if args.search or args.space:
+        return _cmd_search(args, cfg)
     out = Path(args.out or f"runs/sweep-{cfg.name}")
     rows = run_sweep(
         cfg,
@@ -951,6 +1019,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print()
     print(table_text(rows, args.metric, args.cumulative), end="")
     print(f"tables written to {out}/sweep.md, sweep.csv and sweep.json")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace, cfg) -> int:
+    """cnnlab sweep --search optuna: the search, its table and its best trial."""
+    from pathlib import Path
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.search import best_row, params_label, parse_space, run_search, search_table
+    from cnnlab.sweep import render_table
+
+    if not args.search:
+        raise ConfigError("--space is for a search: add --search optuna (a grid takes --grid key=v1,v2)")
+    given = [flag for flag, on in (("--grid", args.grid), ("--cumulative", args.cumulative)) if on]
+    given += [f for f, on in (("--seeds", args.seeds != 1), ("--metric", args.metric != "accuracy")) if on]
+    if given:
+        raise ConfigError(
+            f"--search takes no {', '.join(given)}: it searches the --space keys on one seed by validation accuracy"
+        )
+    space = parse_space(args.space)
+    out = Path(args.out or f"runs/search-{cfg.name}")
+    rows = run_search(cfg, space, trials=args.trials, out=out)
+    print()
+    print(render_table(*search_table(rows, space)), end="")
+    best = best_row(rows)
+    if best is not None:
+        print(
+            f"best: trial {best.number} ({params_label(best.params)}), validation accuracy "
+            f"{100 * best.value:.2f}%: {best.run}"
+        )
+    print(f"tables written to {out}/sweep.md, sweep.csv and sweep.json; the search's plot to {out}/search.png")
     return 0
 
 

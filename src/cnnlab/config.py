@@ -66,6 +66,10 @@ class DataConfig:
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength (jitter)
     crop_scale: float = 0.35  # smallest area fraction kept by resized-crop
     cutout: int = 8  # side in pixels of the black square cutout blanks (cutout)
+    # the policies trivialaugment, randaugment, autoaugment, random-erasing are torchvision's, one draw per image
+    randaugment_n: int = 2  # ops applied one after the other to each image (randaugment's N)
+    randaugment_m: int = 9  # the magnitude of every op, 0..30 (randaugment's M on torchvision's 31 steps)
+    autoaugment_policy: str = "imagenet"  # the learned policy autoaugment draws from: imagenet | cifar10 | svhn
     shuffle: bool = True  # a new order every epoch (the KTH default trains in file order: false)
     sampler: str = "shuffle"  # shuffle | balanced (classes drawn equally often)
     in_memory: bool | None = None  # image folders: decode all into memory; None: when it fits in 2 GiB
@@ -157,6 +161,10 @@ class TrainConfig:
     )
     tensorboard: bool = (
         False  # also write TensorBoard event files to RUN_DIR/tensorboard/ (needs the tensorboard package)
+    )
+    mlflow: bool = (
+        False  # also log the run to MLflow (engine/tracking.py): MLFLOW_TRACKING_URI, else MLflow's default store in
+        # the working folder (needs the mlflow-skinny or mlflow package)
     )
     checkpoint_steps: int | None = None  # also save last.pt inside epochs every N steps (exact resume from there)
     checkpoint_seconds: float | None = 120.0  # ... and every this many seconds of training
@@ -310,6 +318,14 @@ class RunConfig:
         return [
             (d.translate >= 0, "data.translate", d.translate, "zero or positive"),
             (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
+            (d.randaugment_n >= 1, "data.randaugment_n", d.randaugment_n, "at least 1 (ops per image)"),
+            (0 <= d.randaugment_m <= 30, "data.randaugment_m", d.randaugment_m, "a magnitude from 0 to 30"),
+            (
+                d.autoaugment_policy in ("imagenet", "cifar10", "svhn"),
+                "data.autoaugment_policy",
+                d.autoaugment_policy,
+                "imagenet, cifar10 or svhn",
+            ),
             (d.train_limit is None or d.train_limit >= 1, "data.train_limit", d.train_limit, "at least 1"),
             (d.given_limit is None or d.given_limit >= 1, "data.given_limit", d.given_limit, "at least 1"),
             (d.test_limit is None or d.test_limit >= 1, "data.test_limit", d.test_limit, "at least 1"),

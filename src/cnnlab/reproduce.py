@@ -49,6 +49,7 @@ PLAN_FREE = {
     "train.checkpoint_seconds",
     "train.report",
     "train.tensorboard",
+    "train.mlflow",
 }
 VALUE = re.compile(
     r"^(test|val)\.(accuracy|balanced_accuracy|loss)$|^history\.(train_accuracy|val_accuracy|train_loss|val_loss)$|^(best_epoch|train_seconds)$"

@@ -156,6 +156,13 @@ def check_combination(cfg: RunConfig, device: torch.device, world: int) -> None:
 
         if importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("train.tensorboard needs the tensorboard package: pip install tensorboard")
+    if tc.mlflow:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(
+                "train.mlflow needs the MLflow client: pip install mlflow-skinny (or mlflow, which also has mlflow ui)"
+            )
     if tc.deterministic and tc.compile:
         raise ConfigError("train.deterministic and train.compile together are not supported; choose one")
 
@@ -463,6 +470,7 @@ def _train(
         return RunResult(run_dir, {}, state, time.perf_counter() - t_start, main=False)
     metrics, predictions = finish_run(prep, setup, state, session)
     write_run_report(prep, setup, session, predictions)
+    track_results(prep, setup, session, metrics)
     return RunResult(run_dir, metrics, state, metrics["total_seconds"])
 
 
@@ -569,7 +577,7 @@ def fit_callbacks(setup: TrainingSetup, session: Session, progress, extra: Seque
     """The fit's callbacks, in the order they run (fit() puts a plateau schedule's tracker in front):
     the best-epoch tracker (early stopping and
     best.pt read it), the guard, freezing, the time limit, the caller's, then on rank 0 TensorBoard,
-    the checkpoints, history.csv and the progress bar, and early stopping last."""
+    the checkpoints, history.csv, the progress bar and MLflow, and early stopping last."""
     tc, dist = setup.tc, session.dist
     tracker = BestTracker(tc.monitor)
     callbacks: list[Callback] = [tracker, setup.parts.guard]
@@ -593,6 +601,10 @@ def fit_callbacks(setup: TrainingSetup, session: Session, progress, extra: Seque
             HistoryWriter(run_dir),
             ProgressBar(progress, session.log),
         ]
+        if tc.mlflow:  # after the checkpoints: a resume logs the epochs last.pt has that MLflow lacks
+            from cnnlab.engine.tracking import MlflowTracker  # only when asked: mlflow's import takes about 2 s
+
+            callbacks.append(MlflowTracker(run_dir, setup.identity.config, session.log.write))
     if tc.early_stopping:
         callbacks.append(EarlyStopping(tc.early_stopping, tracker))
     return callbacks
@@ -761,6 +773,8 @@ def write_run_report(prep: Prepared, setup: TrainingSetup, session: Session, pre
         predictions[shown],
         list(ds.preprocess),
         ds.input_shape[0],
+        prep.mean,
+        prep.std,
     )
     try:  # the run's results are written already: a figure that fails must not fail the run
         session.log.write(f"report: {write_report(run_dir, inputs)}", echo=False)
@@ -769,3 +783,12 @@ def write_run_report(prep: Prepared, setup: TrainingSetup, session: Session, pre
             f"warning: report.html was not written ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
             f"cnnlab report {run_dir} tries again"
         )
+
+
+def track_results(prep: Prepared, setup: TrainingSetup, session: Session, metrics: dict[str, Any]) -> None:
+    """train.mlflow: metrics.json's figures and the run folder's files to the run's MLflow run, last of
+    all (report.html and plots/ are among them); a failure warns and loses no result."""
+    if setup.tc.mlflow:
+        from cnnlab.engine.tracking import finish_mlflow_run
+
+        finish_mlflow_run(session.run_dir, prep.cfg.name, metrics, session.log.write)

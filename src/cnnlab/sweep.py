@@ -4,7 +4,8 @@ A plain sweep runs every combination of the grid. A cumulative sweep (the KTH st
 the keys in order and tries each value on the best configuration so far, keeping it only where it
 beats that configuration. Every run has its own folder under the sweep folder; a sweep that stops
 halfway resumes where it stopped (finished runs are read back, an interrupted one resumes from its
-last.pt). The table (sweep.md, sweep.csv, sweep.json) gives mean +- std over the seeds.
+last.pt). The table (sweep.md, sweep.csv, sweep.json) gives mean +- std over the seeds. A search
+(`--search optuna`) is search.py's; it shares train_or_resume and the table files with the grid.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _one_run(cfg: RunConfig, folder: Path, train: TrainFn) -> dict[str, Any]:
+def train_or_resume(cfg: RunConfig, folder: Path, train: TrainFn) -> dict[str, Any]:
     """metrics.json of the run in `folder`: read back when finished, resumed when interrupted, else trained."""
     if (folder / "metrics.json").is_file():
         return read_metrics(folder)
@@ -146,7 +147,7 @@ def _period_runs(cfg: RunConfig, folder: Path, periods: list[int], train: TrainF
             done = m is not None and (m.get("epochs_run") == end or (bool(m.get("stop_reason")) and configured == end))
             if not done:
                 if k == 1:
-                    _one_run(apply_overrides(cfg, {"train.epochs": end}), folder, train)
+                    train_or_resume(apply_overrides(cfg, {"train.epochs": end}), folder, train)
                 else:
                     train(None, resume=folder, overrides={"train.epochs": end, "train.min_steps": None})
             _keep_period_plots(folder, k)
@@ -190,7 +191,7 @@ def _run_row(
             row.periods.append(_period_runs(cfg, run_dir, periods, train))
             m = row.periods[-1][-1]
         else:
-            m = _one_run(cfg, run_dir, train)
+            m = train_or_resume(cfg, run_dir, train)
         part = m.get("test") or m.get("val") or {}
         if metric not in part:
             raise ConfigError(
@@ -342,7 +343,7 @@ def run_sweep(
     return rows
 
 
-def table_text(rows: list[SweepRow], metric: str, cumulative: bool, fmt: str = "md") -> str:
+def _grid_table(rows: list[SweepRow], metric: str, cumulative: bool) -> tuple[list[str], list[list[str]]]:
     header = [
         "#",
         "configuration",
@@ -366,6 +367,11 @@ def table_text(rows: list[SweepRow], metric: str, cumulative: bool, fmt: str = "
         if cumulative:
             line.append("yes" if r.kept else "no")
         body.append(line)
+    return header, body
+
+
+def render_table(header: list[str], body: list[list[str]], fmt: str = "md") -> str:
+    """A table as markdown (fmt "md") or CSV (fmt "csv")."""
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -375,11 +381,22 @@ def table_text(rows: list[SweepRow], metric: str, cumulative: bool, fmt: str = "
     return markdown_table(header, body)
 
 
+def table_text(rows: list[SweepRow], metric: str, cumulative: bool, fmt: str = "md") -> str:
+    return render_table(*_grid_table(rows, metric, cumulative), fmt)
+
+
+def write_table_files(out: Path, header: list[str], body: list[list[str]], payload: dict[str, Any]) -> None:
+    """A sweep's table in its folder: sweep.md and sweep.csv for people, sweep.json (`payload`) for scripts."""
+    write_text(out / "sweep.md", render_table(header, body))
+    write_text(out / "sweep.csv", render_table(header, body, "csv"))
+    write_json(out / "sweep.json", payload)
+
+
 def write_tables(rows: list[SweepRow], out: Path, metric: str, cumulative: bool) -> None:
-    write_text(out / "sweep.md", table_text(rows, metric, cumulative))
-    write_text(out / "sweep.csv", table_text(rows, metric, cumulative, "csv"))
     payload = [
         {**{k: v for k, v in asdict(r).items() if k not in ("metrics", "periods")}, "mean": r.mean, "std": r.std}
         for r in rows
     ]
-    write_json(out / "sweep.json", {"metric": metric, "cumulative": cumulative, "rows": payload})
+    write_table_files(
+        out, *_grid_table(rows, metric, cumulative), {"metric": metric, "cumulative": cumulative, "rows": payload}
+    )

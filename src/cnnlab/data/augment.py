@@ -2,16 +2,19 @@
 
 An op is `fn(x, generator, params) -> x` for x of shape (B, C, H, W) with pixel values on
 [0, params.value_max] (uint8 from memory or from the decoding workers, before normalisation, so a
-zero fill is black), or float data on its own scale (value_max None: jitter does not clamp). flip and
-translate keep the dtype; rotate, resized-crop and jitter return float32 on the same scale. Random
-draws come from the CPU `generator`, so a batch's augmentation depends only on the loader's seed and
-epoch, whatever the device.
+zero fill is black), or float data on its own scale (value_max None: jitter does not clamp). flip,
+translate and the policies keep the dtype; rotate, resized-crop and jitter return float32 on the same
+scale. Random draws come from the CPU `generator`, so a batch's augmentation depends only on the
+loader's seed and epoch, whatever the device.
 
-Written with plain tensor ops rather than torchvision.transforms.v2: v2 draws one set of random
-parameters per call, so a batch would get one flip and one angle for all its images; per-image
-draws through v2 mean a Python loop over the batch, which is the cost this module avoids.
+The simple ops are written with plain tensor ops rather than torchvision.transforms.v2: v2 draws one
+set of random parameters per call, so a batch would get one flip and one angle for all its images, and
+per-image draws through v2 mean a Python loop over the batch. The policies (trivialaugment, randaugment,
+autoaugment, random-erasing) are torchvision's own, whose fourteen ops and tuned magnitude tables are
+not worth writing again: they pay that loop (`per_image`), one seeded call per image; README
+"Datasets" gives what it costs. kornia batches its policies but picks one op for the whole batch.
 
-A recipe names a preset (`cifar`) or joins ops with '+' (`flip+rotate`).
+A recipe names a preset (`cifar`) or joins ops with '+' (`flip+rotate`, `flip+trivialaugment+random-erasing`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import ConfigError
 from cnnlab.registry import Registry
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 AUGMENTATIONS: Registry = Registry("augmentation")  # single ops
 PRESETS: dict[str, list[str]] = {
@@ -45,6 +53,12 @@ class AugmentParams:
     crop_scale: float = 0.35  # smallest area fraction resized-crop keeps
     cutout: int = 8  # side in pixels of cutout's square
     value_max: float | None = 255.0  # the pixel range [0, value_max] of x; None: float data on its own scale
+    randaugment_n: int = 2  # ops applied one after the other to each image (RandAugment's N)
+    randaugment_m: int = 9  # the magnitude of every op, 0..30 (RandAugment's M on torchvision's 31 steps)
+    autoaugment_policy: str = "imagenet"  # AutoAugment's learned policy: imagenet | cifar10 | svhn
+
+
+AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")  # torchvision's AutoAugmentPolicy values
 
 
 @AUGMENTATIONS.register("flip")
@@ -140,6 +154,82 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator, params: AugmentPar
         gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = (x - gray) * factor() + gray  # saturation
     return x.clamp_(0, params.value_max) if params.value_max is not None else x
+
+
+@lru_cache(maxsize=16)
+def _policy(name: str, params: AugmentParams) -> v2.Transform:
+    """torchvision's transform for policy `name` (fill 0: black where a shift or a rotation uncovers the image)."""
+    from torchvision.transforms import v2  # here, not at import: torchvision takes a second to load
+
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=params.randaugment_n, magnitude=params.randaugment_m)
+    if name == "autoaugment":
+        if params.autoaugment_policy not in AUTOAUGMENT_POLICIES:
+            raise ConfigError(
+                f"data.autoaugment_policy is {params.autoaugment_policy!r}; "
+                f"use one of {', '.join(AUTOAUGMENT_POLICIES)}"
+            )
+        return v2.AutoAugment(v2.AutoAugmentPolicy(params.autoaugment_policy))
+    # the paper's (and torchvision's) area 2-33% and aspect 0.3-3.3, half the images; 0 is black before normalising
+    return v2.RandomErasing(p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0)
+
+
+def per_image(
+    transform: v2.Transform, x: torch.Tensor, generator: torch.Generator, value_max: float | None
+) -> torch.Tensor:
+    """`transform` applied to each image of x (B, C, H, W) on its own, each call seeded by a draw of `generator`.
+
+    torchvision draws from torch's global stream: seeding it per image from the run's generator keeps
+    a batch's augmentation a function of (seed, epoch), and fork_rng gives the global stream back as it
+    was, so the model's initialisation, dropout and mixing do not depend on the augmentation. uint8
+    goes in as it is; float data is read on [0, 1] as torchvision reads floats (value_max None: as it is).
+    """
+    if x.shape[0] == 0:
+        return x
+    seeds = torch.randint(0, 2**62, (x.shape[0],), generator=generator).tolist()
+    scale = value_max if x.is_floating_point() and value_max not in (None, 1.0) else None
+    src = x / scale if scale is not None else x
+    threads = torch.get_num_threads()
+    # one CPU thread: an op on one small image is microseconds of work, and waiting for a second thread can
+    # cost more (on 28x28 images on the 2-core Xeon: as fast as two threads, and up to 6x faster when other
+    # processes share the cores)
+    torch.set_num_threads(1 if x.device.type == "cpu" else threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            out = []
+            for image, seed in zip(src, seeds):
+                torch.default_generator.manual_seed(seed)  # the CPU stream only: a GPU's stays as it was
+                out.append(transform(image))
+    finally:
+        torch.set_num_threads(threads)
+    y = torch.stack(out)
+    return y * scale if scale is not None else y
+
+
+@AUGMENTATIONS.register("trivialaugment")
+def trivial_augment(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """TrivialAugment Wide (Muller & Hutter 2021): each image one op of 14 at a uniformly drawn magnitude."""
+    return per_image(_policy("trivialaugment", params), x, generator, params.value_max)
+
+
+@AUGMENTATIONS.register("randaugment")
+def rand_augment(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """RandAugment (Cubuk et al. 2020): each image randaugment_n ops drawn from 14, all at magnitude randaugment_m."""
+    return per_image(_policy("randaugment", params), x, generator, params.value_max)
+
+
+@AUGMENTATIONS.register("autoaugment")
+def auto_augment(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """AutoAugment (Cubuk et al. 2019): each image one sub-policy of the learned `autoaugment_policy`."""
+    return per_image(_policy("autoaugment", params), x, generator, params.value_max)
+
+
+@AUGMENTATIONS.register("random-erasing")
+def random_erasing(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
+    """Random Erasing (Zhong et al. 2020): half the images get a black rectangle of 2-33% of their area."""
+    return per_image(_policy("random-erasing", params), x, generator, params.value_max)
 
 
 def parse_augment(spec: str) -> list[str]:

@@ -74,6 +74,9 @@ def build_loaders(
         crop_scale=data.crop_scale,
         cutout=data.cutout,
         value_max=clamp,
+        randaugment_n=data.randaugment_n,
+        randaugment_m=data.randaugment_m,
+        autoaugment_policy=data.autoaugment_policy,
     )
     loaders = {
         "train": make_loader(

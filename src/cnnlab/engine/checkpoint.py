@@ -347,6 +347,7 @@ RESUME_FREE = (
     "train.tta",
     "train.test_weights",
     "train.clip_grad_norm",
+    "train.mlflow",  # tracking only: a resume that turns it on logs the whole history (engine/tracking.py)
     "data.root",
     "data.workers",
     "data.download",

@@ -20,10 +20,11 @@ from cnnlab.report.gradcam import grad_cam
 from cnnlab.report.html import image_tag, metrics_tables, pct, render, table
 from cnnlab.report.images import plot_feature_maps, plot_filters, plot_gallery, plot_gradcam
 from cnnlab.report.plots import confused_pairs, plot_confusion, plot_lr, plot_per_class, plot_training_curves, shorten
-from cnnlab.run_folder import read_config, read_history, read_metrics, read_steps, write_text
+from cnnlab.run_folder import read_config, read_history, read_metrics, read_steps, write_json, write_text
 
 GALLERY = 16  # worst misclassifications shown
 CAM_IMAGES = 12  # Grad-CAM examples
+DELETION_IMAGES = 100  # images the deletion test of the maps runs on (report/attribution.py)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ReportInputs:
     predictions: Predictions
     preprocess: list
     channels: int
+    mean: list | None = None  # the run's normalisation: what a black image is to the model (attribution.py)
+    std: list | None = None
 
 
 def inputs_from_run(run_dir: Path) -> ReportInputs:
@@ -57,6 +60,8 @@ def inputs_from_run(run_dir: Path) -> ReportInputs:
         preds,
         run.preprocess,
         run.input_shape[0],
+        run.mean,
+        run.std,
     )
 
 
@@ -123,7 +128,47 @@ def write_figures(
         heats, _ = grad_cam(inp.model, _normalised(inp, [index[r] for r in rows]))
         titles = [f"image {index[r]}" if multilabel else _caption(inp, r) for r in rows]
         figs["gradcam"] = plot_gradcam([show(index[r]) for r in rows], heats, titles, plots / "gradcam.png")
+        if _single_label(inp) and inp.mean is not None and inp.std is not None and _has_captum():
+            figs["attribution"] = _attribution(inp, index, rows, titles, show, plots)
     return figs
+
+
+def _has_captum() -> bool:
+    """captum is a dependency of cnnlab; an install without it draws the report without integrated gradients."""
+    import importlib.util
+
+    return importlib.util.find_spec("captum") is not None
+
+
+def _single_label(inp: ReportInputs) -> bool:
+    """A softmax over two or more classes: what the deletion test's "probability of the predicted class" is."""
+    return not inp.objective.multilabel and inp.predictions.probs.shape[1] > 1 and inp.objective.outputs > 1
+
+
+def _attribution(inp: ReportInputs, index: list[int], rows: list[int], titles, show, plots: Path) -> Path:
+    """plots/attribution.png (integrated gradients on the Grad-CAM images) and plots/deletion.json: the
+    deletion test of both maps on the first DELETION_IMAGES images (report/attribution.py)."""
+    from cnnlab.report.attribution import deletion_drops, integrated_gradients
+
+    x = _normalised(inp, [index[r] for r in rows])
+    heats, _ = integrated_gradients(inp.model, x, inp.mean, inp.std)
+    path = plot_gradcam(
+        [show(index[r]) for r in rows],
+        heats,
+        titles,
+        plots / "attribution.png",
+        title="Integrated gradients: each pixel's share of the predicted class's score against a black image",
+    )
+    x = _normalised(inp, index[:DELETION_IMAGES])
+    with torch.no_grad():
+        classes = inp.model(x).float().argmax(1)
+    maps = {
+        "integrated gradients": integrated_gradients(inp.model, x, inp.mean, inp.std, classes)[0],
+        "Grad-CAM": grad_cam(inp.model, x, classes)[0],
+    }
+    drops = {name: deletion_drops(inp.model, x, heat, classes, inp.mean, inp.std) for name, heat in maps.items()}
+    write_json(plots / "deletion.json", {"images": len(x), "split": inp.split_name, "drops": drops})
+    return path
 
 
 def write_report(run_dir: str | Path, inputs: ReportInputs | None = None, log=print) -> Path:
@@ -171,6 +216,27 @@ def _cards(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _deletion_table(attribution: Path | None) -> str:
+    """The deletion test of the maps (plots/deletion.json beside `attribution`) as a table and a sentence."""
+    path = attribution.parent / "deletion.json" if attribution is not None else None
+    if path is None or not path.is_file():
+        return ""
+    import json
+
+    found = json.loads(path.read_text())
+    drops = found["drops"]
+    shares = list(next(iter(drops.values()))["map"])
+    rows = [[name, *(f"{d['map'][s]:.3f}" for s in shares)] for name, d in drops.items()]
+    rows.append(["random order", *(f"{next(iter(drops.values()))['random'][s]:.3f}" for s in shares)])
+    head = ["pixels set to black, hottest first by", *(f"{float(s):.0%}" for s in shares)]
+    return (
+        f"<p>The deletion test on {found['images']} {html.escape(found['split'])} images: the mean fall of the "
+        "predicted class's probability when the hottest pixels by each map are set to black, against the same "
+        "number of pixels in random order (the mean of 5 orders). A map worth reading makes it fall much further "
+        "than random.</p>" + table(head, rows)
+    )
+
+
 def _sections(
     metrics: dict[str, Any], config: dict[str, Any], figs: dict[str, Path | None], missing: str
 ) -> list[tuple[str, str, str]]:
@@ -204,7 +270,13 @@ def _sections(
             "What the layers see",
             image_tag(figs.get("filters"), "first-layer filters") + image_tag(figs.get("feature_maps"), "feature maps"),
         ),
-        ("gradcam", "Grad-CAM", image_tag(figs.get("gradcam"), "Grad-CAM overlays")),
+        (
+            "gradcam",
+            "Grad-CAM and integrated gradients",
+            image_tag(figs.get("gradcam"), "Grad-CAM overlays")
+            + image_tag(figs.get("attribution"), "integrated gradients")
+            + _deletion_table(figs.get("attribution")),
+        ),
         ("config", "Configuration", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"),
     ]
     if missing:

@@ -107,9 +107,14 @@ def plot_feature_maps(
 
 
 def plot_gradcam(
-    images: Sequence[torch.Tensor], heats: torch.Tensor, titles: Sequence[str], path: Path, cols: int = 6
+    images: Sequence[torch.Tensor],
+    heats: torch.Tensor,
+    titles: Sequence[str],
+    path: Path,
+    cols: int = 6,
+    title: str = "Grad-CAM: where the evidence for the predicted class lies (red: most)",
 ) -> Path:
-    """Each image above its Grad-CAM heat map overlaid (jet, half transparent)."""
+    """Each image above its heat map overlaid (jet, half transparent): Grad-CAM's, or another map's."""
     n = len(images)
     cols = min(cols, n)
     rows = math.ceil(n / cols)
@@ -124,7 +129,7 @@ def plot_gradcam(
         _show(axes[r + 1][c], img)
         axes[r + 1][c].axis("on")
         axes[r + 1][c].imshow(heat.cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    fig.suptitle("Grad-CAM: where the evidence for the predicted class lies (red: most)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, path)
 

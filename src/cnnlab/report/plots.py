@@ -1,14 +1,19 @@
 """Figures of numbers: training and learning-rate curves (from history.csv and steps.csv), the
 confusion matrix, per-class accuracy and the most-confused pairs (from metrics.json's figures).
-matplotlib with the Agg backend, PNG files written atomically."""
+matplotlib with the Agg backend (in a Jupyter kernel, the notebook's own), PNG files written atomically."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # no screen needed; must come before pyplot
+# Agg: no screen needed and no window ever opens. In a Jupyter kernel the backend the notebook chose
+# (inline unless it said otherwise) stays: switching it to Agg would show every figure after this
+# import, a Run's and the user's own, as text.
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")  # must come before pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
