@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -91,7 +90,6 @@ def train(
     else:
         cfg = train_config(recipe, data, **overrides)
         result = train_run(cfg, out=None if out is None else str(out), progress=progress)
-    _keep_notebook_backend()  # the run drew its curves through report/plots.py
     return Run(result.run_dir)
 
 
@@ -352,28 +350,10 @@ def _image_list(images: Any) -> list:
 
 
 def _report_modules() -> tuple[Any, Any]:
-    """report.plots and report.images, with a Jupyter kernel's own matplotlib backend kept."""
+    """report.plots and report.images (plots.py keeps a Jupyter kernel's own matplotlib backend)."""
     from cnnlab.report import images, plots
 
-    _keep_notebook_backend()
     return plots, images
-
-
-def _keep_notebook_backend() -> None:
-    """report/plots.py selects Agg (no screen, no window) when it is imported, which in a Jupyter
-    kernel also ends the inline backend: figures, the Run's and the user's own, would then show as
-    text. Where the kernel chose a backend (ipykernel sets MPLBACKEND), it is put back."""
-    chosen = os.environ.get("MPLBACKEND", "")
-    if "ipykernel" not in sys.modules or not chosen or chosen.lower() == "agg" or "matplotlib" not in sys.modules:
-        return
-    import matplotlib
-
-    if matplotlib.get_backend().lower() == "agg":
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is not None:
-            shell.enable_matplotlib(chosen)  # what %matplotlib does: the backend and its display hooks
 
 
 @contextlib.contextmanager
