@@ -44,7 +44,7 @@ ONNX_OPSET = 18
 # int8: how many training images set the activations' ranges. Measured on the default run: 512 gave
 # 92.25% against fp32's 92.23% on the 10,000 test images; a few hundred is what ONNX Runtime's examples use.
 CALIBRATION_IMAGES = 512
-# Only the weighted operators are quantized: they hold the weights (the file shrinks about 3x) and the
+# Only the weighted operators are quantized: they hold the weights (the default run's file: 567 -> 125 kB) and the
 # arithmetic int8 speeds up. Quantizing every operator (the quantizer's default) also quantizes the
 # softmax, whose probabilities then come in steps of 1/256 (ties in the top class), for 5% at most in speed.
 INT8_OPS = ["Conv", "Gemm", "MatMul"]
@@ -331,7 +331,8 @@ def _int8_bytes(fp32: bytes, batches: list[np.ndarray], info: dict[str, Any]) ->
 
 INT8_POINTS = 0.005  # int8 passes where its accuracy is within 0.5 points of the fp32 model's on the same images
 LATENCY_BATCHES = (1, 256)
-LATENCY_SECONDS = 3.0  # per batch size, over both models: about 1 s a round, 3 rounds
+LATENCY_SECONDS = 1.0  # per batch size, over both models and 3 rounds: at batch 256 the default model's
+# 50-100 ms calls give 6 to 12 timed calls each, and --check takes 1 to 2 s longer than without them
 
 
 @dataclass
@@ -386,20 +387,20 @@ def runner(fmt: str, path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def median_latencies(
-    forwards: list[Callable[[torch.Tensor], Any]], x: torch.Tensor, budget: float = 3.0, rounds: int = 3
+    forwards: list[Callable[[torch.Tensor], Any]], x: torch.Tensor, budget: float = 1.0, rounds: int = 3
 ) -> list[float]:
     """The median seconds of forward(x) for each of `forwards`, measured in `rounds` rounds that time
     each in turn, so that a load on the machine that comes and goes meets all of them alike. Each
-    forward runs in a block of its own (one uncounted call, then at least 3 timed ones, about
-    budget / (rounds * len(forwards)) seconds in all): calls interleaved one by one would time
-    PyTorch's threads against onnxruntime's, which spin for a while after each run."""
+    forward runs in a block of its own (one uncounted call, then 1 to 20 timed ones, as many as fit in
+    budget / (rounds * len(forwards)) seconds): calls interleaved one by one would time PyTorch's
+    threads against onnxruntime's, which spin for a while after each run."""
     times: list[list[float]] = [[] for _ in forwards]
     block = budget / (rounds * len(forwards))
     for _ in range(rounds):
         for forward, seconds in zip(forwards, times, strict=True):
             forward(x)
             end, n = time.perf_counter() + block, 0
-            while n < 3 or (n < 50 and time.perf_counter() < end):
+            while n < 1 or (n < 20 and time.perf_counter() < end):
                 t0 = time.perf_counter()
                 forward(x)
                 seconds.append(time.perf_counter() - t0)
