@@ -112,6 +112,7 @@ def test_float_images_keep_their_scale():
         ("randaugment_m", 31, "data.randaugment_m is 31; it must be a magnitude from 0 to 30"),
         ("randaugment_n", 0, "data.randaugment_n is 0; it must be at least 1"),
         ("autoaugment_policy", "cifar", "data.autoaugment_policy is 'cifar'; it must be imagenet, cifar10 or svhn"),
+        ("erasing_p", 1.5, "data.erasing_p is 1.5; it must be a probability from 0 to 1"),
     ],
 )
 def test_bad_policy_settings_are_one_line_errors(key, value, message):
@@ -119,6 +120,15 @@ def test_bad_policy_settings_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as e:
         cfg.validate()
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_erasing_p_is_the_share_of_images_erased():
+    x = _images(64)
+    erased = {}
+    for p in (0.0, 0.5, 1.0):
+        out = build_augment("random-erasing", AugmentParams(erasing_p=p))(x, torch.Generator().manual_seed(0))
+        erased[p] = int((out != x).flatten(1).any(1).sum())
+    assert erased[0.0] == 0 and erased[1.0] == 64 and 16 < erased[0.5] < 48, erased
 
 
 def test_the_policy_names_are_torchvision_s():

@@ -108,6 +108,10 @@ def test_pt2_round_trips_through_torch_export_load_with_exact_agreement(deploy_r
         want = clf.probabilities(x * 255)
         assert torch.equal(got.argmax(1), want.argmax(1)) and (got - want).abs().max() < 1e-5
 
+    r = run_main("predict", str(out), str(deploy_run / "config.yaml"))  # an exported file is not a checkpoint
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "exported torch.export (.pt2) model, not a training checkpoint" in r.stderr, r.stderr
+
 
 def test_int8_check_prints_the_figures_and_judges_by_accuracy(int8_export):
     r, _ = int8_export

@@ -122,6 +122,12 @@ def test_keys_the_user_sets_are_not_adapted():
     fixed = apply_overrides(cfg, {"optim.lr": 0.05, "train.epochs": 3})
     out, _ = adapt(fixed, _dataset(x, y, 4), augment_auto=True)
     assert (out.optim.lr, out.train.epochs, out.train.batch_size) == (0.05, 3, 32)
+    searched = apply_overrides(
+        cfg, {"optim.lr": 0.2213691468878238}
+    )  # as a search trial sets it: kept to the last digit
+    assert adapt(searched, _dataset(x, y, 4), augment_auto=True)[0].optim.lr == 0.2213691468878238
+    tiny = apply_overrides(cfg, {"optim.lr": 1.0e-7, "train.adapt": ["batch", "lr"]})  # scaled, not rounded to zero
+    assert adapt(tiny, _dataset(x, y, 4), augment_auto=True)[0].optim.lr == pytest.approx(1.0e-7 * 32 / 256, rel=1e-12)
     assert adapt(apply_overrides(cfg, {"train.adapt": False}), _dataset(x, y, 4), True)[0].train.batch_size == 256
 
 

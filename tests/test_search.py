@@ -51,6 +51,23 @@ def test_a_bad_search_is_one_line_before_any_run(tmp_path, flags, says):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_search_under_torchrun_is_refused_before_any_run(tmp_path, monkeypatch):
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    r = run_main(
+        "sweep",
+        "fashion-mnist-fast",
+        "--search",
+        "optuna",
+        "--space",
+        "optim.lr=0.01:0.5",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "without torchrun" in r.stderr, r.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_second_search_in_the_same_folder_is_refused_while_one_runs(tmp_path):
     import fcntl
 

@@ -1039,6 +1039,12 @@ def _cmd_search(args: argparse.Namespace, cfg) -> int:
             f"--search takes no {', '.join(given)}: it searches the --space keys on one seed by validation accuracy"
         )
     space = parse_space(args.space)
+    from cnnlab.engine.distributed import env_world
+
+    if env_world()[1] > 1:  # every process would propose and write trials of its own into the one study
+        raise ConfigError(
+            "a search trains its trials one after another in one process; run cnnlab sweep --search without torchrun"
+        )
     out = Path(args.out or f"runs/search-{cfg.name}")
     rows = run_search(cfg, space, trials=args.trials, out=out)
     print()

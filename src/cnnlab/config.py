@@ -70,6 +70,9 @@ class DataConfig:
     randaugment_n: int = 2  # ops applied one after the other to each image (randaugment's N)
     randaugment_m: int = 9  # the magnitude of every op, 0..30 (randaugment's M on torchvision's 31 steps)
     autoaugment_policy: str = "imagenet"  # the learned policy autoaugment draws from: imagenet | cifar10 | svhn
+    erasing_p: float = (
+        0.5  # the share of images random-erasing blanks a rectangle of (torchvision's and the paper's 0.5)
+    )
     shuffle: bool = True  # a new order every epoch (the KTH default trains in file order: false)
     sampler: str = "shuffle"  # shuffle | balanced (classes drawn equally often)
     in_memory: bool | None = None  # image folders: decode all into memory; None: when it fits in 2 GiB
@@ -320,6 +323,7 @@ class RunConfig:
             (d.cutout >= 0, "data.cutout", d.cutout, "zero or positive"),
             (d.randaugment_n >= 1, "data.randaugment_n", d.randaugment_n, "at least 1 (ops per image)"),
             (0 <= d.randaugment_m <= 30, "data.randaugment_m", d.randaugment_m, "a magnitude from 0 to 30"),
+            (0 <= d.erasing_p <= 1, "data.erasing_p", d.erasing_p, "a probability from 0 to 1"),
             (
                 d.autoaugment_policy in ("imagenet", "cifar10", "svhn"),
                 "data.autoaugment_policy",

@@ -195,7 +195,9 @@ def adapt(cfg: RunConfig, ds: Dataset, augment_auto: bool) -> tuple[RunConfig, l
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(dc, augment=augment, translate=translate),
-        optim=dataclasses.replace(oc, lr=round(lr, 8)),
+        # a scaled lr to 12 significant digits, for a readable config.yaml (0.025, not 0.025000000000000001);
+        # a given one exactly as given (a search trial's 0.2213691468878238 stays that)
+        optim=dataclasses.replace(oc, lr=oc.lr if lr == oc.lr else float(f"{lr:.12g}")),
         schedule=dataclasses.replace(sc, warmup_epochs=warmup),
         train=dataclasses.replace(
             tc,

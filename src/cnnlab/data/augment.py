@@ -56,6 +56,7 @@ class AugmentParams:
     randaugment_n: int = 2  # ops applied one after the other to each image (RandAugment's N)
     randaugment_m: int = 9  # the magnitude of every op, 0..30 (RandAugment's M on torchvision's 31 steps)
     autoaugment_policy: str = "imagenet"  # AutoAugment's learned policy: imagenet | cifar10 | svhn
+    erasing_p: float = 0.5  # the share of images random-erasing blanks a rectangle of
 
 
 AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")  # torchvision's AutoAugmentPolicy values
@@ -172,8 +173,9 @@ def _policy(name: str, params: AugmentParams) -> v2.Transform:
                 f"use one of {', '.join(AUTOAUGMENT_POLICIES)}"
             )
         return v2.AutoAugment(v2.AutoAugmentPolicy(params.autoaugment_policy))
-    # the paper's (and torchvision's) area 2-33% and aspect 0.3-3.3, half the images; 0 is black before normalising
-    return v2.RandomErasing(p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0)
+    # the paper's (and torchvision's) area 2-33% and aspect 0.3-3.3, on erasing_p of the images (their 0.5);
+    # 0 is black before normalising
+    return v2.RandomErasing(p=params.erasing_p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0)
 
 
 def per_image(
@@ -228,7 +230,8 @@ def auto_augment(x: torch.Tensor, generator: torch.Generator, params: AugmentPar
 
 @AUGMENTATIONS.register("random-erasing")
 def random_erasing(x: torch.Tensor, generator: torch.Generator, params: AugmentParams) -> torch.Tensor:
-    """Random Erasing (Zhong et al. 2020): half the images get a black rectangle of 2-33% of their area."""
+    """Random Erasing (Zhong et al. 2020): data.erasing_p of the images (half by default) get a black
+    rectangle of 2-33% of their area."""
     return per_image(_policy("random-erasing", params), x, generator, params.value_max)
 
 

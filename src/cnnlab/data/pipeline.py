@@ -77,6 +77,7 @@ def build_loaders(
         randaugment_n=data.randaugment_n,
         randaugment_m=data.randaugment_m,
         autoaugment_policy=data.autoaugment_policy,
+        erasing_p=data.erasing_p,
     )
     loaders = {
         "train": make_loader(

@@ -77,9 +77,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     except Exception as e:  # noqa: BLE001  torch.load's errors on mangled bytes are of many kinds (TypeError from the
         # weights-only unpickler: tests/corpus/checkpoints); none is the program's fault
-        if "TorchScript" in str(e):
+        kind = "TorchScript" if "TorchScript" in str(e) else _exported_program(path)
+        if kind:
             raise CnnlabError(
-                f"{path} is an exported TorchScript model, not a training checkpoint; give the run folder or its "
+                f"{path} is an exported {kind} model, not a training checkpoint; give the run folder or its "
                 f"checkpoints/best.pt"
             ) from None
         raise CnnlabError(
@@ -88,6 +89,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint; give a run folder's checkpoints/best.pt")
     return payload
+
+
+def _exported_program(path: Path) -> str:
+    """'torch.export (.pt2)' where `path` is the zip torch.export.save writes (it has an archive_format
+    entry, and no data.pkl for torch.load to find), else ''."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "torch.export (.pt2)" if any(n.endswith("/archive_format") for n in z.namelist()) else ""
+    except (OSError, zipfile.BadZipFile):
+        return ""
 
 
 MAX_INPUT_CHANNELS = 64  # a model's input, as a checkpoint may claim it (cnnlab's data gives 1 or 3)
