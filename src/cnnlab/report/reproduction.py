@@ -24,7 +24,7 @@ class PlottedFigure(Protocol):
     figure: str  # what the figure is, e.g. "test accuracy"
     kind: str  # fraction | loss | epoch | seconds
     relative: bool  # a change from another row, in points
-    reported_value: float | list[float]  # the report's number, or its [low, high] range
+    reported_value: float | list[float] | None  # the report's number, its [low, high] range, or None (not in it)
     mean: float | None  # ours over the seeds (None: no run has it)
     std: float | None
     scale: float  # 100 for fractions shown as %, 1 for losses, epochs and seconds
@@ -76,7 +76,9 @@ def plot_figures(lines: Sequence[PlottedFigure], study: str, path: Path) -> Path
     for ax, (xlabel, mine) in zip(axes[0], groups):
         for y, ln in enumerate(mine):
             rep = ln.reported_value
-            if isinstance(rep, list):
+            if rep is None:  # a row the report does not have: ours alone
+                pass
+            elif isinstance(rep, list):
                 ax.plot(
                     [ln.scale * min(rep), ln.scale * max(rep)],
                     [y, y],
