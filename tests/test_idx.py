@@ -56,6 +56,23 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path):
         read_idx(tmp_path / "x.gz")
 
 
+def test_gzip_of_several_members_and_a_bad_checksum(tmp_path):
+    """gzip's own rules, as GzipFile keeps them: concatenated members read as one stream, a member whose
+    CRC does not match is corrupt, and data after the array is refused."""
+    a = (np.arange(3 * 200_000) % 251).astype(np.uint8).reshape(3, 400, 500)  # several 1 MiB pieces
+    raw = bytes([0, 0, 8, 3]) + b"".join(int(n).to_bytes(4, "big") for n in a.shape) + a.tobytes()
+    (tmp_path / "two.gz").write_bytes(gzip.compress(raw[:70_001]) + gzip.compress(raw[70_001:]))
+    assert np.array_equal(read_idx(tmp_path / "two.gz").numpy(), a)
+    crc = bytearray(gzip.compress(raw))
+    crc[-6] ^= 1  # the CRC32 in the member's trailer
+    (tmp_path / "crc.gz").write_bytes(bytes(crc))
+    with pytest.raises(DataError, match="cannot read IDX file .*incorrect data check"):
+        read_idx(tmp_path / "crc.gz")
+    (tmp_path / "more.gz").write_bytes(gzip.compress(raw) + gzip.compress(b"extra"))
+    with pytest.raises(DataError, match="truncated or corrupt: more bytes"):
+        read_idx(tmp_path / "more.gz")
+
+
 @pytest.mark.parametrize("layout", ["plain", "torchvision", "raw"])
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_layouts(tmp_path, layout, gz):

@@ -40,6 +40,40 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_IDX_BYTES = 1 << 34
 
 
+class _Gunzip:
+    """read(n) of a gzip file's contents, inflated by zlib from 1 MiB pieces of the file at a time.
+
+    Written by hand rather than with gzip.GzipFile: GzipFile inflates in pieces of a few kB, each a
+    call that takes and gives back the GIL, and in a run the GIL is wanted meanwhile by the thread that
+    imports torch._dynamo (run._import_dynamo_meanwhile): Fashion-MNIST's training images then took
+    2.4 s to read instead of 0.5 s. A 1 MiB piece is one call, the GIL released throughout. zlib
+    checks each member's CRC and length (wbits 31), and a file of several members (concatenated
+    .gz files) reads as GzipFile reads it: one after the other."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.inflate = zlib.decompressobj(31)
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            d = self.inflate
+            if d.eof:  # the end of a member: another may follow
+                rest = d.unused_data or self.file.read(self.PIECE)
+                if not rest:
+                    break
+                self.inflate = d = zlib.decompressobj(31)
+                out += d.decompress(rest, n - len(out))
+                continue
+            data = d.unconsumed_tail or self.file.read(self.PIECE)
+            if not data:
+                raise EOFError("the gzip stream ends before its end-of-stream marker")
+            out += d.decompress(data, n - len(out))  # at most what is asked: memory follows the data read
+        return bytes(out)
+
+
 def _read_up_to(stream, n: int, chunk: int = 64 << 20) -> bytes:
     """Up to `n` bytes of `stream`, read 64 MiB at a time: memory grows with the data that is there,
     not with what a header claims (read(n) allocates n bytes first)."""
@@ -65,7 +99,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
         with open(path, "rb") as file:
             gz = file.read(2) == GZIP_MAGIC
             file.seek(0)
-            stream = gzip.GzipFile(fileobj=file) if gz else file
+            stream = _Gunzip(file) if gz else file
             head = stream.read(4)
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _TYPES or head[3] == 0:
                 raise DataError(f"{path} is not an IDX file (its first bytes are no IDX header); check the path")
