@@ -131,6 +131,26 @@ def test_erasing_p_is_the_share_of_images_erased():
     assert erased[0.0] == 0 and erased[1.0] == 64 and 16 < erased[0.5] < 48, erased
 
 
+def test_data_erasing_p_reaches_the_training_loader():
+    """The recipe key, through build_loaders, to the batches: against the same batch unaugmented
+    (the same shuffle), 0 erases no image and 1 every one."""
+    from cnnlab.config import DataConfig, TrainConfig
+    from cnnlab.data.base import ArraySplit, Dataset
+    from cnnlab.data.pipeline import build_loaders
+
+    x = _images(32)
+    split = ArraySplit(x, torch.arange(32) % 4)
+    ds = Dataset(split, split, list("abcd"), source="test", input_shape=(1, 28, 28))
+    batches = {}
+    for augment, p in (("none", 0.5), ("random-erasing", 0.0), ("random-erasing", 1.0)):
+        data = DataConfig(augment=augment, erasing_p=p)
+        loader = build_loaders(ds, data, TrainConfig(batch_size=32), torch.device("cpu"), [0.5], [0.25])["train"]
+        batches[augment, p] = next(iter(loader))[0]
+    plain = batches.pop(("none", 0.5))
+    changed = {p: int((b != plain).flatten(1).any(1).sum()) for (_, p), b in batches.items()}
+    assert changed == {0.0: 0, 1.0: 32}, changed
+
+
 def test_the_policy_names_are_torchvision_s():
     from torchvision.transforms import v2
 

@@ -37,7 +37,7 @@ def int8_export(deploy_run, tmp_path_factory):
 
 def _quick_latency(mp: pytest.MonkeyPatch) -> None:
     """--check's latencies at batch 1 and 4, in about 0.1 s: the figures are informational, and at batch
-    256 for 3 s they would cost the suite 6 s a call."""
+    1 and 256 for 1 s each they would cost the suite 2 s a call."""
     mp.setattr(export, "LATENCY_BATCHES", (1, 4))
     mp.setattr(export, "LATENCY_SECONDS", 0.05)
 

@@ -56,13 +56,19 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path):
         read_idx(tmp_path / "x.gz")
 
 
-def test_gzip_of_several_members_and_a_bad_checksum(tmp_path):
-    """gzip's own rules, as GzipFile keeps them: concatenated members read as one stream, a member whose
-    CRC does not match is corrupt, and data after the array is refused."""
-    a = (np.arange(3 * 200_000) % 251).astype(np.uint8).reshape(3, 400, 500)  # several 1 MiB pieces
+@pytest.mark.parametrize("piece", [7, 4096, 1 << 20])
+def test_gzip_of_several_members_and_a_bad_checksum(tmp_path, monkeypatch, piece):
+    """gzip's own rules, as GzipFile keeps them: concatenated members (one ending where the header
+    does) and zero padding read as one stream, a member whose CRC does not match is corrupt, and data
+    after the array is refused; read from the file in pieces of `piece` bytes."""
+    from cnnlab.data import idx
+
+    monkeypatch.setattr(idx._Gunzip, "PIECE", piece)
+    a = np.random.default_rng(0).integers(0, 256, (3, 40, 50), dtype=np.uint8)  # incompressible: many pieces
     raw = bytes([0, 0, 8, 3]) + b"".join(int(n).to_bytes(4, "big") for n in a.shape) + a.tobytes()
-    (tmp_path / "two.gz").write_bytes(gzip.compress(raw[:70_001]) + gzip.compress(raw[70_001:]))
-    assert np.array_equal(read_idx(tmp_path / "two.gz").numpy(), a)
+    members = gzip.compress(raw[:16]) + bytes(5) + gzip.compress(raw[16:2_001]) + gzip.compress(raw[2_001:])
+    (tmp_path / "two.gz").write_bytes(members + bytes(9))
+    assert gzip.decompress(members) == raw and np.array_equal(read_idx(tmp_path / "two.gz").numpy(), a)
     crc = bytearray(gzip.compress(raw))
     crc[-6] ^= 1  # the CRC32 in the member's trailer
     (tmp_path / "crc.gz").write_bytes(bytes(crc))

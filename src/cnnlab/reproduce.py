@@ -386,11 +386,13 @@ def _epoch_plan(study: StudySpec, epochs: int | None) -> tuple[list[int], dict[s
 def _check_rows(cfg: RunConfig, row_keys: list[dict[str, Any]]) -> None:
     """Every row's keys and names, checked before the first run."""
     from cnnlab.data import resolve_data
+    from cnnlab.models.timm_zoo import check_installed
     from cnnlab.run import check_names
 
     for keys in row_keys:
         row_cfg = apply_overrides(cfg, keys).validate()
         check_names(dataclasses.replace(row_cfg, data=resolve_data(row_cfg.data)))
+        check_installed(row_cfg.model.name, row_cfg.model.kwargs.get("pretrained"))
 
 
 def _guard_study_plan(out: Path, study: StudySpec, cfg: RunConfig, periods: list[int]) -> None:
@@ -404,7 +406,22 @@ def _guard_study_plan(out: Path, study: StudySpec, cfg: RunConfig, periods: list
         "rows": [[r.name, r.set] for r in study.rows],
         "periods": periods,
     }
+    old = _saved_rows(out / "reproduce.yaml")
+    if old is not None and len(old) < len(plan["rows"]) and plan["rows"][: len(old)] == old:
+        # rows the study gained after this reproduction began (hanoi-animals' offline row): its runs stand
+        guard_plan(out, "reproduce.yaml", {**plan, "rows": old}, "reproduction")  # the rest must match
+        write_text(out / "reproduce.yaml", yaml.safe_dump(plan, sort_keys=False))
+        return
     guard_plan(out, "reproduce.yaml", plan, "reproduction")
+
+
+def _saved_rows(path: Path) -> list | None:
+    """The rows of a reproduce.yaml written before, or None."""
+    try:
+        saved = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("rows") if isinstance(saved, dict) and isinstance(saved.get("rows"), list) else None
 
 
 def _train_rows(

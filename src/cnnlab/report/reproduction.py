@@ -62,6 +62,14 @@ PANELS = [
 ]
 
 
+def _once(labelled: set[str], kind: str) -> str | None:
+    """`kind` the first time it is asked for (a legend entry), None after."""
+    if kind in labelled:
+        return None
+    labelled.add(kind)
+    return kind
+
+
 def plot_figures(lines: Sequence[PlottedFigure], study: str, path: Path) -> Path | None:
     """Each figure as a row: the report's value (a diamond, or a band for a range) and ours (mean,
     a bar of ± one std over the seeds). Percentages, changes in points, losses and epochs each on a
@@ -74,6 +82,7 @@ def plot_figures(lines: Sequence[PlottedFigure], study: str, path: Path) -> Path
     tallest = max(len(mine) for _, mine in groups)
     fig, axes = plt.subplots(1, len(groups), figsize=(7.0 * len(groups), 0.5 * tallest + 1.6), squeeze=False)
     for ax, (xlabel, mine) in zip(axes[0], groups):
+        labelled: set[str] = set()  # each legend entry once, on the first marker of its kind (not row 0's)
         for y, ln in enumerate(mine):
             rep = ln.reported_value
             if rep is None:  # a row the report does not have: ours alone
@@ -86,10 +95,10 @@ def plot_figures(lines: Sequence[PlottedFigure], study: str, path: Path) -> Path
                     lw=7,
                     alpha=0.6,
                     solid_capstyle="butt",
-                    label="report (range)" if y == 0 else None,
+                    label=_once(labelled, "report (range)"),
                 )
             else:
-                ax.plot(ln.scale * rep, y, "D", color="#e07020", ms=8, label="report" if y == 0 else None)
+                ax.plot(ln.scale * rep, y, "D", color="#e07020", ms=8, label=_once(labelled, "report"))
             ax.errorbar(
                 ln.scale * ln.mean,
                 y,
@@ -98,7 +107,7 @@ def plot_figures(lines: Sequence[PlottedFigure], study: str, path: Path) -> Path
                 color="#2060c0",
                 ms=7,
                 capsize=4,
-                label="ours (mean ± std)" if y == 0 else None,
+                label=_once(labelled, "ours (mean ± std)"),
             )
         ax.set_yticks(range(len(mine)), [shorten(f"{ln.row}: {ln.figure}", 64) for ln in mine], fontsize=8)
         ax.invert_yaxis()
