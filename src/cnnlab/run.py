@@ -229,7 +229,7 @@ def prepare(cfg: RunConfig, world: int = 1) -> Prepared:
     model, objective = build_model(cfg, ds)
     source = next((m.pretrained_source for m in model.modules() if hasattr(m, "pretrained_source")), None)
     if source is not None:  # where the pretrained weights came from (timm_zoo, backbones)
-        given = cfg.model.kwargs["pretrained"]
+        given = cfg.model.kwargs.get("pretrained")
         notes.append(f"weights: {given}" + (f", from {source}" if source != str(given) else ""))
     if cfg.model.init_from:
         notes.append(init_from(model, cfg.model.init_from, ds.classes))
