@@ -1026,6 +1026,7 @@ def _cmd_search(args: argparse.Namespace, cfg) -> int:
     """cnnlab sweep --search optuna: the search, its table and its best trial."""
     from pathlib import Path
 
+    from cnnlab.engine.distributed import env_world
     from cnnlab.errors import ConfigError
     from cnnlab.search import best_row, params_label, parse_space, run_search, search_table
     from cnnlab.sweep import render_table
@@ -1039,8 +1040,6 @@ def _cmd_search(args: argparse.Namespace, cfg) -> int:
             f"--search takes no {', '.join(given)}: it searches the --space keys on one seed by validation accuracy"
         )
     space = parse_space(args.space)
-    from cnnlab.engine.distributed import env_world
-
     if env_world()[1] > 1:  # every process would propose and write trials of its own into the one study
         raise ConfigError(
             "a search trains its trials one after another in one process; run cnnlab sweep --search without torchrun"

@@ -29,7 +29,7 @@ from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.state import FitState
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.run_folder import read_metrics
-from cnnlab.sweep import TrainFn, guard_plan, split_values, train_or_resume, write_table_files
+from cnnlab.sweep import TrainFn, guard_plan, parse_values, train_or_resume, write_table_files
 
 SPACE_FORM = "key=low:high, key=low:high:log or key=a,b,c (e.g. --space optim.lr=0.01:0.5:log)"
 PRUNED = "pruned"  # how a pruned run's stop_reason begins (metrics.json), so a resumed search knows it
@@ -99,12 +99,7 @@ def parse_dimension(item: str) -> Dimension:
         if log and low <= 0:
             raise ConfigError(f"{bad}: a log range needs low > 0")
         return Dimension(key, low, high, log)
-    values = []
-    for text in split_values(raw):
-        try:
-            values.append(yaml.safe_load(text))
-        except yaml.YAMLError:
-            values.append(text)
+    values = parse_values(raw)
     if len(values) < 2 or len(set(map(repr, values))) < len(values):
         raise ConfigError(f"{bad}: a choice needs two or more different values")
     return Dimension(key, choices=tuple(values))

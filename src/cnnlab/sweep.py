@@ -47,6 +47,17 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for v in out]
 
 
+def parse_values(text: str) -> list[Any]:
+    """`a,b,[1, 2],c` as values: each read as YAML (numbers, lists, true), text where it is not YAML."""
+    values: list[Any] = []
+    for v in split_values(text):
+        try:
+            values.append(yaml.safe_load(v))
+        except yaml.YAMLError:
+            values.append(v)
+    return values
+
+
 def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
     """`key=v1,v2` strings -> [(key, [v1, v2])], values read as YAML (0.1 -> float, [64, 128] -> list)."""
     grid = []
@@ -54,13 +65,7 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or not raw.strip():
             raise ConfigError(f"--grid expects key=v1,v2,..., got {item!r} (e.g. --grid optim.lr=0.1,0.05)")
-        values = []
-        for v in split_values(raw):
-            try:
-                values.append(yaml.safe_load(v))
-            except yaml.YAMLError:
-                values.append(v)
-        grid.append((key.strip(), values))
+        grid.append((key.strip(), parse_values(raw)))
     return grid
 
 

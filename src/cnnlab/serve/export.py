@@ -255,6 +255,12 @@ class _Batches:
         return None if batch is None else {"pixels": batch}
 
 
+def evenly_spaced(split, n: int):
+    """`n` images of `split` (all, where it has fewer), evenly spaced over it: a folder's files come sorted
+    by class, so its first n would hold a few classes only."""
+    return split.subset(torch.linspace(0, len(split) - 1, min(n, len(split))).round().long().unique())
+
+
 def calibration_batches(clf: Classifier, images: int, data: str | None = None, batch_size: int = 32) -> list:
     """`images` images of the run's training part (never its test part), evenly spaced over it, as the
     exported graph takes them: (B, C, H, W) float32 pixels on [0, 1] after the run's preprocess steps."""
@@ -264,9 +270,7 @@ def calibration_batches(clf: Classifier, images: int, data: str | None = None, b
     train = ds.train
     if len(train) == 0:
         raise CnnlabError("the data has no training images to calibrate int8 with; give --data with a training part")
-    # evenly spaced: a folder's files come sorted by class, so its first N would hold a few classes only
-    index = torch.linspace(0, len(train) - 1, min(images, len(train))).round().long().unique()
-    loader = split_loader(clf.run, train.subset(index), batch_size, normalise=False)
+    loader = split_loader(clf.run, evenly_spaced(train, images), batch_size, normalise=False)
     return [x.contiguous().numpy() for x, _ in loader]
 
 
@@ -448,7 +452,7 @@ def check_parity(
     run = clf.run
     _, split = load_split(run, "auto", data)
     # evenly spaced over the split: a folder's files come sorted by class, so its first N hold a few classes only
-    split = split.subset(torch.linspace(0, len(split) - 1, min(images, len(split))).round().long().unique())
+    split = evenly_spaced(split, images)
     t0 = time.perf_counter()
     reference = predict(clf.model, split_loader(run, split, batch_size), run.objective, tta=clf.tta)
     t_torch = time.perf_counter() - t0
@@ -457,7 +461,7 @@ def check_parity(
     t0 = time.perf_counter()
     for x, _ in split_loader(run, split, batch_size, normalise=False):
         outs.append(forward(x.contiguous()).float())
-        pixels.append(x[: 256 - sum(len(p) for p in pixels)])  # the first 256 images, for the latencies
+        pixels.append(x[: max(LATENCY_BATCHES) - sum(len(p) for p in pixels)])  # the first images, for the latencies
         if progress is not None:
             progress(len(x))
     t_exp = time.perf_counter() - t0
