@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import write_image, write_image_folder
 from torchvision.transforms import v2
 
 from cnnlab.cli import main
@@ -130,9 +130,10 @@ def test_a_timm_name_trains_and_a_missing_timm_says_how_to_install(tmp_path, mon
 
 
 def test_finetune_takes_the_weights_input_and_normalisation(tmp_path):
-    """cnnlab train finetune --data DIR --pretrained: 256 then 224 and ImageNet statistics, from
-    the weights' config, each said in log.txt; the head trains alone in the first epoch."""
-    folder = write_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6}, size=(40, 30))
+    """cnnlab train finetune --data DIR --pretrained on images of 56 px and up (a quarter of 224 or
+    more): 256 then 224 and ImageNet statistics, from the weights' config, each said in log.txt; the
+    head trains alone in the first epoch."""
+    folder = write_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6}, size=(70, 56))
     out = tmp_path / "ft"
     args = [
         "train",
@@ -164,6 +165,50 @@ def test_finetune_takes_the_weights_input_and_normalisation(tmp_path):
         and cfg["model"]["kwargs"]["pretrained"] == "imagenet"
     )
     assert cfg["train"]["freeze_epochs"] == 1 and cfg["optim"]["name"] == "adamw"
+
+
+@pytest.mark.parametrize(
+    ("side", "fed"),
+    [(8, 64), (16, 64), (28, 112), (30, 128), (32, 128), (36, 144), (45, 176), (55, 224), (56, None), (500, None)],
+)
+def test_small_images_are_fed_at_four_times_their_side(side, fed):
+    """Images under a quarter of the weights' 224 go in at 4x their side (a multiple of 16, at least 64),
+    not blown up to 224; larger ones at the weights' own resize and crop (None)."""
+    from cnnlab.run import weights_input_side
+
+    w = timm_zoo.data_defaults("efficientnet_lite0", {"pretrained": "imagenet"})
+    assert w["size"] == 224
+    assert weights_input_side(w, side) == fed
+
+
+def test_finetune_on_small_images_feeds_them_at_four_times_their_side(tmp_path, capsys):
+    """A folder of 28x28 images (all but one) fine-tuned from the packaged weights: input 112x112 from
+    the images' median side, said in log.txt and kept in config.yaml, so a rerun and `cnnlab predict`
+    resize the same way; a data.preprocess the user gives is used as given."""
+    import yaml
+
+    from cnnlab.config import apply_overrides, load_recipe
+    from cnnlab.run import weights_data_defaults
+
+    folder = write_image_folder(tmp_path / "small", {"a": 5, "b": 5}, size=(28, 28))
+    write_image(folder / "a" / "large.png", (300, 200))  # one outlier does not decide the size
+    out = tmp_path / "ft"
+    args = ["train", "finetune", "--data", str(folder), "--epochs", "1", "--out", str(out)]
+    args += ["--set", "train.report=false", "--set", "train.batch_size=4", "--set", "data.workers=0"]
+    args += ["--set", "train.precision=fp32", "--set", "train.channels_last=false"]  # no speed probe: not the point
+    assert main(args) == 0
+    log = (out / "log.txt").read_text()
+    assert "input 112x112: the images are small (median side 28 px), so they are resized to 4x their side" in log
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["data"]["preprocess"] == [{"resize": 112}, {"center_crop": 112}]
+    capsys.readouterr()
+    assert main(["predict", str(out), str(folder / "a" / "large.png"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"][0]["top"][0]["class"] in ("a", "b")
+    given = apply_overrides(
+        load_recipe("finetune"), {"data.root": str(folder), "data.preprocess": [{"resize": 64}, {"center_crop": 64}]}
+    )
+    w = timm_zoo.data_defaults("efficientnet_lite0", {"pretrained": "imagenet"})
+    assert weights_data_defaults(given, w) == (given, [])
 
 
 def test_lr_find_writes_its_plot_suggests_a_rate_and_leaves_the_model_alone(fashion_dir, tmp_path, capsys, monkeypatch):

@@ -20,6 +20,7 @@ from conftest import (
 
 from cnnlab.cli import main
 from cnnlab.config import load_recipe, recipe_names
+from cnnlab.plan import parts_of
 
 
 def _idx(tmp_path):
@@ -84,8 +85,8 @@ def test_recipe_runs_on_its_fixture(name, tmp_path):
     assert saved["model"]["name"] == recipe.model.name and saved["optim"]["name"] == recipe.optim.name
     lr = (
         recipe.optim.lr * saved["train"]["batch_size"] / recipe.train.batch_size
-        if recipe.train.adapt
+        if "lr" in parts_of(recipe.train.adapt)
         else recipe.optim.lr
-    )  # adapt scales it with the batch
+    )  # adapt scales it with the batch (where it adapts the lr)
     assert saved["optim"]["lr"] == pytest.approx(lr) and saved["train"]["seed"] == recipe.train.seed
     assert 0 <= m["test"]["accuracy"] <= 1 and np.isfinite(m["test"]["loss"])

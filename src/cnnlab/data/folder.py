@@ -236,10 +236,8 @@ def auto_side(sides: list[int], count: int) -> int:
     return max(8, side // 4 * 4 if side >= 16 else side)
 
 
-def _infer_layout(
-    scan: FolderScan, cfg: DataConfig, default_steps: list[dict[str, Any]] | None
-) -> tuple[int, list[dict[str, Any]], tuple[int, int]]:
-    """(channels, preprocess steps, output (h, w)) from a sample of the files' headers and the recipe."""
+def _header_sample(scan: FolderScan, max_pixels: int) -> tuple[set[tuple[int, int]], set[str], list[int]]:
+    """(sizes (w, h), modes, shorter sides) of up to HEADER_SAMPLE files, evenly spaced, from their headers."""
     paths = [p for entries in scan.files.values() for p, _ in entries]
     stride = max(1, len(paths) // HEADER_SAMPLE)
     sizes, modes, sides = set(), set(), []
@@ -248,18 +246,32 @@ def _infer_layout(
             size, mode = header_info(path)
         except BadImage:
             continue  # listed when decoding
-        if size[0] * size[1] > cfg.max_pixels:
+        if size[0] * size[1] > max_pixels:
             continue  # refused as a bomb when decoding: it must not decide the size of the rest
         sizes.add(size)
         sides.append(min(size))
         modes.add(mode)
     if not sizes:
         raise DataError(f"no readable images under {scan.root}")
+    return sizes, modes, sides
+
+
+def median_side(scan: FolderScan, max_pixels: int) -> int:
+    """The median shorter side, in pixels, of the scanned images (a sample of their headers; nothing decoded)."""
+    sides = sorted(_header_sample(scan, max_pixels)[2])
+    return sides[len(sides) // 2]
+
+
+def _infer_layout(
+    scan: FolderScan, cfg: DataConfig, default_steps: list[dict[str, Any]] | None
+) -> tuple[int, list[dict[str, Any]], tuple[int, int]]:
+    """(channels, preprocess steps, output (h, w)) from a sample of the files' headers and the recipe."""
+    sizes, modes, sides = _header_sample(scan, cfg.max_pixels)
     channels = cfg.channels or (1 if modes <= GRAY_MODES else 3)
     steps = cfg.preprocess if cfg.preprocess is not None else default_steps
     if steps is None:
         same = len(sizes) == 1 and max(next(iter(sizes))) <= AUTO_SIZE  # one size, small enough: kept as it is
-        side = auto_side(sides, len(paths))
+        side = auto_side(sides, sum(len(e) for e in scan.files.values()))
         steps = [] if same else [{"resize": side}, {"center_crop": side}]
     outs = {output_size(steps, (h, w)) for w, h in sizes}
     if len(outs) > 1:
