@@ -139,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    from cnnlab.engine.device import physical_cores
+    from cnnlab.engine.precision import cpu_description
+
     results: dict = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_description(), "physical_cores": physical_cores(), "python": platform.python_version()},
         "test_images_per_class": TEST_PER_CLASS,
         "sizes": {},
     }
