@@ -40,27 +40,40 @@ CACHE = HERE / ".transfer"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 TEST_PER_CLASS = 50
-# what cnnlab train finetune feeds pretrained weights on 28 px images (run.weights_input_side), given to
-# the random-weights row, which has no pretrained config to take it from
-INPUT_FINETUNE = ["--set", "data.preprocess=[{resize: 112}, {center_crop: 112}]", "--set", "data.normalize=imagenet"]
-ROWS = {
-    "fastnet": ("fastnet from scratch (default recipe)", []),
-    "hanoi-scratch": ("hanoi-scratch from scratch (the Hanoi recipe)", ["hanoi-animals"]),
-    "effnet-random": (
-        "efficientnet_lite0 from random weights",
-        [
-            "finetune",
-            "--set",
-            "model.kwargs={}",
-            "--set",
-            "train.freeze_epochs=0",
-            "--set",
-            "optim.body_lr_scale=1.0",
-            *INPUT_FINETUNE,
-        ],
-    ),
-    "finetune": ("efficientnet_lite0 fine-tuned from ImageNet (finetune recipe)", ["finetune"]),
-}
+ROW_NAMES = ("fastnet", "hanoi-scratch", "effnet-random", "finetune")
+
+
+def finetune_input() -> list[str]:
+    """What cnnlab train finetune feeds the pretrained weights on these 28 px images (run.weights_input_side:
+    112 px) and their statistics, for the random-weights row, which has no pretrained config to take it from."""
+    from cnnlab.models.timm_zoo import data_defaults
+    from cnnlab.run import weights_input_side
+
+    side = weights_input_side(data_defaults("efficientnet_lite0", {"pretrained": "imagenet"}), 28)
+    steps = f"[{{resize: {side}}}, {{center_crop: {side}}}]"
+    return ["--set", f"data.preprocess={steps}", "--set", "data.normalize=imagenet"]
+
+
+def rows() -> dict[str, tuple[str, list[str]]]:
+    """Each row's label and the arguments of its cnnlab train, by name (ROW_NAMES)."""
+    return {
+        "fastnet": ("fastnet from scratch (default recipe)", []),
+        "hanoi-scratch": ("hanoi-scratch from scratch (the Hanoi recipe)", ["hanoi-animals"]),
+        "effnet-random": (
+            "efficientnet_lite0 from random weights",
+            [
+                "finetune",
+                "--set",
+                "model.kwargs={}",
+                "--set",
+                "train.freeze_epochs=0",
+                "--set",
+                "optim.body_lr_scale=1.0",
+                *finetune_input(),
+            ],
+        ),
+        "finetune": ("efficientnet_lite0 fine-tuned from ImageNet (finetune recipe)", ["finetune"]),
+    }
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -131,16 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--seeds", default="3", help="N: seeds 0..N-1 (default 3); or a list, e.g. 1,2 (to add seeds to a table)"
     )
-    p.add_argument("--only", help=f"rows to run, of {', '.join(ROWS)}")
+    p.add_argument("--only", help=f"rows to run, of {', '.join(ROW_NAMES)}")
     p.add_argument("--out", default=str(HERE / "results" / "transfer.json"))
     a = p.parse_args(argv)
     seeds = [int(v) for v in a.seeds.split(",")] if "," in a.seeds else list(range(int(a.seeds)))
-    rows = a.only.split(",") if a.only else list(ROWS)
-    unknown = [r for r in rows if r not in ROWS]
+    chosen = a.only.split(",") if a.only else list(ROW_NAMES)
+    unknown = [r for r in chosen if r not in ROW_NAMES]
     if unknown:
-        raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+        raise SystemExit(f"unknown row {unknown[0]!r}; rows: {', '.join(ROW_NAMES)}")
     from cnnlab.engine.device import physical_cores
     from cnnlab.engine.precision import cpu_description
+
+    table = rows()
 
     results: dict = {
         "machine": {"cpu": cpu_description(), "physical_cores": physical_cores(), "python": platform.python_version()},
@@ -159,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             "| row | test accuracy (mean ± std) | wall time (median) |",
             "|---|---|---|",
         ]
-        for key in rows:
-            label, args = ROWS[key]
+        for key in chosen:
+            label, args = table[key]
             runs = []
             for s in seeds:
                 runs.append(run_row(args, data, s))
